@@ -1,0 +1,17 @@
+//! guts-io: git objects and the storage engine.
+//!
+//! Everything about how a node keeps git data: object ids and headers, the
+//! pack format (v2, OFS_DELTA and REF_DELTA) and pack index v2, streaming
+//! pack ingest with push-time object checks, pack writing for upload-pack,
+//! the per-repository object store and the durable ref store.
+//!
+//! Parsers are sans-IO: pure functions over byte slices, so they can be
+//! fuzzed and benchmarked without a disk.
+
+pub mod delta;
+pub mod object;
+pub mod oid;
+pub mod pack;
+
+pub use object::ObjectKind;
+pub use oid::{HashKind, ObjectId};
