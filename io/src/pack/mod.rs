@@ -1,6 +1,7 @@
 //! The git pack format (v2) and pack index v2.
 
 pub mod entry;
+pub mod idx;
 
 /// Pack file signature.
 pub const PACK_SIGNATURE: &[u8; 4] = b"PACK";
