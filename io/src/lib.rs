@@ -12,6 +12,8 @@ pub mod delta;
 pub mod object;
 pub mod oid;
 pub mod pack;
+pub mod refname;
+pub mod refs;
 
 pub use object::ObjectKind;
 pub use oid::{HashKind, ObjectId};

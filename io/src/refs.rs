@@ -1,0 +1,1547 @@
+//! The durable per-repository ref store.
+//!
+//! State is a sorted map of ref names to object ids plus `HEAD`, a symbolic
+//! ref. It lives in memory and on disk as two files in the repository
+//! directory:
+//!
+//! - [`LOG_FILE_NAME`]: an append-only log of applied updates. Each
+//!   [`RefStore::apply`] writes one checksummed record and `fdatasync`s it
+//!   before returning `Ok`; that is the durability point.
+//! - [`SNAPSHOT_FILE_NAME`]: the whole state at some sequence number,
+//!   written by compaction (every [`COMPACT_EVERY_RECORDS`] records and on
+//!   demand) through a temporary file, `fsync`, `rename` and a directory
+//!   `fsync`; only then is the log emptied.
+//!
+//! [`RefStore::open`] loads the snapshot and replays the log after it. A
+//! torn tail (the last record cut short or failing its checksum, the only
+//! damage a crash can cause because records are synced one at a time) is
+//! logged and truncated away so later appends follow valid data. Damage
+//! followed by a valid record is not a torn tail: it is corruption of
+//! acknowledged data, and `open` refuses it with [`RefError::Corrupt`].
+//!
+//! Log record layout (integers little-endian):
+//!
+//! ```text
+//! magic "GRL1" | payload_len u32 | crc32(payload_len bytes ++ payload) u32 | payload
+//! payload = seq u64 | flags u8 (bit 0: HEAD changes) | count u32
+//!           | count × (name_len u16 | name | old oid [20] | new oid [20])
+//!           | if HEAD changes: target_len u16 | target
+//! ```
+//!
+//! A null `new` is a deletion. `old` is stored too so that replay can check
+//! that the log and the snapshot agree.
+//!
+//! Snapshot layout:
+//!
+//! ```text
+//! magic "GRSNAP01" | payload_len u64 | crc32(payload_len bytes ++ payload) u32 | payload
+//! payload = seq u64 | head_len u16 | head | count u64 | count × (name_len u16 | name | oid [20])
+//! ```
+//!
+//! Compaction also exports `HEAD` and `packed-refs` in C git's formats, so a
+//! copy of the directory (with its `objects/`) is a bare repository `git`
+//! can read. Those files are a convenience, never read back.
+//!
+//! One process at a time: `open` takes an exclusive `flock` on the log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::ops::Bound;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::oid::ObjectId;
+use crate::refname::{check_ref_name, RefNameError, REF_NAME_MAX_BYTES};
+
+/// File name of the update log inside the repository directory.
+pub const LOG_FILE_NAME: &str = "refs.log";
+/// File name of the compacted snapshot inside the repository directory.
+pub const SNAPSHOT_FILE_NAME: &str = "refs.snapshot";
+/// Temporary name a snapshot is written under before it is renamed.
+const SNAPSHOT_TMP_FILE_NAME: &str = "refs.snapshot.tmp";
+/// Compact after this many records have been appended since the last
+/// snapshot. Bounds replay time and log size.
+pub const COMPACT_EVERY_RECORDS: u64 = 1024;
+/// The largest log record payload, in bytes. A batch whose record would be
+/// larger is refused; a record header claiming more is damage.
+pub const LOG_RECORD_MAX_BYTES: usize = 64 << 20;
+/// Where `HEAD` points in a new store.
+pub const DEFAULT_HEAD_TARGET: &str = "refs/heads/main";
+
+const RECORD_MAGIC: [u8; 4] = *b"GRL1";
+/// magic + payload_len + crc.
+const RECORD_HEADER_BYTES: usize = 12;
+/// seq + flags + count: the smallest possible payload.
+const RECORD_MIN_PAYLOAD_BYTES: usize = 8 + 1 + 4;
+const RECORD_FLAG_HEAD: u8 = 1;
+
+const SNAPSHOT_MAGIC: [u8; 8] = *b"GRSNAP01";
+/// magic + payload_len + crc.
+const SNAPSHOT_HEADER_BYTES: usize = 8 + 8 + 4;
+
+/// The header C git writes on a `packed-refs` file whose entries are sorted
+/// but whose tags are not peeled (we cannot peel without the objects).
+const PACKED_REFS_HEADER: &str = "# pack-refs with: sorted \n";
+
+/// One compare-and-swap ref update.
+///
+/// `old` is the value the ref must have now ([`ObjectId::NULL_SHA1`]: the
+/// ref must not exist); `new` is its value afterwards (`NULL_SHA1`: delete).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefUpdate {
+    /// Full ref name, e.g. `refs/heads/main`.
+    pub name: String,
+    /// Expected current value; null means "must not exist".
+    pub old: ObjectId,
+    /// New value; null means "delete".
+    pub new: ObjectId,
+}
+
+/// Errors from the ref store.
+#[derive(Debug, thiserror::Error)]
+pub enum RefError {
+    /// Compare-and-swap failed: the ref does not have the expected value.
+    #[error("ref {name} is at {actual}, expected {expected}")]
+    Stale {
+        /// The ref.
+        name: String,
+        /// The value the update expected (null: must not exist).
+        expected: ObjectId,
+        /// The value it has (null: does not exist).
+        actual: ObjectId,
+    },
+    /// A ref name or `HEAD` target broke git's ref name rules.
+    #[error("invalid ref name: {0}")]
+    InvalidName(#[from] RefNameError),
+    /// The update would make one ref a directory of another
+    /// (`refs/heads/a` and `refs/heads/a/b`).
+    #[error("ref {name} conflicts with {existing}: one would be a directory of the other")]
+    DirectoryFileConflict {
+        /// The ref being created or updated.
+        name: String,
+        /// The ref (existing, or created by the same batch) it conflicts with.
+        existing: String,
+    },
+    /// The same ref appears twice in one batch.
+    #[error("ref {name} appears more than once in one batch")]
+    DuplicateRef {
+        /// The repeated ref.
+        name: String,
+    },
+    /// The batch is too large for one log record.
+    #[error("ref batch needs a {record_bytes}-byte log record, over the limit of {limit_bytes}")]
+    BatchTooLarge {
+        /// Size of the record the batch would need.
+        record_bytes: usize,
+        /// [`LOG_RECORD_MAX_BYTES`].
+        limit_bytes: usize,
+    },
+    /// The on-disk state is damaged in a way that is not a torn tail.
+    #[error("ref store file {path} is corrupt at offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damage.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another process (or another `RefStore` in this one) has the store open.
+    #[error("ref store log {path} is locked by another opener")]
+    Locked {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// An earlier append failed in a way that leaves the log's durable
+    /// contents unknown; reopen the store to find out what survived.
+    #[error("ref store in {dir} failed an earlier write; reopen it")]
+    Poisoned {
+        /// The repository directory.
+        dir: PathBuf,
+    },
+    /// An I/O error. From `apply` or `set_head` it means the update may or
+    /// may not be durable; the store is poisoned and must be reopened.
+    #[error("ref store I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The durable ref store of one repository. Not shared: one owner calls
+/// it, and one process at a time opens a directory.
+#[derive(Debug)]
+pub struct RefStore {
+    dir: PathBuf,
+    log_path: PathBuf,
+    /// Opened read + append; holds the exclusive `flock`.
+    log: File,
+    /// Length of the valid log contents.
+    log_len: u64,
+    refs: BTreeMap<String, ObjectId>,
+    head: String,
+    /// Sequence number of the last applied record.
+    seq: u64,
+    /// Records appended to the log since the snapshot.
+    records_since_snapshot: u64,
+    /// Set when an append failed in a way that leaves the log unknown.
+    poisoned: bool,
+    /// Reused record buffer.
+    record_buf: Vec<u8>,
+}
+
+impl RefStore {
+    /// Open the store in `dir`, creating the directory and files if missing,
+    /// and recover: load the snapshot, replay the log, truncate a torn tail.
+    pub fn open(dir: &Path) -> Result<RefStore, RefError> {
+        fs::create_dir_all(dir)?;
+        let log_path = dir.join(LOG_FILE_NAME);
+        let snapshot_path = dir.join(SNAPSHOT_FILE_NAME);
+        let log_existed = exists(&log_path)?;
+        let snapshot_existed = exists(&snapshot_path)?;
+
+        let mut log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log_path)?;
+        lock_exclusive(&log, &log_path)?;
+        if !log_existed {
+            // Make the new log's directory entry durable, and the directory's
+            // own entry in case `create_dir_all` just made it.
+            sync_dir(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        match fs::remove_file(dir.join(SNAPSHOT_TMP_FILE_NAME)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+
+        let mut state = match fs::read(&snapshot_path) {
+            Ok(bytes) => decode_snapshot(&bytes).map_err(|(offset, reason)| RefError::Corrupt {
+                path: snapshot_path.clone(),
+                offset,
+                reason,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => State::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let snapshot_seq = state.seq;
+
+        let mut bytes = Vec::new();
+        log.read_to_end(&mut bytes)?;
+        let replay =
+            replay_log(&bytes, &mut state).map_err(|(offset, reason)| RefError::Corrupt {
+                path: log_path.clone(),
+                offset,
+                reason,
+            })?;
+
+        let mut log_len = replay.valid_end as u64;
+        if let Some(torn) = &replay.torn {
+            tracing::warn!(
+                path = %log_path.display(),
+                offset = torn.offset,
+                dropped_bytes = bytes.len() - torn.offset,
+                reason = %torn.reason,
+                "ref log has a torn tail; truncating it"
+            );
+        }
+        if replay.applied == 0 && replay.valid_end > 0 {
+            // Every record is already in the snapshot: a crash hit
+            // compaction between the snapshot rename and the log reset.
+            tracing::info!(
+                path = %log_path.display(),
+                snapshot_seq,
+                "ref log holds only snapshotted records; resetting it"
+            );
+            log_len = 0;
+        }
+        if log_len != bytes.len() as u64 {
+            log.set_len(log_len)?;
+            log.sync_all()?;
+        }
+
+        let store = RefStore {
+            dir: dir.to_path_buf(),
+            log_path,
+            log,
+            log_len,
+            refs: state.refs,
+            head: state.head,
+            seq: state.seq,
+            records_since_snapshot: replay.applied,
+            poisoned: false,
+            record_buf: Vec::new(),
+        };
+        if (!log_existed && !snapshot_existed) || !exists(&dir.join("HEAD"))? {
+            store.export_git_files()?;
+        }
+        Ok(store)
+    }
+
+    /// The value of a ref, if it exists.
+    pub fn get(&self, name: &str) -> Option<ObjectId> {
+        self.refs.get(name).copied()
+    }
+
+    /// All refs, sorted by name (bytewise, as git sorts them).
+    pub fn refs(&self) -> &BTreeMap<String, ObjectId> {
+        &self.refs
+    }
+
+    /// The ref `HEAD` points at, e.g. `refs/heads/main`.
+    pub fn head_target(&self) -> &str {
+        &self.head
+    }
+
+    /// The object `HEAD` resolves to; `None` while its branch is unborn.
+    pub fn head_oid(&self) -> Option<ObjectId> {
+        self.get(&self.head)
+    }
+
+    /// Number of records applied since the store was created (updates and
+    /// `HEAD` changes). Increases by one with each successful `apply` of a
+    /// non-empty batch and each `set_head` that changes `HEAD`.
+    pub fn sequence(&self) -> u64 {
+        self.seq
+    }
+
+    /// The repository directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Validate a batch without writing: ref names, no ref twice,
+    /// compare-and-swap against the current state, and no
+    /// directory/file conflict in the state the batch would produce
+    /// (a deletion in the same batch frees a path).
+    pub fn check(&self, updates: &[RefUpdate]) -> Result<(), RefError> {
+        let mut batch: HashMap<&str, &RefUpdate> = HashMap::with_capacity(updates.len());
+        for update in updates {
+            check_ref_name(update.name.as_bytes())?;
+            if batch.insert(update.name.as_str(), update).is_some() {
+                return Err(RefError::DuplicateRef {
+                    name: update.name.clone(),
+                });
+            }
+            let actual = self.get(&update.name).unwrap_or(ObjectId::NULL_SHA1);
+            if actual != update.old {
+                return Err(RefError::Stale {
+                    name: update.name.clone(),
+                    expected: update.old,
+                    actual,
+                });
+            }
+        }
+
+        // Whether `name` exists once the batch is applied.
+        let exists_after = |name: &str| match batch.get(name) {
+            Some(update) => !update.new.is_null(),
+            None => self.refs.contains_key(name),
+        };
+        for update in updates.iter().filter(|u| !u.new.is_null()) {
+            let name = update.name.as_str();
+            // A ref at one of our parent directories. Conflicts inside the
+            // batch are found here too, from the deeper name's side.
+            for (i, byte) in name.bytes().enumerate() {
+                if byte == b'/' && exists_after(&name[..i]) {
+                    return Err(RefError::DirectoryFileConflict {
+                        name: name.to_owned(),
+                        existing: name[..i].to_owned(),
+                    });
+                }
+            }
+            // An existing ref below us that the batch does not delete.
+            let dir = format!("{name}/");
+            let below = self
+                .refs
+                .range::<str, _>((Bound::Included(dir.as_str()), Bound::Unbounded))
+                .take_while(|(existing, _)| existing.starts_with(&dir));
+            for (existing, _) in below {
+                if exists_after(existing) {
+                    return Err(RefError::DirectoryFileConflict {
+                        name: name.to_owned(),
+                        existing: existing.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a batch atomically: [`check`](Self::check) it, append one log
+    /// record and `fdatasync` it, then update memory. Returns `Ok` only once
+    /// the batch is durable; on any error nothing changed in memory. An
+    /// empty batch writes nothing.
+    pub fn apply(&mut self, updates: &[RefUpdate]) -> Result<(), RefError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.ensure_not_poisoned()?;
+        self.check(updates)?;
+        let seq = self.seq + 1;
+        let mut record = std::mem::take(&mut self.record_buf);
+        let written =
+            encode_record(&mut record, seq, updates, None).and_then(|()| self.append(&record));
+        self.record_buf = record;
+        written?;
+
+        for update in updates {
+            if update.new.is_null() {
+                self.refs.remove(&update.name);
+            } else {
+                self.refs.insert(update.name.clone(), update.new);
+            }
+        }
+        self.record_applied(seq);
+        Ok(())
+    }
+
+    /// Point `HEAD` at `target` (a ref name under `refs/`, which need not
+    /// exist yet). Durable like [`apply`](Self::apply); setting the current
+    /// target again writes nothing.
+    pub fn set_head(&mut self, target: &str) -> Result<(), RefError> {
+        check_ref_name(target.as_bytes())?;
+        if target == self.head {
+            return Ok(());
+        }
+        self.ensure_not_poisoned()?;
+        let seq = self.seq + 1;
+        let mut record = std::mem::take(&mut self.record_buf);
+        let written =
+            encode_record(&mut record, seq, &[], Some(target)).and_then(|()| self.append(&record));
+        self.record_buf = record;
+        written?;
+        self.head = target.to_owned();
+        self.record_applied(seq);
+        Ok(())
+    }
+
+    /// Write a snapshot of the whole state (temporary file, `fsync`,
+    /// `rename`, directory `fsync`), then empty the log and export the git
+    /// files ([`export_git_files`](Self::export_git_files)).
+    pub fn compact(&mut self) -> Result<(), RefError> {
+        self.ensure_not_poisoned()?;
+        let snapshot = encode_snapshot(self.seq, &self.head, &self.refs);
+        let tmp_path = self.dir.join(SNAPSHOT_TMP_FILE_NAME);
+        {
+            let mut tmp = File::create(&tmp_path)?;
+            tmp.write_all(&snapshot)?;
+            tmp.sync_all()?;
+        }
+        fs::rename(&tmp_path, self.dir.join(SNAPSHOT_FILE_NAME))?;
+        sync_dir(&self.dir)?;
+        // The snapshot is durable; the log's records are now redundant. If
+        // we crash before the reset is durable, `open` skips them.
+        self.log.set_len(0)?;
+        self.log_len = 0;
+        self.records_since_snapshot = 0;
+        self.log.sync_all()?;
+        self.export_git_files()
+    }
+
+    /// Write `HEAD` (`ref: <target>`) and `packed-refs` (sorted, unpeeled)
+    /// in C git's formats, each through a temporary file and `rename`, and
+    /// make sure a `refs/` directory exists, so that a copy of the
+    /// repository directory (with its `objects/`) is a bare repository C git
+    /// can read. These files are an export: the store never reads them.
+    pub fn export_git_files(&self) -> Result<(), RefError> {
+        let mut packed = String::with_capacity(PACKED_REFS_HEADER.len() + self.refs.len() * 64);
+        packed.push_str(PACKED_REFS_HEADER);
+        for (name, oid) in &self.refs {
+            oid.write_hex(&mut packed);
+            packed.push(' ');
+            packed.push_str(name);
+            packed.push('\n');
+        }
+        write_file_atomically(&self.dir, "packed-refs", packed.as_bytes())?;
+        write_file_atomically(
+            &self.dir,
+            "HEAD",
+            format!("ref: {}\n", self.head).as_bytes(),
+        )?;
+        fs::create_dir_all(self.dir.join("refs"))?;
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
+    fn ensure_not_poisoned(&self) -> Result<(), RefError> {
+        if self.poisoned {
+            return Err(RefError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Append one encoded record and `fdatasync` it.
+    fn append(&mut self, record: &[u8]) -> Result<(), RefError> {
+        if let Err(e) = self.log.write_all(record) {
+            // Cut a partial write off so later appends do not land after
+            // garbage; if even that fails, the log is in an unknown state.
+            if self.log.set_len(self.log_len).is_err() {
+                self.poisoned = true;
+            }
+            return Err(e.into());
+        }
+        if let Err(e) = self.log.sync_data() {
+            // After a failed fsync the kernel may have dropped the dirty
+            // pages: whether the record survives is unknown until reopen.
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.log_len += record.len() as u64;
+        Ok(())
+    }
+
+    fn record_applied(&mut self, seq: u64) {
+        debug_assert_eq!(seq, self.seq + 1, "ref log sequence must be contiguous");
+        self.seq = seq;
+        self.records_since_snapshot += 1;
+        if self.records_since_snapshot >= COMPACT_EVERY_RECORDS {
+            // The record is durable already; a failed compaction must not
+            // turn an applied update into an error. The next one retries.
+            if let Err(e) = self.compact() {
+                tracing::warn!(
+                    path = %self.log_path.display(),
+                    error = %e,
+                    "ref store compaction failed; will retry"
+                );
+            }
+        }
+    }
+}
+
+/// The recovered state while loading.
+struct State {
+    refs: BTreeMap<String, ObjectId>,
+    head: String,
+    seq: u64,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            refs: BTreeMap::new(),
+            head: DEFAULT_HEAD_TARGET.to_owned(),
+            seq: 0,
+        }
+    }
+}
+
+/// Damage at the end of the log that recovery drops.
+struct TornTail {
+    offset: usize,
+    reason: String,
+}
+
+/// What replaying the log found.
+struct Replay {
+    /// End of the last valid record.
+    valid_end: usize,
+    /// Records applied on top of the snapshot.
+    applied: u64,
+    torn: Option<TornTail>,
+}
+
+/// A decoded log record.
+struct Record {
+    seq: u64,
+    updates: Vec<(String, ObjectId, ObjectId)>,
+    head: Option<String>,
+}
+
+/// Corruption found while decoding: (offset, reason).
+type Damage = (u64, String);
+
+/// Replay log `bytes` onto `state` (loaded from the snapshot). Records at or
+/// below the snapshot's sequence number are skipped; the rest must follow
+/// it without a gap.
+fn replay_log(bytes: &[u8], state: &mut State) -> Result<Replay, Damage> {
+    let snapshot_seq = state.seq;
+    let mut offset = 0usize;
+    let mut expected_seq: Option<u64> = None;
+    let mut applied = 0u64;
+    while offset < bytes.len() {
+        let (payload, end) = match frame_at(bytes, offset) {
+            Ok(frame) => frame,
+            Err(reason) => {
+                if let Some(later) = find_valid_frame(bytes, offset + 1) {
+                    return Err((
+                        offset as u64,
+                        format!("{reason}, but a valid record follows at offset {later}"),
+                    ));
+                }
+                return Ok(Replay {
+                    valid_end: offset,
+                    applied,
+                    torn: Some(TornTail { offset, reason }),
+                });
+            }
+        };
+        let record = decode_record(payload).map_err(|reason| (offset as u64, reason))?;
+        match expected_seq {
+            None if record.seq == 0 || record.seq > snapshot_seq + 1 => {
+                return Err((
+                    offset as u64,
+                    format!(
+                        "log starts at sequence {} but the snapshot ends at {snapshot_seq}",
+                        record.seq
+                    ),
+                ))
+            }
+            Some(expected) if record.seq != expected => {
+                return Err((
+                    offset as u64,
+                    format!("sequence {} where {expected} was expected", record.seq),
+                ))
+            }
+            _ => {}
+        }
+        expected_seq = Some(record.seq + 1);
+        if record.seq > snapshot_seq {
+            replay_record(state, record).map_err(|reason| (offset as u64, reason))?;
+            applied += 1;
+        }
+        offset = end;
+    }
+    Ok(Replay {
+        valid_end: offset,
+        applied,
+        torn: None,
+    })
+}
+
+fn replay_record(state: &mut State, record: Record) -> Result<(), String> {
+    for (name, old, new) in record.updates {
+        let actual = state
+            .refs
+            .get(&name)
+            .copied()
+            .unwrap_or(ObjectId::NULL_SHA1);
+        if actual != old {
+            return Err(format!(
+                "record {} moves {name} from {old} but it is at {actual}",
+                record.seq
+            ));
+        }
+        if new.is_null() {
+            state.refs.remove(&name);
+        } else {
+            state.refs.insert(name, new);
+        }
+    }
+    if let Some(head) = record.head {
+        state.head = head;
+    }
+    state.seq = record.seq;
+    Ok(())
+}
+
+/// Check the frame (header, length, checksum) of the record at `offset`;
+/// return its payload and the offset after it, or why it is not valid.
+fn frame_at(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), String> {
+    let rest = &bytes[offset..];
+    if rest.len() < RECORD_HEADER_BYTES {
+        return Err(format!("short record header ({} bytes)", rest.len()));
+    }
+    if rest[..4] != RECORD_MAGIC {
+        return Err("bad record magic".to_owned());
+    }
+    let len_bytes = [rest[4], rest[5], rest[6], rest[7]];
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if !(RECORD_MIN_PAYLOAD_BYTES..=LOG_RECORD_MAX_BYTES).contains(&len) {
+        return Err(format!("bad record length {len}"));
+    }
+    let stored_crc = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
+    let Some(payload) = rest.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
+        return Err(format!(
+            "short record ({} of {len} payload bytes)",
+            rest.len() - RECORD_HEADER_BYTES
+        ));
+    };
+    if checksum(&len_bytes, payload) != stored_crc {
+        return Err("bad record checksum".to_owned());
+    }
+    Ok((payload, offset + RECORD_HEADER_BYTES + len))
+}
+
+/// The offset of the first valid record frame at or after `from`.
+fn find_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1))
+        .filter(|&at| bytes[at..].starts_with(&RECORD_MAGIC))
+        .find(|&at| frame_at(bytes, at).is_ok())
+}
+
+fn checksum(len_bytes: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(len_bytes);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Encode a log record into `out` (cleared first).
+fn encode_record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    updates: &[RefUpdate],
+    head: Option<&str>,
+) -> Result<(), RefError> {
+    out.clear();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(if head.is_some() { RECORD_FLAG_HEAD } else { 0 });
+    let count = u32::try_from(updates.len()).map_err(|_| RefError::BatchTooLarge {
+        record_bytes: usize::MAX,
+        limit_bytes: LOG_RECORD_MAX_BYTES,
+    })?;
+    out.extend_from_slice(&count.to_le_bytes());
+    for update in updates {
+        put_name(out, &update.name)?;
+        out.extend_from_slice(update.old.as_bytes());
+        out.extend_from_slice(update.new.as_bytes());
+    }
+    if let Some(head) = head {
+        put_name(out, head)?;
+    }
+    let len = out.len() - RECORD_HEADER_BYTES;
+    if len > LOG_RECORD_MAX_BYTES {
+        return Err(RefError::BatchTooLarge {
+            record_bytes: out.len(),
+            limit_bytes: LOG_RECORD_MAX_BYTES,
+        });
+    }
+    // len <= LOG_RECORD_MAX_BYTES < u32::MAX
+    let len_bytes = (len as u32).to_le_bytes();
+    let crc = checksum(&len_bytes, &out[RECORD_HEADER_BYTES..]);
+    out[..4].copy_from_slice(&RECORD_MAGIC);
+    out[4..8].copy_from_slice(&len_bytes);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Append a length-prefixed ref name. Names were checked against
+/// [`REF_NAME_MAX_BYTES`], which fits a u16.
+fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), RefError> {
+    let len = u16::try_from(name.len()).map_err(|_| RefNameError::TooLong {
+        name: name.chars().take(REF_NAME_MAX_BYTES).collect(),
+        len_bytes: name.len(),
+        limit_bytes: REF_NAME_MAX_BYTES,
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
+}
+
+fn decode_record(payload: &[u8]) -> Result<Record, String> {
+    let mut r = Reader::new(payload);
+    let seq = r.u64()?;
+    let flags = r.u8()?;
+    if flags & !RECORD_FLAG_HEAD != 0 {
+        return Err(format!("unknown record flags {flags:#04x}"));
+    }
+    let count = r.u32()? as usize;
+    // Each update takes at least 2 + 40 bytes; don't trust `count` further.
+    let mut updates = Vec::with_capacity(count.min(r.remaining() / 42));
+    for _ in 0..count {
+        let name = r.name()?;
+        let old = r.oid()?;
+        let new = r.oid()?;
+        updates.push((name, old, new));
+    }
+    let head = if flags & RECORD_FLAG_HEAD != 0 {
+        Some(r.name()?)
+    } else {
+        None
+    };
+    if r.remaining() != 0 {
+        return Err(format!("{} trailing bytes in record", r.remaining()));
+    }
+    Ok(Record { seq, updates, head })
+}
+
+fn encode_snapshot(seq: u64, head: &str, refs: &BTreeMap<String, ObjectId>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 32 + refs.len() * 64);
+    out.extend_from_slice(&[0u8; SNAPSHOT_HEADER_BYTES]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    // Names in the state were checked against REF_NAME_MAX_BYTES on entry.
+    out.extend_from_slice(&(head.len() as u16).to_le_bytes());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(&(refs.len() as u64).to_le_bytes());
+    for (name, oid) in refs {
+        debug_assert!(name.len() <= REF_NAME_MAX_BYTES);
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(oid.as_bytes());
+    }
+    let len_bytes = ((out.len() - SNAPSHOT_HEADER_BYTES) as u64).to_le_bytes();
+    let crc = checksum(&len_bytes, &out[SNAPSHOT_HEADER_BYTES..]);
+    out[..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    out[8..16].copy_from_slice(&len_bytes);
+    out[16..20].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err((0, format!("short snapshot header ({} bytes)", bytes.len())));
+    }
+    if bytes[..8] != SNAPSHOT_MAGIC {
+        return Err((0, "bad snapshot magic".to_owned()));
+    }
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&bytes[8..16]);
+    let len = u64::from_le_bytes(len_bytes);
+    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if len != payload.len() as u64 {
+        return Err((
+            8,
+            format!(
+                "snapshot claims {len} payload bytes, file has {}",
+                payload.len()
+            ),
+        ));
+    }
+    let stored_crc = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    if checksum(&len_bytes, payload) != stored_crc {
+        return Err((16, "bad snapshot checksum".to_owned()));
+    }
+    let at = |r: &Reader| (SNAPSHOT_HEADER_BYTES + r.position()) as u64;
+    let mut r = Reader::new(payload);
+    let seq = r.u64().map_err(|e| (at(&r), e))?;
+    let head = r.name().map_err(|e| (at(&r), e))?;
+    let count = r.u64().map_err(|e| (at(&r), e))?;
+    let mut refs = BTreeMap::new();
+    let mut previous: Option<String> = None;
+    for _ in 0..count {
+        let offset = at(&r);
+        let name = r.name().map_err(|e| (offset, e))?;
+        let oid = r.oid().map_err(|e| (offset, e))?;
+        if oid.is_null() {
+            return Err((offset, format!("ref {name} has the null id")));
+        }
+        if previous.as_ref().is_some_and(|p| *p >= name) {
+            return Err((offset, format!("ref {name} is out of order")));
+        }
+        previous = Some(name.clone());
+        refs.insert(name, oid);
+    }
+    if r.remaining() != 0 {
+        return Err((
+            at(&r),
+            format!("{} trailing bytes in snapshot", r.remaining()),
+        ));
+    }
+    Ok(State { refs, head, seq })
+}
+
+/// A bounds-checked little-endian reader over a payload.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, position: 0 }
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.position
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .position
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| format!("payload ends inside a {n}-byte field"))?;
+        let out = &self.bytes[self.position..end];
+        self.position = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn oid(&mut self) -> Result<ObjectId, String> {
+        ObjectId::from_bytes(self.take(20)?).map_err(|e| e.to_string())
+    }
+
+    /// A length-prefixed ref name, checked against the ref name rules.
+    fn name(&mut self) -> Result<String, String> {
+        let len = self.u16()? as usize;
+        let raw = self.take(len)?;
+        check_ref_name(raw).map_err(|e| e.to_string())?;
+        String::from_utf8(raw.to_vec()).map_err(|_| "ref name is not UTF-8".to_owned())
+    }
+}
+
+fn exists(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Take an exclusive, non-blocking `flock` on the log, held for as long as
+/// the file stays open (and released by the kernel if the process dies).
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), RefError> {
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.kind() == io::ErrorKind::WouldBlock {
+        return Err(RefError::Locked {
+            path: path.to_path_buf(),
+        });
+    }
+    Err(err.into())
+}
+
+/// Write `dir/name` through `dir/name.tmp`, `fsync` and `rename`. The
+/// caller syncs the directory.
+fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+    let tmp_path = dir.join(format!("{name}.tmp"));
+    {
+        let mut tmp = File::create(&tmp_path)?;
+        tmp.write_all(contents)?;
+        tmp.sync_all()?;
+    }
+    fs::rename(&tmp_path, dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn oid(n: u64) -> ObjectId {
+        let mut bytes = [0u8; 20];
+        bytes[..8].copy_from_slice(&n.to_be_bytes());
+        bytes[19] = 0xa5;
+        ObjectId::from_sha1(bytes)
+    }
+
+    fn create(name: &str, new: ObjectId) -> RefUpdate {
+        RefUpdate {
+            name: name.to_owned(),
+            old: ObjectId::NULL_SHA1,
+            new,
+        }
+    }
+
+    fn update(name: &str, old: ObjectId, new: ObjectId) -> RefUpdate {
+        RefUpdate {
+            name: name.to_owned(),
+            old,
+            new,
+        }
+    }
+
+    fn delete(name: &str, old: ObjectId) -> RefUpdate {
+        RefUpdate {
+            name: name.to_owned(),
+            old,
+            new: ObjectId::NULL_SHA1,
+        }
+    }
+
+    fn log_path(dir: &Path) -> PathBuf {
+        dir.join(LOG_FILE_NAME)
+    }
+
+    fn append_raw(dir: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new().append(true).open(log_path(dir)).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    fn record_bytes(seq: u64, updates: &[RefUpdate]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(&mut out, seq, updates, None).unwrap();
+        out
+    }
+
+    /// A store with refs/heads/r1..=r3 created one record each.
+    fn three_records(dir: &Path) -> RefStore {
+        let mut store = RefStore::open(dir).unwrap();
+        for i in 1..=3 {
+            store
+                .apply(&[create(&format!("refs/heads/r{i}"), oid(i))])
+                .unwrap();
+        }
+        store
+    }
+
+    fn assert_three(store: &RefStore) {
+        assert_eq!(store.sequence(), 3);
+        for i in 1..=3 {
+            assert_eq!(store.get(&format!("refs/heads/r{i}")), Some(oid(i)));
+        }
+    }
+
+    #[test]
+    fn create_update_delete_and_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        {
+            let mut store = RefStore::open(dir).unwrap();
+            assert_eq!(store.sequence(), 0);
+            assert_eq!(store.head_target(), DEFAULT_HEAD_TARGET);
+            assert_eq!(store.head_oid(), None);
+            store.apply(&[create("refs/heads/main", oid(1))]).unwrap();
+            store
+                .apply(&[update("refs/heads/main", oid(1), oid(2))])
+                .unwrap();
+            store.apply(&[create("refs/tags/v1", oid(3))]).unwrap();
+            store.apply(&[delete("refs/tags/v1", oid(3))]).unwrap();
+            store.apply(&[]).unwrap();
+            assert_eq!(store.sequence(), 4);
+            assert_eq!(store.head_oid(), Some(oid(2)));
+        }
+        let store = RefStore::open(dir).unwrap();
+        assert_eq!(store.sequence(), 4);
+        assert_eq!(store.get("refs/heads/main"), Some(oid(2)));
+        assert_eq!(store.get("refs/tags/v1"), None);
+        assert_eq!(store.refs().len(), 1);
+        assert_eq!(store.head_oid(), Some(oid(2)));
+    }
+
+    #[test]
+    fn set_head_is_durable_and_validated() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut store = RefStore::open(tmp.path()).unwrap();
+            store.set_head("refs/heads/trunk").unwrap();
+            store.set_head("refs/heads/trunk").unwrap();
+            assert_eq!(store.sequence(), 1);
+            assert!(matches!(
+                store.set_head("HEAD"),
+                Err(RefError::InvalidName(_))
+            ));
+            assert!(matches!(
+                store.set_head("refs/heads/a..b"),
+                Err(RefError::InvalidName(_))
+            ));
+            store.apply(&[create("refs/heads/trunk", oid(7))]).unwrap();
+        }
+        let store = RefStore::open(tmp.path()).unwrap();
+        assert_eq!(store.head_target(), "refs/heads/trunk");
+        assert_eq!(store.head_oid(), Some(oid(7)));
+        assert_eq!(store.sequence(), 2);
+    }
+
+    #[test]
+    fn stale_compare_and_swap_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = RefStore::open(tmp.path()).unwrap();
+        store.apply(&[create("refs/heads/main", oid(1))]).unwrap();
+        match store.apply(&[create("refs/heads/main", oid(2))]) {
+            Err(RefError::Stale {
+                name,
+                expected,
+                actual,
+            }) => {
+                assert_eq!(name, "refs/heads/main");
+                assert_eq!(expected, ObjectId::NULL_SHA1);
+                assert_eq!(actual, oid(1));
+            }
+            other => panic!("expected Stale, got {other:?}"),
+        }
+        assert!(matches!(
+            store.apply(&[update("refs/heads/main", oid(9), oid(2))]),
+            Err(RefError::Stale { .. })
+        ));
+        assert!(matches!(
+            store.apply(&[delete("refs/heads/nope", oid(9))]),
+            Err(RefError::Stale { actual, .. }) if actual.is_null()
+        ));
+        assert_eq!(store.get("refs/heads/main"), Some(oid(1)));
+        assert_eq!(store.sequence(), 1);
+    }
+
+    #[test]
+    fn invalid_and_duplicate_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = RefStore::open(tmp.path()).unwrap();
+        for bad in [
+            "HEAD",
+            "heads/main",
+            "refs/heads/a.lock",
+            "refs/heads/a b",
+            "refs/heads/",
+        ] {
+            assert!(
+                matches!(
+                    store.apply(&[create(bad, oid(1))]),
+                    Err(RefError::InvalidName(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            store.apply(&[create("refs/heads/x", oid(1)), create("refs/heads/x", oid(2))]),
+            Err(RefError::DuplicateRef { name }) if name == "refs/heads/x"
+        ));
+        assert_eq!(store.sequence(), 0);
+        assert!(store.refs().is_empty());
+    }
+
+    #[test]
+    fn directory_file_conflicts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = RefStore::open(tmp.path()).unwrap();
+        store.apply(&[create("refs/heads/a", oid(1))]).unwrap();
+        store.apply(&[create("refs/heads/d/e", oid(2))]).unwrap();
+
+        // A file where a directory is needed, and the reverse.
+        assert!(matches!(
+            store.check(&[create("refs/heads/a/b", oid(3))]),
+            Err(RefError::DirectoryFileConflict { name, existing })
+                if name == "refs/heads/a/b" && existing == "refs/heads/a"
+        ));
+        assert!(matches!(
+            store.check(&[create("refs/heads/d", oid(3))]),
+            Err(RefError::DirectoryFileConflict { name, existing })
+                if name == "refs/heads/d" && existing == "refs/heads/d/e"
+        ));
+        // Siblings sharing a prefix are not conflicts.
+        store.check(&[create("refs/heads/ab", oid(3))]).unwrap();
+        store.check(&[create("refs/heads/a-b/c", oid(3))]).unwrap();
+        store.check(&[create("refs/heads/d/f", oid(3))]).unwrap();
+        // Both sides created in one batch, in either order.
+        for batch in [
+            vec![
+                create("refs/heads/n", oid(3)),
+                create("refs/heads/n/m", oid(4)),
+            ],
+            vec![
+                create("refs/heads/n/m", oid(4)),
+                create("refs/heads/n", oid(3)),
+            ],
+        ] {
+            assert!(matches!(
+                store.check(&batch),
+                Err(RefError::DirectoryFileConflict { .. })
+            ));
+        }
+        // A deletion in the same batch frees the path, both ways round.
+        store
+            .check(&[
+                delete("refs/heads/a", oid(1)),
+                create("refs/heads/a/b", oid(3)),
+            ])
+            .unwrap();
+        store
+            .check(&[
+                create("refs/heads/d", oid(3)),
+                delete("refs/heads/d/e", oid(2)),
+            ])
+            .unwrap();
+        store
+            .apply(&[
+                delete("refs/heads/a", oid(1)),
+                create("refs/heads/a/b", oid(3)),
+            ])
+            .unwrap();
+        assert_eq!(store.get("refs/heads/a"), None);
+        assert_eq!(store.get("refs/heads/a/b"), Some(oid(3)));
+        // Deleting a ref never conflicts.
+        store.check(&[delete("refs/heads/d/e", oid(2))]).unwrap();
+    }
+
+    #[test]
+    fn batches_are_all_or_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        {
+            let mut store = RefStore::open(dir).unwrap();
+            store.apply(&[create("refs/heads/a", oid(1))]).unwrap();
+            let len_before = fs::metadata(log_path(dir)).unwrap().len();
+            let batch = [
+                create("refs/heads/b", oid(2)),
+                update("refs/heads/a", oid(1), oid(3)),
+                create("refs/heads/a", oid(4)), // duplicate
+            ];
+            assert!(store.apply(&batch).is_err());
+            let batch = [
+                create("refs/heads/b", oid(2)),
+                update("refs/heads/a", oid(9), oid(3)), // stale
+            ];
+            assert!(matches!(store.apply(&batch), Err(RefError::Stale { .. })));
+            assert_eq!(store.get("refs/heads/b"), None);
+            assert_eq!(store.get("refs/heads/a"), Some(oid(1)));
+            assert_eq!(store.sequence(), 1);
+            assert_eq!(fs::metadata(log_path(dir)).unwrap().len(), len_before);
+
+            let batch = [
+                create("refs/heads/b", oid(2)),
+                update("refs/heads/a", oid(1), oid(3)),
+                create("refs/tags/t", oid(5)),
+            ];
+            store.apply(&batch).unwrap();
+            assert_eq!(store.sequence(), 2);
+        }
+        let store = RefStore::open(dir).unwrap();
+        assert_eq!(store.sequence(), 2);
+        assert_eq!(store.get("refs/heads/a"), Some(oid(3)));
+        assert_eq!(store.get("refs/heads/b"), Some(oid(2)));
+        assert_eq!(store.get("refs/tags/t"), Some(oid(5)));
+    }
+
+    #[test]
+    fn torn_tails_are_truncated_and_appends_survive() {
+        let good = record_bytes(4, &[create("refs/heads/r4", oid(4))]);
+        let mut bad_crc = good.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 0x40;
+        let mut bad_len = good.clone();
+        bad_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let tails: Vec<(&str, Vec<u8>)> = vec![
+            ("half a record", good[..good.len() / 2].to_vec()),
+            ("header only", good[..RECORD_HEADER_BYTES].to_vec()),
+            ("partial header", good[..5].to_vec()),
+            ("last byte missing", good[..good.len() - 1].to_vec()),
+            ("bad checksum", bad_crc),
+            ("bad length", bad_len),
+            ("zeros", vec![0u8; 4096]),
+            ("garbage", b"\xde\xad\xbe\xef not a record at all".to_vec()),
+        ];
+        for (what, tail) in tails {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            let clean_len = {
+                let store = three_records(dir);
+                store.log_len
+            };
+            append_raw(dir, &tail);
+            {
+                let mut store = RefStore::open(dir).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_three(&store);
+                assert_eq!(
+                    fs::metadata(log_path(dir)).unwrap().len(),
+                    clean_len,
+                    "{what}"
+                );
+                store.apply(&[create("refs/heads/after", oid(10))]).unwrap();
+            }
+            let store = RefStore::open(dir).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(store.sequence(), 4, "{what}");
+            assert_eq!(store.get("refs/heads/after"), Some(oid(10)), "{what}");
+            assert_eq!(store.get("refs/heads/r3"), Some(oid(3)), "{what}");
+        }
+    }
+
+    #[test]
+    fn mid_log_corruption_is_an_error() {
+        // Damage the first or second of three records: a valid one follows.
+        for (record, byte_in_record) in [(0usize, 20usize), (1, 2), (1, 6), (0, 9)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            let record_len = {
+                let store = three_records(dir);
+                (store.log_len / 3) as usize
+            };
+            let mut bytes = fs::read(log_path(dir)).unwrap();
+            bytes[record * record_len + byte_in_record] ^= 0x01;
+            fs::write(log_path(dir), &bytes).unwrap();
+            match RefStore::open(dir) {
+                Err(RefError::Corrupt { offset, path, .. }) => {
+                    assert_eq!(offset, (record * record_len) as u64);
+                    assert_eq!(path, log_path(dir));
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+            // Nothing was truncated.
+            assert_eq!(fs::read(log_path(dir)).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn sequence_gaps_and_replayed_mismatches_are_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        drop(three_records(dir));
+        append_raw(dir, &record_bytes(5, &[create("refs/heads/r5", oid(5))]));
+        assert!(matches!(RefStore::open(dir), Err(RefError::Corrupt { .. })));
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        drop(three_records(dir));
+        // Valid frame, right sequence, but it claims r1 is at oid(9).
+        append_raw(
+            dir,
+            &record_bytes(4, &[update("refs/heads/r1", oid(9), oid(4))]),
+        );
+        assert!(matches!(RefStore::open(dir), Err(RefError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn compaction_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        {
+            let mut store = three_records(dir);
+            store.set_head("refs/heads/r2").unwrap();
+            store.compact().unwrap();
+            assert_eq!(fs::metadata(log_path(dir)).unwrap().len(), 0);
+            assert!(dir.join(SNAPSHOT_FILE_NAME).exists());
+            store
+                .apply(&[update("refs/heads/r1", oid(1), oid(11))])
+                .unwrap();
+            store.apply(&[delete("refs/heads/r3", oid(3))]).unwrap();
+        }
+        {
+            let mut store = RefStore::open(dir).unwrap();
+            assert_eq!(store.sequence(), 6);
+            assert_eq!(store.head_target(), "refs/heads/r2");
+            assert_eq!(store.head_oid(), Some(oid(2)));
+            assert_eq!(store.get("refs/heads/r1"), Some(oid(11)));
+            assert_eq!(store.get("refs/heads/r3"), None);
+            assert_eq!(store.refs().len(), 2);
+            store.compact().unwrap();
+            store.compact().unwrap();
+        }
+        let store = RefStore::open(dir).unwrap();
+        assert_eq!(store.sequence(), 6);
+        assert_eq!(store.get("refs/heads/r1"), Some(oid(11)));
+        assert_eq!(store.refs().len(), 2);
+    }
+
+    #[test]
+    fn crash_between_snapshot_and_log_reset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let old_log = {
+            let mut store = three_records(dir);
+            let old_log = fs::read(log_path(dir)).unwrap();
+            store.compact().unwrap();
+            old_log
+        };
+        // As if the log reset never reached the disk.
+        fs::write(log_path(dir), &old_log).unwrap();
+        {
+            let mut store = RefStore::open(dir).unwrap();
+            assert_three(&store);
+            assert_eq!(fs::metadata(log_path(dir)).unwrap().len(), 0);
+            store.apply(&[create("refs/heads/r4", oid(4))]).unwrap();
+        }
+        // And with a record appended after the stale ones.
+        let mut stale_then_new = old_log.clone();
+        stale_then_new.extend_from_slice(&record_bytes(4, &[create("refs/heads/r4", oid(4))]));
+        fs::write(log_path(dir), &stale_then_new).unwrap();
+        let store = RefStore::open(dir).unwrap();
+        assert_eq!(store.sequence(), 4);
+        assert_eq!(store.get("refs/heads/r4"), Some(oid(4)));
+    }
+
+    #[test]
+    fn corrupt_snapshot_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        three_records(dir).compact().unwrap();
+        let path = dir.join(SNAPSHOT_FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(RefStore::open(dir), Err(RefError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn automatic_compaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        {
+            let mut store = RefStore::open(dir).unwrap();
+            let mut current = ObjectId::NULL_SHA1;
+            for i in 1..=COMPACT_EVERY_RECORDS + 5 {
+                store
+                    .apply(&[update("refs/heads/main", current, oid(i))])
+                    .unwrap();
+                current = oid(i);
+            }
+            assert_eq!(store.records_since_snapshot, 5);
+            let log_len = fs::metadata(log_path(dir)).unwrap().len();
+            assert_eq!(log_len, store.log_len);
+            assert!(log_len < 5 * 200);
+        }
+        let store = RefStore::open(dir).unwrap();
+        assert_eq!(store.sequence(), COMPACT_EVERY_RECORDS + 5);
+        assert_eq!(
+            store.get("refs/heads/main"),
+            Some(oid(COMPACT_EVERY_RECORDS + 5))
+        );
+    }
+
+    #[test]
+    fn ten_thousand_refs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let count = 10_000u64;
+        let name = |i: u64| format!("refs/heads/topic/{:02}/branch-{i}", i % 97);
+        {
+            let mut store = RefStore::open(dir).unwrap();
+            let batch: Vec<RefUpdate> = (0..count).map(|i| create(&name(i), oid(i + 1))).collect();
+            store.apply(&batch).unwrap();
+            // A second batch touching half of them.
+            let batch: Vec<RefUpdate> = (0..count)
+                .step_by(2)
+                .map(|i| update(&name(i), oid(i + 1), oid(i + 1 + count)))
+                .collect();
+            store.apply(&batch).unwrap();
+        }
+        let check = |store: &RefStore| {
+            assert_eq!(store.refs().len(), count as usize);
+            for i in 0..count {
+                let expected = if i % 2 == 0 {
+                    oid(i + 1 + count)
+                } else {
+                    oid(i + 1)
+                };
+                assert_eq!(store.get(&name(i)), Some(expected));
+            }
+        };
+        {
+            let mut store = RefStore::open(dir).unwrap();
+            check(&store);
+            store.compact().unwrap();
+        }
+        let store = RefStore::open(dir).unwrap();
+        check(&store);
+        let packed = fs::read_to_string(dir.join("packed-refs")).unwrap();
+        assert_eq!(packed.lines().count(), count as usize + 1);
+    }
+
+    #[test]
+    fn second_opener_is_locked_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RefStore::open(tmp.path()).unwrap();
+        assert!(matches!(
+            RefStore::open(tmp.path()),
+            Err(RefError::Locked { .. })
+        ));
+        drop(store);
+        RefStore::open(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn exported_files_have_git_formats() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = RefStore::open(dir).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("HEAD")).unwrap(),
+            "ref: refs/heads/main\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("packed-refs")).unwrap(),
+            PACKED_REFS_HEADER
+        );
+        store
+            .apply(&[
+                create("refs/tags/v1", oid(2)),
+                create("refs/heads/main", oid(1)),
+            ])
+            .unwrap();
+        store.compact().unwrap();
+        let expected = format!(
+            "# pack-refs with: sorted \n{} refs/heads/main\n{} refs/tags/v1\n",
+            oid(1),
+            oid(2)
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("packed-refs")).unwrap(),
+            expected
+        );
+    }
+
+    fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let mut child = Command::new("git")
+            .arg(format!("--git-dir={}", dir.display()))
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// C git reads the exported `HEAD` and `packed-refs` (with an `objects/`
+    /// directory, which the object store provides in a real repository).
+    #[test]
+    fn git_reads_exported_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = RefStore::open(dir).unwrap();
+        fs::create_dir(dir.join("objects")).unwrap();
+        let blob = git(dir, &["hash-object", "-w", "--stdin"], Some(b"hello\n"));
+        let blob = ObjectId::from_hex(blob.trim().as_bytes()).unwrap();
+        store
+            .apply(&[
+                create("refs/heads/main", blob),
+                create("refs/heads/feature/x", blob),
+                create("refs/tags/v1", blob),
+            ])
+            .unwrap();
+        store.compact().unwrap();
+        let listed = git(
+            dir,
+            &["for-each-ref", "--format=%(objectname) %(refname)"],
+            None,
+        );
+        let expected: String = ["refs/heads/feature/x", "refs/heads/main", "refs/tags/v1"]
+            .iter()
+            .map(|name| format!("{blob} {name}\n"))
+            .collect();
+        assert_eq!(listed, expected);
+        assert_eq!(
+            git(dir, &["symbolic-ref", "HEAD"], None),
+            "refs/heads/main\n"
+        );
+        assert_eq!(git(dir, &["rev-parse", "HEAD"], None), format!("{blob}\n"));
+    }
+}
