@@ -14,6 +14,7 @@ pub mod oid;
 pub mod pack;
 pub mod refname;
 pub mod refs;
+pub mod store;
 
 pub use object::ObjectKind;
 pub use oid::{HashKind, ObjectId};
