@@ -1,1 +1,182 @@
-fn main() {}
+//! guts-node: a git host node.
+//!
+//! `guts-node` with no arguments runs a single-validator node with
+//! embedded defaults. Configuration precedence: flags > `GUTS_*`
+//! environment > TOML file (`--config`) > embedded defaults.
+
+mod config;
+mod metrics;
+mod sequencer;
+
+use anyhow::Context;
+use clap::Parser;
+use std::sync::Arc;
+
+use config::{Cli, Command, NodeConfig};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format.as_deref());
+    let result = match cli.command.clone() {
+        None => run(&cli),
+        Some(Command::Run) => run(&cli),
+        Some(Command::Config) => show_config(&cli),
+    };
+    if let Err(e) = result {
+        tracing::error!("{e:#}");
+        eprintln!("guts-node: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GUTS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == Some("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn show_config(cli: &Cli) -> anyhow::Result<()> {
+    let cfg = NodeConfig::resolve(cli)?;
+    println!("{cfg:#?}");
+    Ok(())
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let cfg = NodeConfig::resolve(cli)?;
+    raise_fd_limit();
+    std::fs::create_dir_all(cfg.data_dir.join("repos"))
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let lock = lock_data_dir(&cfg.data_dir)?;
+
+    let cores = available_cores();
+    let (shard_count, shard_cpus, consensus_cpu) = plan_cores(&cores, cfg.shards);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %cfg.data_dir.display(),
+        api = %cfg.api_addr,
+        metrics = %cfg.metrics_addr,
+        p2p = %cfg.p2p_addr,
+        shards = shard_count,
+        ?shard_cpus,
+        ?consensus_cpu,
+        "starting guts-node (single validator, local sequencer)"
+    );
+
+    // The consensus core: ordering service on its own pinned OS thread.
+    let (handle, queue) = sequencer::queue();
+    let mut senders = Vec::with_capacity(shard_count);
+    let mut receivers = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (tx, rx) = guts_shards::batch_channel();
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    std::thread::Builder::new()
+        .name("consensus".into())
+        .spawn(move || {
+            if let Some(cpu) = consensus_cpu {
+                pin_current_thread(cpu);
+            }
+            sequencer::run(queue, senders);
+        })
+        .context("starting the consensus thread")?;
+
+    metrics::start(cfg.metrics_addr).with_context(|| format!("metrics endpoint on {}", cfg.metrics_addr))?;
+
+    let shard_config = guts_shards::ShardConfig {
+        data_dir: cfg.data_dir.clone(),
+        api_addr: cfg.api_addr,
+        shards: shard_count,
+        shard_cpus,
+        io_memory_bytes: cfg.io_memory_bytes,
+        limits: cfg.limits.clone(),
+        agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
+    };
+    let shards = guts_shards::start(shard_config, Arc::new(handle), receivers)
+        .context("starting shards")?;
+    tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at http://{}/git/OWNER/NAME.git", cfg.api_addr);
+    shards.join();
+    drop(lock);
+    Ok(())
+}
+
+/// CPUs this process may run on.
+fn available_cores() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect();
+            if !cores.is_empty() {
+                return cores;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect()
+}
+
+/// Decide shard count and pinning: by default every core but one runs a
+/// shard and the last core runs consensus; never more shards than cores.
+fn plan_cores(cores: &[usize], requested: Option<usize>) -> (usize, Vec<usize>, Option<usize>) {
+    let n = cores.len().max(1);
+    let wanted = requested.unwrap_or(if n > 1 { n - 1 } else { 1 }).max(1);
+    if wanted > n {
+        tracing::warn!(requested = wanted, cores = n, "more shards requested than cores; using one shard per core");
+    }
+    let shards = wanted.min(n);
+    if n == 1 {
+        return (1, vec![], None);
+    }
+    let shard_cpus = cores[..shards].to_vec();
+    let consensus = cores.last().copied();
+    (shards, shard_cpus, consensus)
+}
+
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: plain libc call on a zeroed cpu set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, "could not pin the consensus thread");
+        }
+    }
+}
+
+/// Raise the open-file limit to its hard maximum (connections are files).
+fn raise_fd_limit() {
+    // SAFETY: plain libc calls on a struct we own.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = old, to = lim.rlim_max, "raised open-file limit");
+            }
+        }
+    }
+}
+
+/// Hold an exclusive lock on the data directory for the life of the process.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("node.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        anyhow::bail!("data directory {} is in use by another guts-node process", dir.display());
+    }
+    Ok(f)
+}

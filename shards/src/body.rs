@@ -1,0 +1,223 @@
+//! Request and response bodies: bounded, optionally gzip-decoded request
+//! bodies read chunk by chunk, and response bodies that are either a
+//! single buffer or a stream fed by a producer task through a bounded
+//! channel (backpressure: a slow client stalls the producer, not memory).
+
+use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_lite::StreamExt;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::io::Write;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use crate::conn::{ConnState, Phase, PhaseGuard};
+
+/// Frames a streaming response may have queued before its producer waits.
+pub const RESPONSE_QUEUE_FRAMES: usize = 16;
+
+/// A response body.
+pub enum ResponseBody {
+    /// One buffer (or nothing).
+    Full(Option<Bytes>, Option<PhaseGuard>),
+    /// Chunks produced by another task.
+    Stream(mpsc::Receiver<Bytes>, Option<PhaseGuard>),
+}
+
+impl ResponseBody {
+    /// A body of one buffer.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        ResponseBody::Full(if data.is_empty() { None } else { Some(data) }, None)
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody::Full(None, None)
+    }
+
+    /// A streamed body and the sender its producer writes to.
+    pub fn channel() -> (mpsc::Sender<Bytes>, Self) {
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE_FRAMES);
+        (tx, ResponseBody::Stream(rx, None))
+    }
+
+    /// Attach the guard that marks the connection idle once the body is done.
+    pub fn with_guard(mut self, guard: PhaseGuard) -> Self {
+        match &mut self {
+            ResponseBody::Full(_, g) | ResponseBody::Stream(_, g) => *g = Some(guard),
+        }
+        self
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ResponseBody::Full(data, guard) => {
+                let out = data.take().map(|d| Ok(Frame::data(d)));
+                if out.is_none() {
+                    guard.take();
+                }
+                Poll::Ready(out)
+            }
+            ResponseBody::Stream(rx, guard) => match rx.poll_next(cx) {
+                Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Poll::Ready(None) => {
+                    guard.take();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ResponseBody::Full(None, _))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(d), _) => SizeHint::with_exact(d.len() as u64),
+            ResponseBody::Full(None, _) => SizeHint::with_exact(0),
+            ResponseBody::Stream(..) => SizeHint::default(),
+        }
+    }
+}
+
+/// Errors reading a request body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("request body is not valid gzip: {0}")]
+    BadGzip(String),
+    #[error("unsupported Content-Encoding {0:?}")]
+    UnsupportedEncoding(String),
+    #[error("error reading request body: {0}")]
+    Transport(String),
+}
+
+enum Decoder {
+    Identity,
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
+}
+
+/// A request body read chunk by chunk, decoded and bounded.
+pub struct RequestBody {
+    incoming: Incoming,
+    decoder: Decoder,
+    limit: u64,
+    seen: u64,
+    done: bool,
+    state: Rc<ConnState>,
+}
+
+impl RequestBody {
+    /// Wrap `incoming`, decoding `content_encoding` (none or gzip) and
+    /// refusing more than `limit` decoded bytes.
+    pub fn new(
+        incoming: Incoming,
+        content_encoding: Option<&str>,
+        limit: u64,
+        state: Rc<ConnState>,
+    ) -> Result<Self, BodyError> {
+        let decoder = match content_encoding.map(|s| s.trim().to_ascii_lowercase()) {
+            None => Decoder::Identity,
+            Some(e) if e.is_empty() || e == "identity" => Decoder::Identity,
+            Some(e) if e == "gzip" || e == "x-gzip" => {
+                Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new())))
+            }
+            Some(e) => return Err(BodyError::UnsupportedEncoding(e)),
+        };
+        state.set_phase(Phase::Body);
+        Ok(RequestBody {
+            incoming,
+            decoder,
+            limit,
+            seen: 0,
+            done: false,
+            state,
+        })
+    }
+
+    /// The next decoded chunk, or None at the end of the body.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let frame = match self.incoming.frame().await {
+                None => {
+                    self.done = true;
+                    self.state.set_phase(Phase::Responding);
+                    if let Decoder::Gzip(d) = &mut self.decoder {
+                        d.try_finish().map_err(|e| BodyError::BadGzip(e.to_string()))?;
+                        let rest = std::mem::take(d.get_mut());
+                        if !rest.is_empty() {
+                            return self.account(Bytes::from(rest)).map(Some);
+                        }
+                    }
+                    return Ok(None);
+                }
+                Some(Err(e)) => return Err(BodyError::Transport(e.to_string())),
+                Some(Ok(frame)) => frame,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            let out = match &mut self.decoder {
+                Decoder::Identity => data,
+                Decoder::Gzip(d) => {
+                    d.write_all(&data).map_err(|e| BodyError::BadGzip(e.to_string()))?;
+                    let out = std::mem::take(d.get_mut());
+                    if out.is_empty() {
+                        continue;
+                    }
+                    Bytes::from(out)
+                }
+            };
+            return self.account(out).map(Some);
+        }
+    }
+
+    fn account(&mut self, chunk: Bytes) -> Result<Bytes, BodyError> {
+        self.seen += chunk.len() as u64;
+        if self.seen > self.limit {
+            return Err(BodyError::TooLarge { limit: self.limit });
+        }
+        Ok(chunk)
+    }
+
+    /// Read the whole (bounded) body into one buffer.
+    pub async fn collect(mut self) -> Result<Bytes, BodyError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+/// Receiving side helper: drain a channel stream (used in tests).
+pub async fn drain(mut rx: mpsc::Receiver<Bytes>) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(b) = rx.next().await {
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+/// `Infallible` placeholder to satisfy trait bounds in handlers.
+pub type Never = Infallible;

@@ -1,0 +1,80 @@
+//! Shard runtime configuration: addresses, shard count and every limit the
+//! HTTP front end and the git services enforce. Each limit is a named
+//! constant with its unit last, exported here so an operator can change it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Largest request head (request line + headers) accepted.
+pub const HEADER_MAX_BYTES: usize = 64 * 1024;
+/// Largest upload-pack request body (negotiation), after decompression.
+pub const UPLOAD_BODY_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest receive-pack request body (commands + pack), after decompression.
+pub const PUSH_BODY_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Largest API (JSON) request body.
+pub const API_BODY_MAX_BYTES: u64 = 64 * 1024;
+/// Time a client has to send a complete request head.
+pub const HEADER_TIMEOUT_MS: u64 = 10_000;
+/// A keep-alive connection with no request in flight is closed after this.
+pub const IDLE_TIMEOUT_MS: u64 = 120_000;
+/// Window over which the request body rate is measured.
+pub const BODY_RATE_WINDOW_MS: u64 = 20_000;
+/// Minimum average request body rate over one window, or the connection is closed.
+pub const BODY_MIN_BYTES_PER_SEC: u64 = 256;
+/// Longest a whole request (head, body and response) may take.
+pub const REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+/// Open connections per shard beyond which new ones are closed at once.
+pub const CONNECTIONS_MAX: usize = 16_384;
+/// Bytes of I/O memory each shard registers with io_uring.
+pub const IO_MEMORY_BYTES: usize = 1024 * 1024;
+
+/// Limits enforced by the HTTP front end and the git services.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_max_bytes: usize,
+    pub upload_body_max_bytes: u64,
+    pub push_body_max_bytes: u64,
+    pub api_body_max_bytes: u64,
+    pub header_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub body_rate_window_ms: u64,
+    pub body_min_bytes_per_sec: u64,
+    pub request_timeout_ms: u64,
+    pub connections_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_max_bytes: HEADER_MAX_BYTES,
+            upload_body_max_bytes: UPLOAD_BODY_MAX_BYTES,
+            push_body_max_bytes: PUSH_BODY_MAX_BYTES,
+            api_body_max_bytes: API_BODY_MAX_BYTES,
+            header_timeout_ms: HEADER_TIMEOUT_MS,
+            idle_timeout_ms: IDLE_TIMEOUT_MS,
+            body_rate_window_ms: BODY_RATE_WINDOW_MS,
+            body_min_bytes_per_sec: BODY_MIN_BYTES_PER_SEC,
+            request_timeout_ms: REQUEST_TIMEOUT_MS,
+            connections_max: CONNECTIONS_MAX,
+        }
+    }
+}
+
+/// Everything the shard runtime needs to start.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Root of the node's data (`DATA/repos/OWNER/NAME.git`).
+    pub data_dir: PathBuf,
+    /// Address of the git/API HTTP server (every shard listens on it).
+    pub api_addr: SocketAddr,
+    /// Number of shard executors.
+    pub shards: usize,
+    /// CPUs the shards are pinned to, one per shard (empty: not pinned).
+    pub shard_cpus: Vec<usize>,
+    /// Bytes of io_uring registered memory per shard.
+    pub io_memory_bytes: usize,
+    /// Request limits.
+    pub limits: Limits,
+    /// Server agent string advertised to clients.
+    pub agent: String,
+}

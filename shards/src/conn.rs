@@ -1,0 +1,176 @@
+//! A glommio TCP stream adapted to hyper's I/O traits, with the per-
+//! connection bookkeeping the watchdog uses to close slow or idle clients.
+//!
+//! hyper is runtime-agnostic: it needs `hyper::rt::Read`/`Write`, which we
+//! implement over glommio's `futures-lite` traits. The adapter also records
+//! when bytes arrive so that a connection stuck in a request head, crawling
+//! through a body below the minimum rate, or idle past the keep-alive
+//! limit is closed without costing other clients anything.
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+
+/// What a connection is doing, for timeout purposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Between requests (keep-alive).
+    Idle,
+    /// Receiving a request head.
+    Head,
+    /// The handler is reading the request body.
+    Body,
+    /// The handler is producing the response.
+    Responding,
+}
+
+/// Per-connection state shared by the I/O adapter, the handler and the watchdog.
+#[derive(Debug)]
+pub struct ConnState {
+    phase: Cell<Phase>,
+    phase_since: Cell<Instant>,
+    bytes_read: Cell<u64>,
+    window_start: Cell<Instant>,
+    window_bytes_start: Cell<u64>,
+}
+
+impl ConnState {
+    /// A fresh connection, idle since now.
+    pub fn new() -> Rc<ConnState> {
+        let now = Instant::now();
+        Rc::new(ConnState {
+            phase: Cell::new(Phase::Idle),
+            phase_since: Cell::new(now),
+            bytes_read: Cell::new(0),
+            window_start: Cell::new(now),
+            window_bytes_start: Cell::new(0),
+        })
+    }
+
+    /// Enter `phase` now.
+    pub fn set_phase(&self, phase: Phase) {
+        let now = Instant::now();
+        self.phase.set(phase);
+        self.phase_since.set(now);
+        self.window_start.set(now);
+        self.window_bytes_start.set(self.bytes_read.get());
+    }
+
+    fn on_read(&self, n: usize) {
+        if n > 0 && self.phase.get() == Phase::Idle {
+            self.set_phase(Phase::Head);
+        }
+        self.bytes_read.set(self.bytes_read.get() + n as u64);
+    }
+
+    /// Why the connection should be closed now, if it should.
+    pub fn verdict(&self, limits: &Limits, now: Instant) -> Option<&'static str> {
+        let since = now.saturating_duration_since(self.phase_since.get());
+        match self.phase.get() {
+            Phase::Idle if since > Duration::from_millis(limits.idle_timeout_ms) => Some("idle timeout"),
+            Phase::Head if since > Duration::from_millis(limits.header_timeout_ms) => {
+                Some("request head not received in time")
+            }
+            Phase::Body => {
+                let window = now.saturating_duration_since(self.window_start.get());
+                let window_limit = Duration::from_millis(limits.body_rate_window_ms);
+                if window >= window_limit {
+                    let got = self.bytes_read.get() - self.window_bytes_start.get();
+                    let need = limits.body_min_bytes_per_sec * limits.body_rate_window_ms / 1000;
+                    if got < need {
+                        return Some("request body below the minimum rate");
+                    }
+                    self.window_start.set(now);
+                    self.window_bytes_start.set(self.bytes_read.get());
+                }
+                if since > Duration::from_millis(limits.request_timeout_ms) {
+                    return Some("request timeout");
+                }
+                None
+            }
+            Phase::Responding if since > Duration::from_millis(limits.request_timeout_ms) => {
+                Some("request timeout")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Resets the connection to idle when the response is done (dropped).
+pub struct PhaseGuard(pub Rc<ConnState>);
+
+impl Drop for PhaseGuard {
+    fn drop(&mut self) {
+        self.0.set_phase(Phase::Idle);
+    }
+}
+
+/// A glommio TCP stream usable by hyper.
+pub struct HyperStream {
+    inner: TcpStream,
+    state: Rc<ConnState>,
+}
+
+impl HyperStream {
+    /// Wrap an accepted stream.
+    pub fn new(inner: TcpStream, state: Rc<ConnState>) -> Self {
+        HyperStream { inner, state }
+    }
+}
+
+impl hyper::rt::Read for HyperStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: the uninitialized tail is zeroed before it is handed out as
+        // `&mut [u8]`, and `advance` is only told about bytes the read wrote.
+        let n = unsafe {
+            let uninit = buf.as_mut();
+            std::ptr::write_bytes(uninit.as_mut_ptr(), 0, uninit.len());
+            let slice = &mut *(uninit as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]);
+            match Pin::new(&mut self.inner).poll_read(cx, slice) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        self.state.on_read(n);
+        unsafe { buf.advance(n) };
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl hyper::rt::Write for HyperStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}

@@ -1,0 +1,259 @@
+//! The HTTP front end of one shard: accept loop on the shared
+//! (SO_REUSEPORT) port, per-connection watchdog, and request routing to
+//! the REST API, health checks and the git smart-HTTP services.
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard};
+use crate::repo::{check_name, list_repos, RepoError};
+use crate::shard::{Shard, ShardError};
+
+/// How often the watchdog looks at a connection.
+const WATCHDOG_TICK_MS: u64 = 1000;
+/// A response write that makes no progress for this long closes the connection.
+const WRITE_STALL_TIMEOUT_MS: u64 = 120_000;
+
+/// Accept connections for this shard until the listener fails.
+pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= shard.config.limits.connections_max {
+            tracing::warn!(shard = shard.id, limit = shard.config.limits.connections_max, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(WRITE_STALL_TIMEOUT_MS)));
+        shard.connections.set(shard.connections.get() + 1);
+        let shard2 = shard.clone();
+        glommio::spawn_local(async move {
+            serve_connection(shard2.clone(), stream).await;
+            shard2.connections.set(shard2.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
+    let state = ConnState::new();
+    let io = HyperStream::new(stream, state.clone());
+    let svc_shard = shard.clone();
+    let svc_state = state.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shard = svc_shard.clone();
+        let state = svc_state.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(shard, state, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_buf_size(shard.config.limits.header_max_bytes.max(8192))
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    let limits = shard.config.limits.clone();
+    let watchdog = async move {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(WATCHDOG_TICK_MS)).await;
+            if let Some(why) = state.verdict(&limits, Instant::now()) {
+                tracing::debug!(reason = why, "closing connection");
+                return;
+            }
+        }
+    };
+    futures_lite::future::or(
+        async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with error");
+            }
+        },
+        watchdog,
+    )
+    .await;
+}
+
+async fn handle(shard: Rc<Shard>, state: Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    state.set_phase(Phase::Responding);
+    let guard = PhaseGuard(state.clone());
+    let response = route(&shard, &state, req).await;
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, body.with_guard(guard))
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<ResponseBody> {
+    let mut msg: String = msg.into();
+    if !msg.ends_with('\n') {
+        msg.push('\n');
+    }
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(ResponseBody::full(msg))
+        .unwrap_or_else(|_| Response::new(ResponseBody::empty()))
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let mut body = value.to_string();
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(ResponseBody::full(body))
+        .unwrap_or_else(|_| Response::new(ResponseBody::empty()))
+}
+
+fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response<ResponseBody> {
+    json(status, &serde_json::json!({ "error": msg.to_string() }))
+}
+
+/// Map a shard-layer error to an HTTP answer.
+pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
+    match e {
+        ShardError::Repo(RepoError::NotFound(k)) => text(StatusCode::NOT_FOUND, format!("repository {k} not found")),
+        ShardError::Repo(e @ RepoError::InvalidName { .. }) => text(StatusCode::NOT_FOUND, e.to_string()),
+        other => {
+            tracing::error!(error = %other, "internal error");
+            text(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+        }
+    }
+}
+
+async fn route(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method.clone(), path.as_str()) {
+        (Method::GET | Method::HEAD, "/health/live") => return text(StatusCode::OK, "ok"),
+        (Method::GET | Method::HEAD, "/health" | "/health/ready") => {
+            return json(StatusCode::OK, &serde_json::json!({"status": "ok", "shard": shard.id}))
+        }
+        _ => {}
+    }
+    if path == "/api/repos" || path == "/api/repos/" {
+        return match method {
+            Method::GET => list_repositories(shard),
+            Method::POST => create_repository(shard, state, req).await,
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/api/repos/") {
+        if method != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        }
+        return show_repository(shard, rest).await;
+    }
+    if let Some(rest) = path.strip_prefix("/git/") {
+        return crate::git::route(shard, state, req, rest.to_string()).await;
+    }
+    text(StatusCode::NOT_FOUND, "not found")
+}
+
+fn list_repositories(shard: &Rc<Shard>) -> Response<ResponseBody> {
+    let repos: Vec<_> = list_repos(&shard.config.data_dir)
+        .into_iter()
+        .map(|(owner, name)| serde_json::json!({"owner": owner, "name": name, "full_name": format!("{owner}/{name}")}))
+        .collect();
+    json(StatusCode::OK, &serde_json::Value::Array(repos))
+}
+
+#[derive(serde::Deserialize)]
+struct CreateRepo {
+    owner: String,
+    name: String,
+}
+
+async fn create_repository(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let (parts, incoming) = req.into_parts();
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match RequestBody::new(incoming, encoding.as_deref(), shard.config.limits.api_body_max_bytes, state.clone()) {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e),
+    };
+    let data = match body.collect().await {
+        Ok(d) => d,
+        Err(crate::body::BodyError::TooLarge { limit }) => {
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))
+        }
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let req: CreateRepo = match serde_json::from_slice(&data) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("expected JSON {{\"owner\": ..., \"name\": ...}}: {e}")),
+    };
+    let name = req.name.strip_suffix(".git").unwrap_or(&req.name).to_string();
+    if let Err(e) = check_name("owner", &req.owner).and_then(|_| check_name("repository name", &name)) {
+        return json_error(StatusCode::BAD_REQUEST, e);
+    }
+    let key = format!("{}/{}", req.owner, name);
+    let (owner, n) = (req.owner.clone(), name.clone());
+    let result = shard
+        .on_owner(&key, move |s| async move { s.create_repo(&owner, &n) })
+        .await;
+    match result {
+        Ok(Ok(())) => {
+            tracing::info!(repo = %key, "repository created");
+            json(
+                StatusCode::CREATED,
+                &serde_json::json!({"owner": req.owner, "name": name, "full_name": key}),
+            )
+        }
+        Ok(Err(RepoError::Exists(k))) => json_error(StatusCode::CONFLICT, format!("repository {k} already exists")),
+        Ok(Err(e @ RepoError::InvalidName { .. })) => json_error(StatusCode::BAD_REQUEST, e),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn show_repository(shard: &Rc<Shard>, rest: &str) -> Response<ResponseBody> {
+    let rest = rest.trim_end_matches('/');
+    let Some((owner, name)) = rest.split_once('/') else {
+        return json_error(StatusCode::NOT_FOUND, "expected /api/repos/OWNER/NAME");
+    };
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    if check_name("owner", owner).is_err() || check_name("repository name", name).is_err() {
+        return json_error(StatusCode::NOT_FOUND, "repository not found");
+    }
+    match shard.snapshot(owner, name).await {
+        Ok(snap) => {
+            let refs: serde_json::Map<String, serde_json::Value> = snap
+                .refs
+                .iter()
+                .map(|r| (r.name.clone(), serde_json::Value::String(r.oid.to_hex())))
+                .collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "owner": owner,
+                    "name": name,
+                    "full_name": snap.key,
+                    "head": snap.head_target,
+                    "refs": refs,
+                }),
+            )
+        }
+        Err(ShardError::Repo(RepoError::NotFound(_))) => json_error(StatusCode::NOT_FOUND, "repository not found"),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// Unused-body helper for handlers that answer without reading.
+pub fn empty_ok() -> Response<ResponseBody> {
+    Response::new(ResponseBody::full(Bytes::new()))
+}

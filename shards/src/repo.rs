@@ -1,0 +1,280 @@
+//! One repository as its owning shard holds it: the object store, the ref
+//! store, and a cached snapshot of the advertised refs.
+//!
+//! Owned by exactly one shard (`Rc<RefCell<Repo>>` never leaves it); other
+//! shards see only [`RefSnapshot`]s, which are immutable and `Send`.
+
+use guts_io::object::parse_tag;
+use guts_io::refs::RefStore;
+use guts_io::store::ObjectStore;
+use guts_io::{ObjectId, ObjectKind};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Longest owner or repository name.
+pub const REPO_NAME_MAX_BYTES: usize = 100;
+/// Annotated tags followed when peeling a tag ref.
+const PEEL_DEPTH_MAX: usize = 16;
+
+/// Errors from opening or creating repositories.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName { what: &'static str, value: String, reason: &'static str },
+    #[error("repository {0} already exists")]
+    Exists(String),
+    #[error("repository {0} not found")]
+    NotFound(String),
+    #[error("object store: {0}")]
+    Store(#[from] guts_io::store::StoreError),
+    #[error("ref store: {0}")]
+    Refs(#[from] guts_io::refs::RefError),
+    #[error("i/o on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Check an owner or repository name: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most
+/// [`REPO_NAME_MAX_BYTES`], no `..`, not ending in `.git` or `.lock`.
+/// Anything percent-encoded or containing a slash fails here, which is what
+/// keeps request paths inside the repository store.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), RepoError> {
+    let bad = |reason| RepoError::InvalidName {
+        what,
+        value: value.chars().take(200).collect(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if value.len() > REPO_NAME_MAX_BYTES {
+        return Err(bad("longer than 100 bytes"));
+    }
+    if !value.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(bad("must start with a letter or digit"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(bad("may contain only letters, digits, '.', '_' and '-'"));
+    }
+    if value.contains("..") {
+        return Err(bad("must not contain '..'"));
+    }
+    let lower = value.to_ascii_lowercase();
+    if lower.ends_with(".git") || lower.ends_with(".lock") {
+        return Err(bad("must not end in .git or .lock"));
+    }
+    Ok(())
+}
+
+/// Directory of repository `owner/name` under the data dir.
+pub fn repo_dir(data_dir: &Path, owner: &str, name: &str) -> PathBuf {
+    data_dir.join("repos").join(owner).join(format!("{name}.git"))
+}
+
+/// One advertised ref.
+#[derive(Debug, Clone)]
+pub struct AdvertisedRef {
+    pub name: String,
+    pub oid: ObjectId,
+    /// For annotated tags: the object the tag finally points at.
+    pub peeled: Option<ObjectId>,
+}
+
+/// An immutable view of a repository's refs and objects at one moment.
+#[derive(Clone)]
+pub struct RefSnapshot {
+    /// `OWNER/NAME`.
+    pub key: String,
+    /// Target of HEAD (`refs/heads/main`).
+    pub head_target: String,
+    /// Value of HEAD if its target exists.
+    pub head: Option<ObjectId>,
+    /// All refs, sorted by name.
+    pub refs: Arc<Vec<AdvertisedRef>>,
+    /// The object store as of this snapshot.
+    pub store: ObjectStore,
+    /// Ref-store sequence this snapshot reflects.
+    pub sequence: u64,
+}
+
+/// A repository held by its owning shard.
+pub struct Repo {
+    pub key: String,
+    pub dir: PathBuf,
+    pub store: ObjectStore,
+    pub refs: RefStore,
+    peeled: HashMap<ObjectId, Option<ObjectId>>,
+    snapshot: Option<RefSnapshot>,
+}
+
+impl Repo {
+    /// Open an existing repository.
+    pub fn open(dir: PathBuf, key: String) -> Result<Repo, RepoError> {
+        if !dir.join("objects").is_dir() {
+            return Err(RepoError::NotFound(key));
+        }
+        let store = ObjectStore::open(&dir.join("objects"))?;
+        let refs = RefStore::open(&dir)?;
+        Ok(Repo {
+            key,
+            dir,
+            store,
+            refs,
+            peeled: HashMap::new(),
+            snapshot: None,
+        })
+    }
+
+    /// Create a new, empty repository durably (directories fsynced), in a
+    /// layout C git can read: `HEAD`, `config`, `objects/pack`, `refs/`.
+    pub fn create(data_dir: &Path, owner: &str, name: &str) -> Result<Repo, RepoError> {
+        check_name("owner", owner)?;
+        check_name("repository name", name)?;
+        let key = format!("{owner}/{name}");
+        let dir = repo_dir(data_dir, owner, name);
+        if dir.exists() {
+            return Err(RepoError::Exists(key));
+        }
+        let owner_dir = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| data_dir.to_path_buf());
+        std::fs::create_dir_all(&owner_dir).map_err(io_err(&owner_dir))?;
+        // Build in a temporary directory and rename, so a crash never leaves
+        // a half-made repository under its real name.
+        let tmp = owner_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        for sub in ["objects/pack", "objects/info", "refs/heads", "refs/tags"] {
+            let p = tmp.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let config = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n";
+        write_synced(&tmp.join("config"), config.as_bytes())?;
+        write_synced(&tmp.join("HEAD"), b"ref: refs/heads/main\n")?;
+        drop(RefStore::open(&tmp)?);
+        for sub in ["objects/pack", "objects", "refs", ""] {
+            sync_dir(&tmp.join(sub))?;
+        }
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                if dir.exists() {
+                    return Err(RepoError::Exists(key));
+                }
+                return Err(io_err(&dir)(e));
+            }
+        }
+        sync_dir(&owner_dir)?;
+        if let Some(repos) = owner_dir.parent() {
+            sync_dir(repos)?;
+        }
+        Repo::open(dir, key)
+    }
+
+    /// The current snapshot (cached until refs or packs change).
+    pub fn snapshot(&mut self) -> RefSnapshot {
+        if let Some(s) = &self.snapshot {
+            return s.clone();
+        }
+        let current: Vec<(String, ObjectId)> =
+            self.refs.refs().iter().map(|(n, o)| (n.clone(), *o)).collect();
+        let mut refs = Vec::with_capacity(current.len());
+        for (name, oid) in current {
+            let peeled = if name.starts_with("refs/tags/") {
+                self.peel(&oid)
+            } else {
+                None
+            };
+            refs.push(AdvertisedRef {
+                name,
+                oid,
+                peeled,
+            });
+        }
+        let snap = RefSnapshot {
+            key: self.key.clone(),
+            head_target: self.refs.head_target().to_string(),
+            head: self.refs.head_oid(),
+            refs: Arc::new(refs),
+            store: self.store.clone(),
+            sequence: self.refs.sequence(),
+        };
+        self.snapshot = Some(snap.clone());
+        snap
+    }
+
+    /// Forget the cached snapshot after a change.
+    pub fn invalidate(&mut self) {
+        self.snapshot = None;
+    }
+
+    fn peel(&mut self, oid: &ObjectId) -> Option<ObjectId> {
+        if let Some(p) = self.peeled.get(oid) {
+            return *p;
+        }
+        let mut current = *oid;
+        let mut result = None;
+        for _ in 0..PEEL_DEPTH_MAX {
+            match self.store.read(&current) {
+                Ok(Some((ObjectKind::Tag, data))) => match parse_tag(&data) {
+                    Ok(tag) => {
+                        current = tag.object;
+                        result = Some(current);
+                    }
+                    Err(_) => break,
+                },
+                _ => break,
+            }
+        }
+        self.peeled.insert(*oid, result);
+        result
+    }
+}
+
+/// Write a file and fsync it.
+pub fn write_synced(path: &Path, data: &[u8]) -> Result<(), RepoError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(io_err(path))?;
+    f.write_all(data).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// fsync a directory so that entries created in it are durable.
+pub fn sync_dir(path: &Path) -> Result<(), RepoError> {
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Every repository on disk as `(owner, name)`, sorted.
+pub fn list_repos(data_dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(owners) = std::fs::read_dir(data_dir.join("repos")) else {
+        return out;
+    };
+    for owner in owners.flatten() {
+        let owner_name = owner.file_name().to_string_lossy().into_owned();
+        if check_name("owner", &owner_name).is_err() {
+            continue;
+        }
+        let Ok(repos) = std::fs::read_dir(owner.path()) else { continue };
+        for repo in repos.flatten() {
+            let file = repo.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_suffix(".git") {
+                if check_name("repository name", name).is_ok() {
+                    out.push((owner_name.clone(), name.to_string()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}

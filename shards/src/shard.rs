@@ -1,0 +1,290 @@
+//! A shard: one glommio executor and the repositories it owns.
+//!
+//! Every repository belongs to exactly one shard (ahash of `OWNER/NAME`
+//! with fixed seeds, so ownership is stable across restarts). The owner
+//! holds the repository's mutable state; other shards reach it by sending
+//! a job through the owner's bounded inbox and awaiting the reply. Packs
+//! are immutable once written, so a snapshot taken on the owner can be
+//! read by any shard.
+
+use futures_channel::{mpsc, oneshot};
+use futures_lite::StreamExt;
+use guts_io::refs::{RefError, RefUpdate};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::ShardConfig;
+use crate::consensus::{BatchReceiver, FinalizedBatch, Orderer, Transaction, TxId};
+use crate::repo::{check_name, repo_dir, RefSnapshot, Repo, RepoError};
+
+/// Jobs one shard may have queued for another before the sender waits.
+pub const SHARD_INBOX_MAX: usize = 1024;
+
+/// Work sent to the owning shard.
+pub type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// The outcome of one ref update after ordering: `Ok` or the reason it failed.
+pub type UpdateOutcome = Result<(), String>;
+
+/// Errors of the shard layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("owning shard {0} is not running")]
+    ShardGone(usize),
+    #[error("ordering service: {0}")]
+    Orderer(#[from] crate::consensus::OrdererError),
+    #[error("ordering service dropped the transaction")]
+    TransactionLost,
+}
+
+/// Stable owner of a repository among `shards` shards.
+pub fn owner_of(key: &str, shards: usize) -> usize {
+    // Fixed seeds: ownership must not change between runs.
+    let state = ahash::RandomState::with_seeds(0x6775_7473, 0x6e6f_6465, 0x7368_6172, 0x6473_0001);
+    let mut h = state.build_hasher();
+    key.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}
+
+/// One shard's state. Lives on its executor only.
+pub struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Node configuration.
+    pub config: ShardConfig,
+    repos: RefCell<HashMap<String, Rc<RefCell<Repo>>>>,
+    pending: RefCell<HashMap<TxId, oneshot::Sender<Vec<UpdateOutcome>>>>,
+    orderer: Arc<dyn Orderer>,
+    next_tx: Cell<u64>,
+    peers: Vec<mpsc::Sender<ShardJob>>,
+    /// Open connections on this shard.
+    pub connections: Cell<usize>,
+}
+
+impl Shard {
+    /// Create the shard state; `peers[i]` is shard i's inbox.
+    pub fn new(
+        id: usize,
+        config: ShardConfig,
+        orderer: Arc<dyn Orderer>,
+        peers: Vec<mpsc::Sender<ShardJob>>,
+    ) -> Rc<Shard> {
+        Rc::new(Shard {
+            id,
+            config,
+            repos: RefCell::new(HashMap::new()),
+            pending: RefCell::new(HashMap::new()),
+            orderer,
+            next_tx: Cell::new(0),
+            peers,
+            connections: Cell::new(0),
+        })
+    }
+
+    /// Number of shards.
+    pub fn count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Owner shard of `key`.
+    pub fn owner(&self, key: &str) -> usize {
+        owner_of(key, self.count())
+    }
+
+    /// Run `job` on the shard owning `key` and return its result.
+    pub async fn on_owner<T, F, Fut>(self: &Rc<Self>, key: &str, job: F) -> Result<T, ShardError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        let owner = self.owner(key);
+        if owner == self.id {
+            return Ok(job(self.clone()).await);
+        }
+        let (tx, rx) = oneshot::channel();
+        let boxed: ShardJob = Box::new(move |shard| {
+            Box::pin(async move {
+                let out = job(shard).await;
+                let _ = tx.send(out);
+            })
+        });
+        let mut inbox = self.peers[owner].clone();
+        futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx))
+            .await
+            .map_err(|_| ShardError::ShardGone(owner))?;
+        inbox.start_send(boxed).map_err(|_| ShardError::ShardGone(owner))?;
+        rx.await.map_err(|_| ShardError::ShardGone(owner))
+    }
+
+    /// The repository `owner/name` (owner shard only), opened on first use.
+    pub fn repo(&self, owner: &str, name: &str) -> Result<Rc<RefCell<Repo>>, RepoError> {
+        check_name("owner", owner)?;
+        check_name("repository name", name)?;
+        let key = format!("{owner}/{name}");
+        debug_assert_eq!(self.owner(&key), self.id, "repository used off its owning shard");
+        if let Some(r) = self.repos.borrow().get(&key) {
+            return Ok(r.clone());
+        }
+        let dir = repo_dir(&self.config.data_dir, owner, name);
+        let repo = Rc::new(RefCell::new(Repo::open(dir, key.clone())?));
+        self.repos.borrow_mut().insert(key, repo.clone());
+        Ok(repo)
+    }
+
+    /// Create repository `owner/name` (owner shard only).
+    pub fn create_repo(&self, owner: &str, name: &str) -> Result<(), RepoError> {
+        let repo = Repo::create(&self.config.data_dir, owner, name)?;
+        self.repos
+            .borrow_mut()
+            .insert(repo.key.clone(), Rc::new(RefCell::new(repo)));
+        Ok(())
+    }
+
+    /// A snapshot of `owner/name`, taken on its owner.
+    pub async fn snapshot(self: &Rc<Self>, owner: &str, name: &str) -> Result<RefSnapshot, ShardError> {
+        let key = format!("{owner}/{name}");
+        check_name("owner", owner)?;
+        check_name("repository name", name)?;
+        let (o, n) = (owner.to_string(), name.to_string());
+        self.on_owner(&key, move |shard| async move {
+            let repo = shard.repo(&o, &n)?;
+            let snap = repo.borrow_mut().snapshot();
+            Ok::<_, RepoError>(snap)
+        })
+        .await?
+        .map_err(ShardError::from)
+    }
+
+    /// Hand ref updates of a repository owned by this shard to the ordering
+    /// service and wait until they are finalized and applied durably.
+    pub async fn order_updates(
+        &self,
+        key: &str,
+        updates: Vec<RefUpdate>,
+        atomic: bool,
+        pack: Option<[u8; 20]>,
+    ) -> Result<Vec<UpdateOutcome>, ShardError> {
+        let seq = self.next_tx.get() + 1;
+        self.next_tx.set(seq);
+        let id = ((self.id as u64) << 48) | seq;
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let submitted = self.orderer.submit(Transaction {
+            id,
+            shard: self.id,
+            repo: key.to_string(),
+            updates,
+            atomic,
+            pack,
+        });
+        if let Err(e) = submitted {
+            self.pending.borrow_mut().remove(&id);
+            return Err(e.into());
+        }
+        rx.await.map_err(|_| ShardError::TransactionLost)
+    }
+
+    /// Apply finalized batches in order as they arrive; runs for the life of the shard.
+    pub async fn apply_batches(self: Rc<Self>, mut batches: BatchReceiver) {
+        let mut last_height = 0;
+        while let Some(batch) = batches.next().await {
+            debug_assert!(batch.height > last_height, "finalized batches out of order");
+            last_height = batch.height;
+            self.apply_batch(batch);
+        }
+    }
+
+    fn apply_batch(&self, batch: FinalizedBatch) {
+        for tx in batch.transactions {
+            let outcomes = self.apply_transaction(&tx);
+            if let Some(waiter) = self.pending.borrow_mut().remove(&tx.id) {
+                let _ = waiter.send(outcomes);
+            }
+        }
+    }
+
+    fn apply_transaction(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
+        let Some((owner, name)) = tx.repo.split_once('/') else {
+            return vec![Err("bad repository key".into()); tx.updates.len()];
+        };
+        let repo = match self.repo(owner, name) {
+            Ok(r) => r,
+            Err(e) => return vec![Err(e.to_string()); tx.updates.len()],
+        };
+        let mut repo = repo.borrow_mut();
+        repo.invalidate();
+        if tx.atomic {
+            return match repo.refs.apply(&tx.updates) {
+                Ok(()) => vec![Ok(()); tx.updates.len()],
+                Err(e) => {
+                    let failing = failing_ref(&e);
+                    tx.updates
+                        .iter()
+                        .map(|u| {
+                            if failing.as_deref() == Some(u.name.as_str()) {
+                                Err(reason(&e))
+                            } else {
+                                Err("atomic push failed".to_string())
+                            }
+                        })
+                        .collect()
+                }
+            };
+        }
+        // Non-atomic: each update stands alone; the valid ones are written in one record.
+        let mut outcomes: Vec<UpdateOutcome> = Vec::with_capacity(tx.updates.len());
+        let mut valid = Vec::new();
+        for u in &tx.updates {
+            match repo.refs.check(std::slice::from_ref(u)) {
+                Ok(()) => {
+                    outcomes.push(Ok(()));
+                    valid.push(u.clone());
+                }
+                Err(e) => outcomes.push(Err(reason(&e))),
+            }
+        }
+        if valid.is_empty() {
+            return outcomes;
+        }
+        if let Err(joint) = repo.refs.apply(&valid) {
+            // Updates valid alone may conflict together (D/F): apply one by one.
+            tracing::debug!(repo = %tx.repo, error = %joint, "joint apply failed, applying singly");
+            let mut k = 0;
+            for (i, u) in tx.updates.iter().enumerate() {
+                if outcomes[i].is_err() {
+                    continue;
+                }
+                debug_assert_eq!(valid[k].name, u.name);
+                k += 1;
+                if let Err(e) = repo.refs.apply(std::slice::from_ref(u)) {
+                    outcomes[i] = Err(reason(&e));
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+fn failing_ref(e: &RefError) -> Option<String> {
+    match e {
+        RefError::Stale { name, .. } => Some(name.clone()),
+        RefError::DirectoryFileConflict { name, .. } => Some(name.clone()),
+        _ => None,
+    }
+}
+
+/// A short reason for `ng <ref> <reason>`.
+fn reason(e: &RefError) -> String {
+    match e {
+        RefError::Stale { .. } => "stale info: the ref changed since the push began; fetch first".to_string(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,180 @@
+//! Command line and configuration: flags > `GUTS_*` environment > TOML
+//! file > embedded defaults.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use guts_shards::Limits;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./guts-data";
+/// Default git/API address.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
+/// Default metrics address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9090";
+/// Default p2p address.
+pub const DEFAULT_P2P_ADDR: &str = "127.0.0.1:9000";
+
+/// guts-node: a git host node (smart HTTP, consensus-ordered ref updates).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "guts-node", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// TOML configuration file.
+    #[arg(long, env = "GUTS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (repositories, ref logs, consensus state).
+    #[arg(long, env = "GUTS_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the git smart-HTTP and REST API server.
+    #[arg(long, env = "GUTS_API_ADDR", global = true)]
+    pub api_addr: Option<SocketAddr>,
+    /// Address of the Prometheus metrics endpoint.
+    #[arg(long, env = "GUTS_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Address for peer-to-peer connections.
+    #[arg(long, env = "GUTS_P2P_ADDR", global = true)]
+    pub p2p_addr: Option<SocketAddr>,
+    /// Number of shard executors (default: all cores but the consensus core, at least 1).
+    #[arg(long, env = "GUTS_SHARDS", global = true)]
+    pub shards: Option<usize>,
+    /// Hex-encoded ed25519 private key of this validator.
+    #[arg(long, env = "GUTS_PRIVATE_KEY", global = true, hide_env_values = true)]
+    pub private_key: Option<String>,
+    /// Take part in consensus.
+    #[arg(long, env = "GUTS_CONSENSUS_ENABLED", global = true)]
+    pub consensus_enabled: bool,
+    /// Use Simplex BFT for consensus.
+    #[arg(long, env = "GUTS_CONSENSUS_USE_SIMPLEX_BFT", global = true)]
+    pub consensus_use_simplex_bft: bool,
+    /// Genesis file naming the validator set.
+    #[arg(long, env = "GUTS_GENESIS_FILE", global = true)]
+    pub genesis_file: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, env = "GUTS_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// Bytes of io_uring registered memory per shard.
+    #[arg(long, env = "GUTS_IO_MEMORY_BYTES", global = true)]
+    pub io_memory_bytes: Option<usize>,
+    /// Largest request head in bytes.
+    #[arg(long, env = "GUTS_HEADER_MAX_BYTES", global = true)]
+    pub header_max_bytes: Option<usize>,
+    /// Largest push body in bytes.
+    #[arg(long, env = "GUTS_PUSH_BODY_MAX_BYTES", global = true)]
+    pub push_body_max_bytes: Option<u64>,
+    /// Largest fetch negotiation body in bytes.
+    #[arg(long, env = "GUTS_UPLOAD_BODY_MAX_BYTES", global = true)]
+    pub upload_body_max_bytes: Option<u64>,
+    /// Milliseconds a client has to send a request head.
+    #[arg(long, env = "GUTS_HEADER_TIMEOUT_MS", global = true)]
+    pub header_timeout_ms: Option<u64>,
+    /// Milliseconds an idle keep-alive connection is kept.
+    #[arg(long, env = "GUTS_IDLE_TIMEOUT_MS", global = true)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Window in milliseconds over which the minimum body rate is enforced.
+    #[arg(long, env = "GUTS_BODY_RATE_WINDOW_MS", global = true)]
+    pub body_rate_window_ms: Option<u64>,
+    /// Minimum request body rate in bytes per second.
+    #[arg(long, env = "GUTS_BODY_MIN_BYTES_PER_SEC", global = true)]
+    pub body_min_bytes_per_sec: Option<u64>,
+    /// Longest a request may take, in milliseconds.
+    #[arg(long, env = "GUTS_REQUEST_TIMEOUT_MS", global = true)]
+    pub request_timeout_ms: Option<u64>,
+    /// Open connections per shard.
+    #[arg(long, env = "GUTS_CONNECTIONS_MAX", global = true)]
+    pub connections_max: Option<usize>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the node (the default).
+    Run,
+    /// Print the resolved configuration and exit.
+    Config,
+}
+
+/// The TOML file's shape (every key optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub api_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub p2p_addr: Option<SocketAddr>,
+    pub shards: Option<usize>,
+    pub io_memory_bytes: Option<usize>,
+    pub limits: Option<FileLimits>,
+}
+
+/// `[limits]` in the TOML file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub header_max_bytes: Option<usize>,
+    pub push_body_max_bytes: Option<u64>,
+    pub upload_body_max_bytes: Option<u64>,
+    pub header_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub body_rate_window_ms: Option<u64>,
+    pub body_min_bytes_per_sec: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub connections_max: Option<usize>,
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub p2p_addr: SocketAddr,
+    pub shards: Option<usize>,
+    pub io_memory_bytes: usize,
+    pub limits: Limits,
+}
+
+impl NodeConfig {
+    /// Merge flags/environment (already merged by clap) over the file over defaults.
+    pub fn resolve(cli: &Cli) -> anyhow::Result<NodeConfig> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        if cli.consensus_enabled && cli.genesis_file.is_some() {
+            anyhow::bail!("multi-validator consensus (--genesis-file) is not available in this build; run without it for a single-validator node");
+        }
+        let fl = file.limits.unwrap_or_default();
+        let d = Limits::default();
+        let limits = Limits {
+            header_max_bytes: cli.header_max_bytes.or(fl.header_max_bytes).unwrap_or(d.header_max_bytes),
+            upload_body_max_bytes: cli.upload_body_max_bytes.or(fl.upload_body_max_bytes).unwrap_or(d.upload_body_max_bytes),
+            push_body_max_bytes: cli.push_body_max_bytes.or(fl.push_body_max_bytes).unwrap_or(d.push_body_max_bytes),
+            api_body_max_bytes: d.api_body_max_bytes,
+            header_timeout_ms: cli.header_timeout_ms.or(fl.header_timeout_ms).unwrap_or(d.header_timeout_ms),
+            idle_timeout_ms: cli.idle_timeout_ms.or(fl.idle_timeout_ms).unwrap_or(d.idle_timeout_ms),
+            body_rate_window_ms: cli.body_rate_window_ms.or(fl.body_rate_window_ms).unwrap_or(d.body_rate_window_ms),
+            body_min_bytes_per_sec: cli.body_min_bytes_per_sec.or(fl.body_min_bytes_per_sec).unwrap_or(d.body_min_bytes_per_sec),
+            request_timeout_ms: cli.request_timeout_ms.or(fl.request_timeout_ms).unwrap_or(d.request_timeout_ms),
+            connections_max: cli.connections_max.or(fl.connections_max).unwrap_or(d.connections_max),
+        };
+        let parse = |s: &str| -> SocketAddr { s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))) };
+        Ok(NodeConfig {
+            data_dir: cli.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            api_addr: cli.api_addr.or(file.api_addr).unwrap_or_else(|| parse(DEFAULT_API_ADDR)),
+            metrics_addr: cli.metrics_addr.or(file.metrics_addr).unwrap_or_else(|| parse(DEFAULT_METRICS_ADDR)),
+            p2p_addr: cli.p2p_addr.or(file.p2p_addr).unwrap_or_else(|| parse(DEFAULT_P2P_ADDR)),
+            shards: cli.shards.or(file.shards),
+            io_memory_bytes: cli
+                .io_memory_bytes
+                .or(file.io_memory_bytes)
+                .unwrap_or(guts_shards::config::IO_MEMORY_BYTES),
+            limits,
+        })
+    }
+}
