@@ -26,13 +26,24 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod advertise;
+pub mod negotiate;
 pub mod pktline;
+pub mod receive;
 pub mod sideband;
 pub mod upload;
 
 mod text;
 
+pub use advertise::{
+    AdvertisedRef, LsRefsEntry, ProtocolVersion, Service, V2Capabilities, DEFAULT_AGENT,
+};
+pub use negotiate::{AckMode, V0Negotiation, V2Acknowledgments};
 pub use pktline::{Pkt, PktError, PktReader, PKT_DATA_MAX_BYTES, PKT_MAX_BYTES, REQUEST_PKTS_MAX};
+pub use receive::{
+    PushCaps, PushLimits, PushParser, PushRequest, PushStep, ReceiveError, RefReport, RefUpdate,
+    ReportStatusVersion,
+};
 pub use sideband::{Band, SidebandError, SidebandMode};
 pub use upload::{
     ClientCaps, Deepen, FetchRequest, FilterError, FilterSpec, LsRefsRequest, RequestEnd,

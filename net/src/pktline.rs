@@ -54,7 +54,9 @@ pub enum PktError {
     },
     /// The length `0003`: reserved, and too short to hold its own prefix
     /// (`0000`–`0002` are the special pkts, everything else is at least 4).
-    #[error("pkt-line at byte {offset}: invalid length {len} (reserved or shorter than its own prefix)")]
+    #[error(
+        "pkt-line at byte {offset}: invalid length {len} (reserved or shorter than its own prefix)"
+    )]
     ReservedLength {
         /// The decoded length.
         len: usize,
@@ -72,7 +74,9 @@ pub enum PktError {
         offset: usize,
     },
     /// The input ended inside a pkt.
-    #[error("pkt-line at byte {offset}: truncated, {needed} bytes needed but {available} available")]
+    #[error(
+        "pkt-line at byte {offset}: truncated, {needed} bytes needed but {available} available"
+    )]
     Truncated {
         /// Bytes the pkt needs (prefix included).
         needed: usize,

@@ -305,7 +305,6 @@ impl ClientCaps {
     }
 
     /// The ACK style the client asked for (detailed wins over plain).
-    #[cfg(any())]
     pub fn ack_mode(&self) -> crate::negotiate::AckMode {
         use crate::negotiate::AckMode;
         if self.multi_ack_detailed {
@@ -595,7 +594,11 @@ pub struct LsRefsRequest {
 impl LsRefsRequest {
     /// Whether a ref of this name should be listed.
     pub fn matches(&self, name: &str) -> bool {
-        self.ref_prefixes.is_empty() || self.ref_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        self.ref_prefixes.is_empty()
+            || self
+                .ref_prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
     }
 }
 
@@ -732,10 +735,11 @@ fn parse_ls_refs(
         ..LsRefsRequest::default()
     };
     let mut too_many_prefixes = false;
-    while has_args {
-        let Some(arg) = next_arg(reader, "ls-refs arguments")? else {
-            break;
-        };
+    while let Some(arg) = if has_args {
+        next_arg(reader, "ls-refs arguments")?
+    } else {
+        None
+    } {
         match arg {
             b"peel" => request.peel = true,
             b"symrefs" => request.symrefs = true,
@@ -772,10 +776,11 @@ fn parse_fetch(
         ..FetchRequest::default()
     };
     let mut deepen = DeepenBuilder::default();
-    while has_args {
-        let Some(arg) = next_arg(reader, "fetch arguments")? else {
-            break;
-        };
+    while let Some(arg) = if has_args {
+        next_arg(reader, "fetch arguments")?
+    } else {
+        None
+    } {
         match arg {
             b"done" => request.done = true,
             b"thin-pack" => request.thin_pack = true,
@@ -842,11 +847,26 @@ mod tests {
     #[test]
     fn filter_specs() {
         assert_eq!(FilterSpec::parse(b"blob:none"), Ok(FilterSpec::BlobNone));
-        assert_eq!(FilterSpec::parse(b"blob:limit=0"), Ok(FilterSpec::BlobLimit(0)));
-        assert_eq!(FilterSpec::parse(b"blob:limit=10"), Ok(FilterSpec::BlobLimit(10)));
-        assert_eq!(FilterSpec::parse(b"blob:limit=2k"), Ok(FilterSpec::BlobLimit(2048)));
-        assert_eq!(FilterSpec::parse(b"blob:limit=3M"), Ok(FilterSpec::BlobLimit(3 << 20)));
-        assert_eq!(FilterSpec::parse(b"blob:limit=1g"), Ok(FilterSpec::BlobLimit(1 << 30)));
+        assert_eq!(
+            FilterSpec::parse(b"blob:limit=0"),
+            Ok(FilterSpec::BlobLimit(0))
+        );
+        assert_eq!(
+            FilterSpec::parse(b"blob:limit=10"),
+            Ok(FilterSpec::BlobLimit(10))
+        );
+        assert_eq!(
+            FilterSpec::parse(b"blob:limit=2k"),
+            Ok(FilterSpec::BlobLimit(2048))
+        );
+        assert_eq!(
+            FilterSpec::parse(b"blob:limit=3M"),
+            Ok(FilterSpec::BlobLimit(3 << 20))
+        );
+        assert_eq!(
+            FilterSpec::parse(b"blob:limit=1g"),
+            Ok(FilterSpec::BlobLimit(1 << 30))
+        );
         assert_eq!(FilterSpec::parse(b"tree:0"), Ok(FilterSpec::TreeDepth(0)));
         assert_eq!(FilterSpec::parse(b"tree:3"), Ok(FilterSpec::TreeDepth(3)));
         for bad in [
@@ -865,7 +885,13 @@ mod tests {
                 show(bad)
             );
         }
-        for unsupported in [&b"sparse:oid=abc"[..], b"object:type=blob", b"combine:blob:none+tree:0", b"", b"blob:nonex"] {
+        for unsupported in [
+            &b"sparse:oid=abc"[..],
+            b"object:type=blob",
+            b"combine:blob:none+tree:0",
+            b"",
+            b"blob:nonex",
+        ] {
             assert!(matches!(
                 FilterSpec::parse(unsupported),
                 Err(FilterError::Unsupported { .. })
@@ -888,7 +914,14 @@ mod tests {
         assert!(req.caps.multi_ack_detailed && req.caps.no_done && req.caps.side_band_64k);
         assert!(req.caps.thin_pack && req.caps.ofs_delta && !req.caps.multi_ack);
         assert_eq!(req.caps.agent.as_deref(), Some("git/2.47.3"));
-        assert_eq!(req.caps.sideband_mode(), Some(crate::sideband::SidebandMode::SideBand64k));
+        assert_eq!(
+            req.caps.ack_mode(),
+            crate::negotiate::AckMode::MultiAckDetailed
+        );
+        assert_eq!(
+            req.caps.sideband_mode(),
+            Some(crate::sideband::SidebandMode::SideBand64k)
+        );
     }
 
     #[test]
@@ -927,15 +960,28 @@ mod tests {
             })
         );
         assert_eq!(req.end, RequestEnd::AfterWants);
-        let err = UploadRequest::parse(&body(&[&format!("want {A}"), "deepen 1", "deepen-not x", ""]));
+        let err = UploadRequest::parse(&body(&[
+            &format!("want {A}"),
+            "deepen 1",
+            "deepen-not x",
+            "",
+        ]));
         assert_eq!(err, Err(UploadError::DeepenConflict));
-        for bad in ["deepen 0", "deepen -1", "deepen x", "deepen 2147483648", "deepen "] {
+        for bad in [
+            "deepen 0",
+            "deepen -1",
+            "deepen x",
+            "deepen 2147483648",
+            "deepen ",
+        ] {
             assert!(matches!(
                 UploadRequest::parse(&body(&[&format!("want {A}"), bad, ""])),
                 Err(UploadError::InvalidDepth { .. })
             ));
         }
-        assert!(UploadRequest::parse(&body(&[&format!("want {A}"), "deepen 2147483647", ""])).is_ok());
+        assert!(
+            UploadRequest::parse(&body(&[&format!("want {A}"), "deepen 2147483647", ""])).is_ok()
+        );
         assert!(matches!(
             UploadRequest::parse(&body(&[&format!("want {A}"), "deepen-since 0", ""])),
             Err(UploadError::InvalidDeepenSince { .. })
@@ -944,14 +990,23 @@ mod tests {
 
     #[test]
     fn v0_filter_needs_capability() {
-        let ok = UploadRequest::parse(&body(&[&format!("want {A} filter"), "filter blob:limit=1k", ""])).unwrap();
+        let ok = UploadRequest::parse(&body(&[
+            &format!("want {A} filter"),
+            "filter blob:limit=1k",
+            "",
+        ]))
+        .unwrap();
         assert_eq!(ok.filter, Some(FilterSpec::BlobLimit(1024)));
         assert_eq!(
             UploadRequest::parse(&body(&[&format!("want {A}"), "filter blob:none", ""])),
             Err(UploadError::FilterNotNegotiated)
         );
         assert!(matches!(
-            UploadRequest::parse(&body(&[&format!("want {A} filter"), "filter sparse:oid=x", ""])),
+            UploadRequest::parse(&body(&[
+                &format!("want {A} filter"),
+                "filter sparse:oid=x",
+                ""
+            ])),
             Err(UploadError::Filter(FilterError::Unsupported { .. }))
         ));
     }
@@ -960,7 +1015,10 @@ mod tests {
     fn v0_malformed() {
         assert_eq!(
             UploadRequest::parse(&body(&["want 12345", ""])),
-            Err(UploadError::InvalidOid { keyword: "want", value: "12345".into() })
+            Err(UploadError::InvalidOid {
+                keyword: "want",
+                value: "12345".into()
+            })
         );
         let nonhex = "g".repeat(40);
         assert!(matches!(
@@ -969,13 +1027,19 @@ mod tests {
         ));
         assert!(matches!(
             UploadRequest::parse(&body(&["wants x", ""])),
-            Err(UploadError::UnexpectedLine { section: "wants", .. })
+            Err(UploadError::UnexpectedLine {
+                section: "wants",
+                ..
+            })
         ));
         assert_eq!(
             UploadRequest::parse(&body(&[&format!("want {A}")])),
             Err(UploadError::MissingFlush { section: "wants" })
         );
-        assert_eq!(UploadRequest::parse(b""), Err(UploadError::MissingFlush { section: "wants" }));
+        assert_eq!(
+            UploadRequest::parse(b""),
+            Err(UploadError::MissingFlush { section: "wants" })
+        );
         assert_eq!(
             UploadRequest::parse(&body(&[&format!("want {A}"), "", &format!("have {A}")])),
             Err(UploadError::MissingFlush { section: "haves" })
@@ -994,7 +1058,10 @@ mod tests {
         ));
         assert!(matches!(
             UploadRequest::parse(&body(&[&format!("want {A}"), "", "have"])),
-            Err(UploadError::UnexpectedLine { section: "haves", .. })
+            Err(UploadError::UnexpectedLine {
+                section: "haves",
+                ..
+            })
         ));
         let mut truncated = body(&[&format!("want {A}"), ""]);
         truncated.extend_from_slice(b"0032have ");
@@ -1003,7 +1070,10 @@ mod tests {
             Err(UploadError::Pkt(PktError::Truncated { .. }))
         ));
         assert!(matches!(
-            UploadRequest::parse_with_limit(&body(&[&format!("want {A}"), &format!("want {A}"), ""]), 2),
+            UploadRequest::parse_with_limit(
+                &body(&[&format!("want {A}"), &format!("want {A}"), ""]),
+                2
+            ),
             Err(UploadError::Pkt(PktError::TooManyPkts { max: 2 }))
         ));
     }
@@ -1020,7 +1090,11 @@ mod tests {
     #[test]
     fn v0_unknown_caps_ignored_lines_without_lf() {
         let mut raw = Vec::new();
-        write_data(&mut raw, format!("want {A} frobnicate multi_ack").as_bytes()).unwrap();
+        write_data(
+            &mut raw,
+            format!("want {A} frobnicate multi_ack").as_bytes(),
+        )
+        .unwrap();
         write_flush(&mut raw);
         write_data(&mut raw, b"done").unwrap();
         let req = UploadRequest::parse(&raw).unwrap();
@@ -1049,7 +1123,8 @@ mod tests {
         assert_eq!(ls.common.server_options, vec!["ci.skip"]);
         assert!(ls.matches("refs/heads/main") && ls.matches("HEAD") && !ls.matches("refs/tags/v1"));
         // No delim, no arguments.
-        let V2Request::LsRefs(bare) = V2Request::parse(&body(&["command=ls-refs", ""])).unwrap() else {
+        let V2Request::LsRefs(bare) = V2Request::parse(&body(&["command=ls-refs", ""])).unwrap()
+        else {
             panic!()
         };
         assert!(bare.matches("anything") && !bare.peel);
@@ -1063,7 +1138,9 @@ mod tests {
         }
         lines.push(String::new());
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let V2Request::LsRefs(ls) = V2Request::parse(&body(&refs)).unwrap() else { panic!() };
+        let V2Request::LsRefs(ls) = V2Request::parse(&body(&refs)).unwrap() else {
+            panic!()
+        };
         assert!(ls.ref_prefixes.is_empty());
     }
 
@@ -1107,7 +1184,10 @@ mod tests {
             V2Request::parse(&body(&["command=object-info", ""])),
             Err(UploadError::UnknownCommand { command }) if command == "object-info"
         ));
-        assert_eq!(V2Request::parse(&body(&["agent=x", ""])), Err(UploadError::NoCommand));
+        assert_eq!(
+            V2Request::parse(&body(&["agent=x", ""])),
+            Err(UploadError::NoCommand)
+        );
         assert_eq!(V2Request::parse(b"0000"), Err(UploadError::NoCommand));
         assert!(matches!(
             V2Request::parse(&body(&["command=fetch", "command=ls-refs", ""])),
@@ -1123,11 +1203,17 @@ mod tests {
         ));
         assert!(matches!(
             V2Request::parse(&body(&["command=ls-refs", "|", "frob", ""])),
-            Err(UploadError::UnknownArgument { command: "ls-refs", .. })
+            Err(UploadError::UnknownArgument {
+                command: "ls-refs",
+                ..
+            })
         ));
         assert!(matches!(
             V2Request::parse(&body(&["command=fetch", "|", "frob", ""])),
-            Err(UploadError::UnknownArgument { command: "fetch", .. })
+            Err(UploadError::UnknownArgument {
+                command: "fetch",
+                ..
+            })
         ));
         assert!(matches!(
             V2Request::parse(&body(&["command=fetch", "|", "packfile-uris https", ""])),
@@ -1135,10 +1221,19 @@ mod tests {
         ));
         assert!(matches!(
             V2Request::parse(&body(&["command=fetch", "|", "want nothex", ""])),
-            Err(UploadError::InvalidOid { keyword: "want", .. })
+            Err(UploadError::InvalidOid {
+                keyword: "want",
+                ..
+            })
         ));
         assert!(matches!(
-            V2Request::parse(&body(&["command=fetch", "|", "deepen 1", "deepen-since 5", ""])),
+            V2Request::parse(&body(&[
+                "command=fetch",
+                "|",
+                "deepen 1",
+                "deepen-since 5",
+                ""
+            ])),
             Err(UploadError::DeepenConflict)
         ));
         assert!(matches!(
@@ -1153,6 +1248,9 @@ mod tests {
             V2Request::parse(&body(&["command=fetch", "|", "|", ""])),
             Err(UploadError::UnexpectedPkt { pkt: "delim", .. })
         ));
-        assert!(matches!(V2Request::parse(b"0003"), Err(UploadError::Pkt(_))));
+        assert!(matches!(
+            V2Request::parse(b"0003"),
+            Err(UploadError::Pkt(_))
+        ));
     }
 }
