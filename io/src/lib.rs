@@ -15,6 +15,7 @@ pub mod pack;
 pub mod refname;
 pub mod refs;
 pub mod store;
+pub mod walk;
 
 pub use object::ObjectKind;
 pub use oid::{HashKind, ObjectId};

@@ -2,6 +2,7 @@
 
 pub mod entry;
 pub mod idx;
+pub mod write;
 
 /// Pack file signature.
 pub const PACK_SIGNATURE: &[u8; 4] = b"PACK";
