@@ -2,6 +2,7 @@
 
 pub mod entry;
 pub mod idx;
+pub mod ingest;
 pub mod write;
 
 /// Pack file signature.
