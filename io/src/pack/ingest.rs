@@ -1557,7 +1557,7 @@ fn run_checks(
         return Ok(());
     }
     links.extend(streamed.links);
-    links.sort_unstable_by(|a, b| (a.0.oid, a.0.kind.pack_code(), a.1).cmp(&(b.0.oid, b.0.kind.pack_code(), b.1)));
+    links.sort_unstable_by_key(|(link, from)| (link.oid, link.kind.pack_code(), *from));
     links.dedup_by(|a, b| a.0 == b.0);
     for (link, from) in links {
         let actual = match by_oid.binary_search_by(|(oid, _)| oid.cmp(&link.oid)) {
