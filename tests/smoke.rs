@@ -1,0 +1,32 @@
+//! Smoke test: push a real repository, clone it back with protocol v0 and
+//! v2, and check the clones with `git fsck --strict`.
+
+mod common;
+use common::*;
+
+#[test]
+fn push_then_clone_v0_v2() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus_mirror(tmp.path(), "guts");
+    let url = node.create_repo("alice", "guts");
+    git_ok(&src, &["push", "--quiet", "--mirror", &url]);
+    for v in ["0", "1", "2"] {
+        let dst = tmp.path().join(format!("clone-v{v}.git"));
+        git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "clone", "--quiet", "--bare", &url, dst.to_str().unwrap()]);
+        fsck(&dst);
+        assert_eq!(refs_of(&dst), refs_of(&src), "refs differ after clone with protocol v{v}");
+    }
+}
+
+#[test]
+fn empty_repository_clone() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = node.create_repo("bob", "empty");
+    for v in ["0", "2"] {
+        let dst = tmp.path().join(format!("e{v}"));
+        git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "clone", "--quiet", &url, dst.to_str().unwrap()]);
+        assert!(refs_of(&dst).is_empty());
+    }
+}
