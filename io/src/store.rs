@@ -429,8 +429,14 @@ fn inflate_exact(input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<(), ()>
 /// Inflate at most `max` bytes from the start of a zlib stream.
 fn inflate_prefix(input: &[u8], max: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(max);
-    let mut d = flate2::Decompress::new(true);
-    let _ = d.decompress_vec(input, &mut out, flate2::FlushDecompress::None);
+    let run = |d: &mut flate2::Decompress, out: &mut Vec<u8>| {
+        d.reset(true);
+        let _ = d.decompress_vec(input, out, flate2::FlushDecompress::None);
+    };
+    INFLATER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut d) => run(&mut d, &mut out),
+        Err(_) => run(&mut flate2::Decompress::new(true), &mut out),
+    });
     out
 }
 

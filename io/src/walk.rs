@@ -17,9 +17,45 @@
 use crate::object::{self, CommitInfo, ObjectKind, ParseError};
 use crate::oid::ObjectId;
 use crate::store::{ObjectStore, StoreError};
-use ahash::{AHashMap, AHashSet};
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// Object ids are uniformly random: their first eight bytes are already a
+/// good hash, so the walk's maps skip hashing (the hot cost of a full walk).
+/// Seeded per process so that crafted ids cannot aim at one bucket.
+#[derive(Clone, Copy)]
+struct OidHasher(u64);
+
+impl Default for OidHasher {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        OidHasher(*SEED.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x6775_7473u64)
+        }))
+    }
+}
+
+impl Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // An id arrives as one 20-byte write; anything else is still mixed in.
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, _len: usize) {
+        // The length prefix of the id's byte array carries no information.
+    }
+}
+
+type OidBuild = BuildHasherDefault<OidHasher>;
+type OidMap<K, V> = HashMap<K, V, OidBuild>;
+type OidSet<K> = HashSet<K, OidBuild>;
 
 /// `deepen` values at or above this mean "the whole history" (git's
 /// `INFINITE_DEPTH`, what `git fetch --unshallow` sends).
@@ -142,7 +178,7 @@ pub fn is_ancestor(store: &ObjectStore, ancestor: &ObjectId, descendant: &Object
         return Ok(false);
     }
     let start = commit(store, descendant, "commit")?;
-    let mut seen: AHashSet<ObjectId> = AHashSet::new();
+    let mut seen: OidSet<ObjectId> = OidSet::default();
     let mut queue = BinaryHeap::new();
     seen.insert(*descendant);
     queue.push((start.commit_time, *descendant));
@@ -173,8 +209,8 @@ const ADDED: u8 = 8;
 /// One limited commit walk (git's `limit_list`).
 struct CommitWalk<'a> {
     store: &'a ObjectStore,
-    grafts: &'a AHashSet<ObjectId>,
-    nodes: AHashMap<ObjectId, (u8, Arc<CommitInfo>)>,
+    grafts: &'a OidSet<ObjectId>,
+    nodes: OidMap<ObjectId, (u8, Arc<CommitInfo>)>,
     queue: BinaryHeap<(i64, ObjectId)>,
     interesting_queued: usize,
     /// Interesting commits in the order they were taken from the queue.
@@ -182,11 +218,11 @@ struct CommitWalk<'a> {
 }
 
 impl<'a> CommitWalk<'a> {
-    fn new(store: &'a ObjectStore, grafts: &'a AHashSet<ObjectId>) -> Self {
+    fn new(store: &'a ObjectStore, grafts: &'a OidSet<ObjectId>) -> Self {
         CommitWalk {
             store,
             grafts,
-            nodes: AHashMap::new(),
+            nodes: OidMap::default(),
             queue: BinaryHeap::new(),
             interesting_queued: 0,
             order: Vec::new(),
@@ -293,9 +329,9 @@ impl<'a> CommitWalk<'a> {
 struct ObjectWalk<'a> {
     store: &'a ObjectStore,
     filter: Option<Filter>,
-    flags: AHashMap<ObjectId, u8>,
+    flags: OidMap<ObjectId, u8>,
     /// Smallest depth each tree was walked at (only with `tree:D`).
-    tree_depth: AHashMap<ObjectId, u64>,
+    tree_depth: OidMap<ObjectId, u64>,
     out: Vec<ObjectId>,
     stack: Vec<(ObjectId, u64)>,
 }
@@ -348,18 +384,6 @@ impl ObjectWalk<'_> {
         *f |= ADDED;
         self.out.push(oid);
         true
-    }
-
-    fn blob_wanted(&self, oid: &ObjectId, depth: u64) -> Result<bool, WalkError> {
-        Ok(match self.filter {
-            None => true,
-            Some(Filter::BlobNone) => false,
-            Some(Filter::TreeDepth(limit)) => depth < limit,
-            Some(Filter::BlobLimit(limit)) => match self.store.read_header(oid)? {
-                Some((_, size)) => size < limit,
-                None => return Err(WalkError::Missing { oid: *oid, role: "blob" }),
-            },
-        })
     }
 
     /// Walk the tree `root` found at `depth`; `forced` adds the root even if
@@ -415,18 +439,31 @@ impl ObjectWalk<'_> {
                     self.stack.push((entry.oid, depth + 1));
                     continue;
                 }
-                let f = self.flags.get(&entry.oid).copied().unwrap_or(0);
-                if f & (ADDED | UNINTERESTING) != 0 {
+                let f = self.flags.entry(entry.oid).or_insert(0);
+                if *f & (ADDED | UNINTERESTING) != 0 {
                     continue;
                 }
-                if self.blob_wanted(&entry.oid, depth + 1)? {
-                    self.flags.insert(entry.oid, f | ADDED);
+                if blob_wanted(self.store, self.filter, &entry.oid, depth + 1)? {
+                    *f |= ADDED;
                     self.out.push(entry.oid);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Whether a blob met at `depth` passes the filter.
+fn blob_wanted(store: &ObjectStore, filter: Option<Filter>, oid: &ObjectId, depth: u64) -> Result<bool, WalkError> {
+    Ok(match filter {
+        None => true,
+        Some(Filter::BlobNone) => false,
+        Some(Filter::TreeDepth(limit)) => depth < limit,
+        Some(Filter::BlobLimit(limit)) => match store.read_header(oid)? {
+            Some((_, size)) => size < limit,
+            None => return Err(WalkError::Missing { oid: *oid, role: "blob" }),
+        },
+    })
 }
 
 /// Follow annotated tags from `oid` to a non-tag object, calling `on_tag`
@@ -460,8 +497,8 @@ fn shallow_by_depth(
     store: &ObjectStore,
     heads: &[ObjectId],
     depth: u32,
-) -> Result<(Vec<ObjectId>, AHashSet<ObjectId>), WalkError> {
-    let mut dist: AHashMap<ObjectId, u32> = AHashMap::new();
+) -> Result<(Vec<ObjectId>, OidSet<ObjectId>), WalkError> {
+    let mut dist: OidMap<ObjectId, u32> = OidMap::default();
     let mut queue = VecDeque::new();
     for h in heads {
         if dist.insert(*h, 0).is_none() {
@@ -469,7 +506,7 @@ fn shallow_by_depth(
         }
     }
     let mut boundary = Vec::new();
-    let mut inside = AHashSet::new();
+    let mut inside = OidSet::default();
     while let Some(c) = queue.pop_front() {
         let d = dist.get(&c).copied().unwrap_or(0);
         if d + 1 >= depth {
@@ -493,8 +530,8 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
     let mut objects = ObjectWalk {
         store,
         filter: req.filter,
-        flags: AHashMap::new(),
-        tree_depth: AHashMap::new(),
+        flags: OidMap::default(),
+        tree_depth: OidMap::default(),
         out: Vec::new(),
         stack: Vec::new(),
     };
@@ -535,10 +572,10 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
         .filter(|s| store.contains(s))
         .copied()
         .collect();
-    let client_shallow_set: AHashSet<ObjectId> = client_shallows.iter().copied().collect();
-    let mut grafts: AHashSet<ObjectId> = client_shallow_set.clone();
+    let client_shallow_set: OidSet<ObjectId> = client_shallows.iter().copied().collect();
+    let mut grafts: OidSet<ObjectId> = client_shallow_set.clone();
     let mut shallow = Vec::new();
-    let mut not_shallow: AHashSet<ObjectId> = AHashSet::new();
+    let mut not_shallow: OidSet<ObjectId> = OidSet::default();
     let deepen = match &req.deepen {
         Some(Deepen::Depth(0)) | None => None,
         Some(d) => Some(d),
@@ -562,7 +599,7 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
             not_shallow = inside;
         }
         Some(Deepen::Since(_)) | Some(Deepen::Not(_)) => {
-            let no_grafts = AHashSet::new();
+            let no_grafts = OidSet::default();
             let mut walk = CommitWalk::new(store, &no_grafts);
             let max_age = match deepen {
                 Some(Deepen::Since(t)) => Some(*t),
@@ -581,7 +618,7 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
             if selected.is_empty() {
                 return Err(WalkError::NoCommitsSelected);
             }
-            let selected_set: AHashSet<ObjectId> = selected.iter().copied().collect();
+            let selected_set: OidSet<ObjectId> = selected.iter().copied().collect();
             for c in &selected {
                 let info = commit(store, c, "commit")?;
                 if info.parents.iter().any(|p| !selected_set.contains(p)) {

@@ -337,7 +337,6 @@ fn shallow_depths_match_git_clone() {
 #[test]
 fn deepen_since_and_not_match_git_clone() {
     let fx = fixture("ripgrep");
-    let tips = ref_tips(&fx.mirror);
     let url = format!("file://{}", fx.mirror.display());
     let head = git(&fx.mirror, &["rev-parse", "HEAD"]).trim().to_string();
     let since: i64 = git(&fx.mirror, &["log", "-1", "--format=%ct", &format!("{head}~25")]).trim().parse().unwrap();
@@ -463,4 +462,97 @@ fn several_packs_stream_verbatim() {
     let out = git_stdin(&repo, &["index-pack", "--stdin"], &data);
     let idx = repo.join(format!(".git/objects/pack/pack-{}.idx", out.trim().trim_start_matches("pack\t")));
     assert_eq!(oids(&git(&repo, &["verify-pack", "-v", idx.to_str().unwrap()])), set(&subset));
+}
+
+/// Release-mode timing of a full tokio clone (walk + pack), against
+/// `git pack-objects --all --stdout` on the same repository. Run with
+/// `cargo test --release -p guts-io --test pack_write -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn tokio_full_clone_timing() {
+    let fx = fixture("tokio");
+    let tips = ref_tips(&fx.mirror);
+    let cpu = thread_cpu_seconds;
+    let rounds: usize = std::env::var("GUTS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    for round in 0..rounds {
+        let t0 = std::time::Instant::now();
+        let c0 = cpu();
+        let res = enumerate(&fx.store, &WalkRequest { wants: tips.clone(), ..Default::default() }).unwrap();
+        let walked = t0.elapsed();
+        let mut bytes = 0;
+        let stream = pack_stream(&fx.store, &res.objects, PackWriteOptions::default()).unwrap();
+        let verbatim = stream.is_verbatim();
+        for chunk in stream {
+            bytes += chunk.unwrap().len();
+        }
+        let total = t0.elapsed();
+        let c1 = cpu();
+        eprintln!(
+            "round {round}: {} objects, walk {:?}, walk+pack {:?} (cpu {:.3}s), {bytes} bytes, verbatim {verbatim}",
+            res.objects.len(),
+            walked,
+            total,
+            c1 - c0
+        );
+    }
+    for ofs_delta in [true, false] {
+        let res = enumerate(&fx.store, &WalkRequest { wants: tips.clone(), ..Default::default() }).unwrap();
+        let mut objects = res.objects.clone();
+        if ofs_delta {
+            objects.pop();
+        }
+        let t0 = std::time::Instant::now();
+        let mut bytes = 0;
+        for chunk in pack_stream(&fx.store, &objects, PackWriteOptions { ofs_delta, chunk_bytes: 64 << 10 }).unwrap() {
+            bytes += chunk.unwrap().len();
+        }
+        eprintln!("re-encoded (ofs_delta {ofs_delta}): {:?}, {bytes} bytes", t0.elapsed());
+    }
+    let t0 = std::time::Instant::now();
+    let out = Command::new("git")
+        .args(["pack-objects", "--all", "--stdout"])
+        .current_dir(&fx.mirror)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!("git pack-objects --all --stdout: {:?} wall, {} bytes", t0.elapsed(), out.stdout.len());
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[test]
+#[ignore]
+fn tokio_read_costs() {
+    let fx = fixture("tokio");
+    let pack = &fx.store.packs()[0];
+    let entries: Vec<(u64, u32)> = pack.entries_by_offset().to_vec();
+    let t0 = std::time::Instant::now();
+    let mut total = 0;
+    for &(off, _) in &entries {
+        let raw = pack.raw_entry(off).unwrap();
+        total += raw.len();
+    }
+    eprintln!("pread all {} entries: {:?} ({total} bytes)", entries.len(), t0.elapsed());
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    for &(_, i) in &entries {
+        let oid = pack.index().oid_at(i);
+        let (k, _) = fx.store.read_header(&oid).unwrap().unwrap();
+        if k != guts_io::ObjectKind::Blob { n += 1; }
+    }
+    eprintln!("read_header all: {:?} ({n} non-blobs)", t0.elapsed());
+    let t0 = std::time::Instant::now();
+    let mut bytes = 0;
+    for &(_, i) in &entries {
+        let oid = pack.index().oid_at(i);
+        let (k, d) = fx.store.read(&oid).unwrap().unwrap();
+        if k == guts_io::ObjectKind::Tree { bytes += d.len(); }
+    }
+    eprintln!("read all in pack order: {:?} ({bytes} tree bytes)", t0.elapsed());
 }
