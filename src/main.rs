@@ -86,7 +86,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         })
         .context("starting the consensus thread")?;
 
-    metrics::start(cfg.metrics_addr).with_context(|| format!("metrics endpoint on {}", cfg.metrics_addr))?;
+    metrics::start(cfg.metrics_addr, cfg.data_dir.clone(), shard_count).with_context(|| format!("metrics endpoint on {}", cfg.metrics_addr))?;
 
     let shard_config = guts_shards::ShardConfig {
         data_dir: cfg.data_dir.clone(),

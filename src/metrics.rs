@@ -13,7 +13,7 @@ const SCRAPE_REQUEST_MAX_BYTES: usize = 8192;
 const SCRAPE_TIMEOUT_MS: u64 = 5000;
 
 /// Bind the metrics endpoint and serve it on a background thread.
-pub fn start(addr: SocketAddr) -> std::io::Result<()> {
+pub fn start(addr: SocketAddr, data_dir: std::path::PathBuf, shards: usize) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     let started = Instant::now();
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -25,7 +25,7 @@ pub fn start(addr: SocketAddr) -> std::io::Result<()> {
             let n = stream.read(&mut buf).unwrap_or(0);
             let head = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if head.starts_with("GET /metrics") {
-                ("200 OK", render(started))
+                ("200 OK", guts_shards::metrics::render(shards, available_bytes(&data_dir), started.elapsed().as_secs()))
             } else if head.starts_with("GET /health") {
                 ("200 OK", "ok\n".to_string())
             } else {
@@ -41,10 +41,13 @@ pub fn start(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-fn render(started: Instant) -> String {
-    format!(
-        "# HELP guts_up Whether the node is running.\n# TYPE guts_up gauge\nguts_up 1\n\
-         # HELP guts_uptime_seconds Seconds since the node started.\n# TYPE guts_uptime_seconds gauge\nguts_uptime_seconds {}\n",
-        started.elapsed().as_secs()
-    )
+/// Free bytes on the file system holding `dir`.
+fn available_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut st) == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
 }

@@ -53,7 +53,9 @@ pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>) {
         for tx in block {
             per_shard.entry(tx.shard).or_default().push(tx);
         }
-        tracing::debug!(height, shards = per_shard.len(), "block finalized");
+        let transactions: usize = per_shard.values().map(Vec::len).sum();
+        guts_shards::metrics::record_block(height, transactions as u64);
+        tracing::debug!(height, shards = per_shard.len(), transactions, "block finalized");
         for (shard, transactions) in per_shard {
             let Some(sender) = shards.get_mut(shard) else {
                 tracing::error!(shard, "finalized transaction for an unknown shard");

@@ -447,6 +447,7 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
     };
     let objects = walked.objects;
     let count = objects.len();
+    crate::metrics::record_pack_sent(0, count as u64);
     let stream = match glommio::executor()
         .spawn_blocking(move || pack_stream(&store, &objects, opts).map_err(|e| e.to_string()))
         .await
@@ -483,6 +484,7 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
                     return;
                 }
             };
+            crate::metrics::record_pack_sent(chunk.len() as u64, 0);
             let ok = match sideband {
                 None => send(&mut tx, chunk).await.is_ok(),
                 Some(mode) => send_framed(&mut tx, mode, Band::Data, chunk).await.is_ok(),
@@ -705,6 +707,8 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
             results[*i] = Some(reason);
         }
     }
+    let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
+    crate::metrics::record_ref_updates(results.len() as u64 - rejected, rejected);
     let refs: Vec<RefReport<'_>> = request
         .commands
         .iter()
@@ -737,6 +741,7 @@ async fn receive_pack_data(snap: &RefSnapshot, body: &mut RequestBody, first: Ve
         }
         glommio::yield_if_needed().await;
     }
+    crate::metrics::record_pack_received(ingest.received_bytes());
     let source = StoreSource(snap.store.clone());
     let checks = CheckOptions {
         strict: true,

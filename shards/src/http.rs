@@ -37,10 +37,12 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_millis(WRITE_STALL_TIMEOUT_MS)));
         shard.connections.set(shard.connections.get() + 1);
+        crate::metrics::set_connections(shard.id, shard.connections.get());
         let shard2 = shard.clone();
         glommio::spawn_local(async move {
             serve_connection(shard2.clone(), stream).await;
             shard2.connections.set(shard2.connections.get() - 1);
+            crate::metrics::set_connections(shard2.id, shard2.connections.get());
         })
         .detach();
     }
@@ -85,9 +87,33 @@ async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
 async fn handle(shard: Rc<Shard>, state: Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
     state.set_phase(Phase::Responding);
     let guard = PhaseGuard(state.clone());
+    let started = Instant::now();
+    let class = request_class(req.uri().path());
     let response = route(&shard, &state, req).await;
+    crate::metrics::record_request(class, response.status().as_u16(), started.elapsed().as_secs_f64());
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_guard(guard))
+}
+
+fn request_class(path: &str) -> crate::metrics::RequestClass {
+    use crate::metrics::RequestClass;
+    if path.starts_with("/git/") {
+        if path.ends_with("/info/refs") {
+            RequestClass::InfoRefs
+        } else if path.ends_with("/git-upload-pack") {
+            RequestClass::UploadPack
+        } else if path.ends_with("/git-receive-pack") {
+            RequestClass::ReceivePack
+        } else {
+            RequestClass::Other
+        }
+    } else if path.starts_with("/api/") {
+        RequestClass::Api
+    } else if path.starts_with("/health") {
+        RequestClass::Health
+    } else {
+        RequestClass::Other
+    }
 }
 
 /// A plain-text response.

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod consensus;
 pub mod git;
 pub mod http;
+pub mod metrics;
 pub mod repo;
 pub mod shard;
 
