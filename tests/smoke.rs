@@ -30,3 +30,21 @@ fn empty_repository_clone() {
         assert!(refs_of(&dst).is_empty());
     }
 }
+
+#[test]
+fn empty_tree_commit_round_trip() {
+    // A first commit with no files points at the empty tree, which git
+    // treats as always present: push and clone must both work.
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = node.create_repo("carol", "blank");
+    let wt = tmp.path().join("wt");
+    std::fs::create_dir_all(&wt).unwrap();
+    git_ok(&wt, &["init", "-q", "-b", "main"]);
+    git_ok(&wt, &["commit", "-q", "--allow-empty", "-m", "nothing yet"]);
+    git_ok(&wt, &["push", "-q", &url, "main"]);
+    let dst = tmp.path().join("clone.git");
+    git_ok(tmp.path(), &["clone", "-q", "--bare", &url, dst.to_str().unwrap()]);
+    fsck(&dst);
+    assert_eq!(refs_of(&dst), refs_of(&wt));
+}

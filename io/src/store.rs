@@ -14,6 +14,7 @@
 use crate::delta::{self, DeltaError};
 use crate::object::{self, CommitInfo, ObjectKind, ParseError};
 use crate::oid::ObjectId;
+use crate::pack::ingest::EMPTY_TREE;
 use crate::pack::entry::{decode_header, EntryError, EntryKind};
 use crate::pack::idx::{IdxError, PackIndex};
 use crate::pack::{PACK_HEADER_BYTES, PACK_SIGNATURE};
@@ -621,13 +622,15 @@ impl ObjectStore {
 
     /// True if the store holds `oid`.
     pub fn contains(&self, oid: &ObjectId) -> bool {
-        self.packs.iter().any(|p| p.index.find(oid).is_some())
+        // git treats the empty tree as always present, stored or not.
+        self.packs.iter().any(|p| p.index.find(oid).is_some()) || *oid == EMPTY_TREE
     }
 
     /// Read a whole object, resolving delta chains.
     pub fn read(&self, oid: &ObjectId) -> Result<Option<(ObjectKind, Bytes)>, StoreError> {
         match self.locate(oid) {
             Some(loc) => self.read_at(loc).map(Some),
+            None if *oid == EMPTY_TREE => Ok(Some((ObjectKind::Tree, Bytes::new()))),
             None => Ok(None),
         }
     }
@@ -745,6 +748,7 @@ impl ObjectStore {
     pub fn read_header(&self, oid: &ObjectId) -> Result<Option<(ObjectKind, u64)>, StoreError> {
         match self.locate(oid) {
             Some(loc) => self.read_header_at(loc).map(Some),
+            None if *oid == EMPTY_TREE => Ok(Some((ObjectKind::Tree, 0))),
             None => Ok(None),
         }
     }

@@ -19,13 +19,16 @@ pub mod shard;
 
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use config::{Limits, ShardConfig};
 pub use consensus::{batch_channel, BatchReceiver, BatchSender, FinalizedBatch, Orderer, OrdererError, Transaction};
 use shard::{Shard, ShardJob, SHARD_INBOX_MAX};
+
+/// Threads of each shard's blocking pool (walks, pack ingest resolution).
+pub const BLOCKING_THREADS_PER_SHARD: usize = 2;
 
 /// Errors starting the shards.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +111,11 @@ pub fn start(
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
-            .ring_depth(128);
+            .ring_depth(128)
+            // CPU-heavy work (object walks, delta resolution) runs on a
+            // blocking pool that is NOT pinned to the shard's core, so it can
+            // use the other cores while the executor keeps serving requests.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD));
         let ready_err = ready_tx.clone();
         let spawned = builder.spawn(move || async move {
             let listener = match glommio::net::TcpListener::bind(config.api_addr) {

@@ -141,7 +141,13 @@ pub fn pack_stream(
 ) -> Result<PackStream, PackWriteError> {
     let mut plan = Vec::with_capacity(objects.len());
     for oid in objects {
-        plan.push(store.locate(oid).ok_or(PackWriteError::Missing(*oid))?);
+        match store.locate(oid) {
+            Some(loc) => plan.push(loc),
+            // The empty tree may be referenced without being stored; every
+            // git treats it as present, so it need not be sent.
+            None if *oid == crate::pack::ingest::EMPTY_TREE => {}
+            None => return Err(PackWriteError::Missing(*oid)),
+        }
     }
     plan.sort_unstable();
     plan.dedup();
