@@ -48,3 +48,20 @@ fn empty_tree_commit_round_trip() {
     fsck(&dst);
     assert_eq!(refs_of(&dst), refs_of(&wt));
 }
+
+#[test]
+fn two_shards_serve_repositories_owned_by_either() {
+    // With two shards, connections land on either shard (SO_REUSEPORT) and
+    // repositories are owned by one of them: requests cross shards.
+    let node = Node::start_with(&["--shards", "2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus_mirror(tmp.path(), "guts");
+    for i in 0..6 {
+        let url = node.create_repo(&format!("owner{i}"), "repo");
+        git_ok(&src, &["push", "--quiet", "--mirror", &url]);
+        let dst = tmp.path().join(format!("clone{i}.git"));
+        git_ok(tmp.path(), &["clone", "--quiet", "--bare", &url, dst.to_str().unwrap()]);
+        fsck(&dst);
+        assert_eq!(refs_of(&dst), refs_of(&src));
+    }
+}
