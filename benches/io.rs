@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const CORPUS_BUNDLE: &str = "/work/shared/corpus/tokio.bundle";
+const CORPUS_BUNDLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/tokio.bundle");
 
 struct Corpus {
     _tmp: tempfile::TempDir,
+    mirror: PathBuf,
+    pack_file: PathBuf,
     store: ObjectStore,
     tips: Vec<ObjectId>,
 }
@@ -38,9 +40,13 @@ fn corpus() -> Corpus {
     git(tmp.path(), &["clone", "-q", "--mirror", CORPUS_BUNDLE, mirror.to_str().expect("path")]);
     let pack_dir = tmp.path().join("store/pack");
     std::fs::create_dir_all(&pack_dir).expect("mkdir");
+    let mut pack_file = PathBuf::new();
     for e in std::fs::read_dir(mirror.join("objects/pack")).expect("read_dir") {
         let p = e.expect("entry").path();
         let name = p.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+        if name.ends_with(".pack") {
+            pack_file = p.clone();
+        }
         if name.ends_with(".pack") || name.ends_with(".idx") {
             std::fs::copy(&p, pack_dir.join(name)).expect("copy");
         }
@@ -52,7 +58,7 @@ fn corpus() -> Corpus {
         .collect();
     tips.sort();
     tips.dedup();
-    Corpus { _tmp: tmp, store, tips }
+    Corpus { _tmp: tmp, mirror, pack_file, store, tips }
 }
 
 fn full_request(c: &Corpus) -> WalkRequest {
@@ -133,5 +139,78 @@ fn benches(cr: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(io, benches);
+/// `io/ingest`: stream the tokio pack through ingest (index-pack
+/// --strict: inflate, resolve deltas, SHA-1DC every object, fsck checks,
+/// write the .idx) next to C git's `index-pack --threads=2 --strict` on the
+/// same bytes in the same run.
+fn ingest_benches(cr: &mut Criterion) {
+    use guts_io::pack::ingest::{CheckOptions, Ingest, IngestLimits, NoObjects};
+    let c = corpus();
+    let pack = std::fs::read(&c.pack_file).expect("read pack");
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut g = cr.benchmark_group("io/ingest");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Bytes(pack.len() as u64));
+    let checks = CheckOptions { strict: true, check_links: true };
+    g.bench_function(BenchmarkId::new("guts", "tokio"), |b| {
+        b.iter(|| {
+            let mut ingest = Ingest::new(out.path(), IngestLimits::default()).expect("ingest");
+            for chunk in pack.chunks(64 * 1024) {
+                ingest.write(chunk).expect("write");
+            }
+            let done = ingest.finish(&NoObjects, &checks).expect("finish");
+            done.object_count()
+        })
+    });
+    let git_dir = out.path().join("git-index-pack.git");
+    git(out.path(), &["init", "-q", "--bare", git_dir.to_str().expect("path")]);
+    g.bench_function(BenchmarkId::new("git_index_pack_threads2", "tokio"), |b| {
+        b.iter(|| {
+            let mut child = Command::new("git")
+                .args(["index-pack", "--threads=2", "--strict", "--stdin"])
+                .current_dir(&git_dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("git index-pack");
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(&pack).expect("feed");
+            assert!(child.wait().expect("wait").success());
+            // Remove the result so every iteration indexes from scratch.
+            for e in std::fs::read_dir(git_dir.join("objects/pack")).expect("read_dir") {
+                let _ = std::fs::remove_file(e.expect("entry").path());
+            }
+        })
+    });
+    g.finish();
+    drop(c.mirror);
+}
+
+/// `io/ref_update_fsync`: one durable ref update (log append + fdatasync).
+fn ref_benches(cr: &mut Criterion) {
+    use guts_io::refs::{RefStore, RefUpdate};
+    let dir = tempfile::tempdir_in(".").expect("tempdir");
+    let mut store = RefStore::open(dir.path()).expect("open");
+    let mut g = cr.benchmark_group("io/ref_update_fsync");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    let mut n: u64 = 0;
+    let mut current = ObjectId::NULL_SHA1;
+    g.bench_function("single_ref", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut raw = [0u8; 20];
+            raw[..8].copy_from_slice(&n.to_be_bytes());
+            raw[19] = 1;
+            let new = ObjectId::from_sha1(raw);
+            store
+                .apply(&[RefUpdate { name: "refs/heads/main".into(), old: current, new }])
+                .expect("apply");
+            current = new;
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(io, benches, ingest_benches, ref_benches);
 criterion_main!(io);
