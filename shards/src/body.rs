@@ -19,6 +19,10 @@ use crate::conn::{ConnState, Phase, PhaseGuard};
 
 /// Frames a streaming response may have queued before its producer waits.
 pub const RESPONSE_QUEUE_FRAMES: usize = 16;
+/// Compressed bytes fed to the gzip decoder at a time (at most ~1 MiB out).
+pub const GZIP_INPUT_STEP_BYTES: usize = 1024;
+/// Decoded bytes gathered before a gzip chunk is handed out.
+pub const GZIP_OUTPUT_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A response body.
 pub enum ResponseBody {
@@ -120,6 +124,8 @@ pub struct RequestBody {
     limit: u64,
     seen: u64,
     done: bool,
+    /// Compressed input received but not yet fed to the gzip decoder.
+    pending: Bytes,
     state: Rc<ConnState>,
 }
 
@@ -147,13 +153,37 @@ impl RequestBody {
             limit,
             seen: 0,
             done: false,
+            pending: Bytes::new(),
             state,
         })
     }
 
     /// The next decoded chunk, or None at the end of the body.
+    ///
+    /// gzip input is fed to the decoder in steps of
+    /// [`GZIP_INPUT_STEP_BYTES`] and a chunk is handed out once it reaches
+    /// [`GZIP_OUTPUT_CHUNK_BYTES`], with the limit checked after every
+    /// step: a "gzip bomb" (deflate inflates up to ~1032x) costs at most
+    /// about one step's output beyond the limit, never a whole received
+    /// frame's worth.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
         loop {
+            if let Decoder::Gzip(d) = &mut self.decoder {
+                if !self.pending.is_empty() {
+                    while !self.pending.is_empty() && d.get_ref().len() < GZIP_OUTPUT_CHUNK_BYTES {
+                        let step = self.pending.split_to(self.pending.len().min(GZIP_INPUT_STEP_BYTES));
+                        d.write_all(&step).map_err(|e| BodyError::BadGzip(e.to_string()))?;
+                        if self.seen + d.get_ref().len() as u64 > self.limit {
+                            return Err(BodyError::TooLarge { limit: self.limit });
+                        }
+                    }
+                    let out = std::mem::take(d.get_mut());
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return self.account(Bytes::from(out)).map(Some);
+                }
+            }
             if self.done {
                 return Ok(None);
             }
@@ -177,18 +207,10 @@ impl RequestBody {
             if data.is_empty() {
                 continue;
             }
-            let out = match &mut self.decoder {
-                Decoder::Identity => data,
-                Decoder::Gzip(d) => {
-                    d.write_all(&data).map_err(|e| BodyError::BadGzip(e.to_string()))?;
-                    let out = std::mem::take(d.get_mut());
-                    if out.is_empty() {
-                        continue;
-                    }
-                    Bytes::from(out)
-                }
-            };
-            return self.account(out).map(Some);
+            match &self.decoder {
+                Decoder::Identity => return self.account(data).map(Some),
+                Decoder::Gzip(_) => self.pending = data,
+            }
         }
     }
 

@@ -10,7 +10,10 @@ pub const HEADER_MAX_BYTES: usize = 64 * 1024;
 /// Largest upload-pack request body (negotiation), after decompression.
 pub const UPLOAD_BODY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest receive-pack request body (commands + pack), after decompression.
-pub const PUSH_BODY_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// 1 GiB: below the 2 GiB pack limit of the ingest (and of large hosts), so
+/// that a declared body of 2 GiB or more is refused (413) before any of it
+/// is read. Raise it with `--push-body-max-bytes` for bigger pushes.
+pub const PUSH_BODY_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Largest API (JSON) request body.
 pub const API_BODY_MAX_BYTES: u64 = 64 * 1024;
 /// Time a client has to send a complete request head.

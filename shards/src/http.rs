@@ -158,7 +158,22 @@ pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
     }
 }
 
+/// Bytes of the request head as it was sent (request line and header lines).
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + 1 + req.uri().to_string().len() + " HTTP/1.1\r\n".len();
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + 2 + v.len() + 2).sum();
+    line + headers + 2
+}
+
 async fn route(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    // hyper only enforces its buffer limit on a head that arrives in pieces;
+    // one that arrives whole is parsed whatever its size. Enforce ours here.
+    let limit = shard.config.limits.header_max_bytes;
+    if head_bytes(&req) > limit {
+        let mut r = text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, format!("request head exceeds {limit} bytes"));
+        r.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        return r;
+    }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (method.clone(), path.as_str()) {
@@ -208,6 +223,9 @@ async fn create_repository(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Reques
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if let Err(r) = crate::git::check_declared_length(&parts.headers, shard.config.limits.api_body_max_bytes) {
+        return r;
+    }
     let body = match RequestBody::new(incoming, encoding.as_deref(), shard.config.limits.api_body_max_bytes, state.clone()) {
         Ok(b) => b,
         Err(e) => return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e),
@@ -219,9 +237,16 @@ async fn create_repository(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Reques
         }
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    let req: CreateRepo = match serde_json::from_slice(&data) {
-        Ok(r) => r,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("expected JSON {{\"owner\": ..., \"name\": ...}}: {e}")),
+    // Only a JSON object will do (serde would also take `["owner", "name"]`).
+    let req: CreateRepo = match serde_json::from_slice::<serde_json::Value>(&data) {
+        Ok(v @ serde_json::Value::Object(_)) => match serde_json::from_value(v) {
+            Ok(r) => r,
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, format!("expected JSON {{\"owner\": \"...\", \"name\": \"...\"}}: {e}"))
+            }
+        },
+        Ok(_) => return json_error(StatusCode::BAD_REQUEST, "expected a JSON object {\"owner\": \"...\", \"name\": \"...\"}"),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("expected JSON {{\"owner\": \"...\", \"name\": \"...\"}}: {e}")),
     };
     let name = req.name.strip_suffix(".git").unwrap_or(&req.name).to_string();
     if let Err(e) = check_name("owner", &req.owner).and_then(|_| check_name("repository name", &name)) {
