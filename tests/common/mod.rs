@@ -253,3 +253,240 @@ pub fn new_worktree(dir: &Path, name: &str) -> PathBuf {
     git_ok(&wt, &["commit", "-q", "-m", "initial"]);
     wt
 }
+
+/// Run git with extra environment variables; panic unless it succeeds.
+pub fn git_env_ok(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut c = git(dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.args(args).output().expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `git rev-parse REV` in `dir`.
+pub fn rev_parse(dir: &Path, rev: &str) -> String {
+    git_ok(dir, &["rev-parse", "--verify", "--quiet", rev]).trim().to_string()
+}
+
+/// Write `file` with `content` in work tree `wt`, commit it; returns the new commit id.
+pub fn commit_file(wt: &Path, file: &str, content: &str, msg: &str) -> String {
+    let path = wt.join(file);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(&path, content).expect("write");
+    git_ok(wt, &["add", "--", file]);
+    git_ok(wt, &["commit", "-q", "-m", msg]);
+    rev_parse(wt, "HEAD")
+}
+
+/// `git ls-remote` lines (`oid\tref`) with protocol `version`, sorted.
+pub fn ls_remote(dir: &Path, version: &str, url: &str, patterns: &[&str]) -> Vec<String> {
+    let v = format!("protocol.version={version}");
+    let mut args = vec!["-c", v.as_str(), "ls-remote"];
+    args.extend(patterns.iter().filter(|p| p.starts_with('-')));
+    args.push(url);
+    args.extend(patterns.iter().filter(|p| !p.starts_with('-')));
+    let mut lines: Vec<String> = git_ok(dir, &args).lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// The heads and tags a server advertises (`ref -> oid`, no peeled lines), via ls-remote v2.
+pub fn server_refs(dir: &Path, url: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = ls_remote(dir, "2", url, &[])
+        .iter()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, r)| (r.starts_with("refs/heads/") || r.starts_with("refs/tags/")) && !r.ends_with("^{}"))
+        .map(|(o, r)| (r.to_string(), o.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sorted lines of a repository's `shallow` file (empty if none).
+pub fn shallow_of(repo: &Path) -> Vec<String> {
+    let gitdir = git_ok(repo, &["rev-parse", "--absolute-git-dir"]).trim().to_string();
+    let mut v: Vec<String> = std::fs::read_to_string(Path::new(&gitdir).join("shallow"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sorted `git rev-list --all`.
+pub fn rev_list_all(repo: &Path) -> Vec<String> {
+    let mut v: Vec<String> = git_ok(repo, &["rev-list", "--all"]).lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Poll `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One pkt-line holding `data`.
+pub fn pkt(data: &[u8]) -> Vec<u8> {
+    let mut v = format!("{:04x}", data.len() + 4).into_bytes();
+    v.extend_from_slice(data);
+    v
+}
+
+/// Split a pkt-line stream into its data packets (flushes become empty
+/// entries); side-band channel 1 payloads are unwrapped and re-split when
+/// `sideband` is true, channel 2/3 payloads are returned prefixed with
+/// their channel byte.
+pub fn decode_pkts(mut raw: &[u8], sideband: bool) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut band1 = Vec::new();
+    while raw.len() >= 4 {
+        let Ok(len) = usize::from_str_radix(std::str::from_utf8(&raw[..4]).unwrap_or("zzzz"), 16) else { break };
+        if len < 4 {
+            if !sideband {
+                out.push(Vec::new());
+            }
+            raw = &raw[4..];
+            continue;
+        }
+        if raw.len() < len {
+            break;
+        }
+        let data = &raw[4..len];
+        if sideband && !data.is_empty() {
+            if data[0] == 1 {
+                band1.extend_from_slice(&data[1..]);
+            } else {
+                out.push(data.to_vec());
+            }
+        } else {
+            out.push(data.to_vec());
+        }
+        raw = &raw[len..];
+    }
+    if sideband {
+        out.extend(decode_pkts(&band1, false));
+    }
+    out
+}
+
+/// A pack of the objects `git pack-objects` reads from `input` in `repo`
+/// (`--revs` lists such as `NEW\n^OLD\n`, or plain object ids without revs).
+pub fn pack_objects(repo: &Path, input: &str, revs: bool) -> Vec<u8> {
+    let mut args = vec!["pack-objects", "--stdout", "-q"];
+    if revs {
+        args.push("--revs");
+    }
+    let mut child = git(repo)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("pack-objects");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("pack-objects output");
+    writer.join().unwrap().expect("pack-objects stdin");
+    assert!(out.status.success(), "pack-objects failed");
+    out.stdout
+}
+
+/// POST a hand-made receive-pack request: `commands` are `OLD NEW REF`
+/// lines (the first gets `caps`), then a flush, then `pack` (if any).
+/// Returns the HTTP status and the decoded response pkt-lines as strings.
+pub fn raw_receive_pack(node: &Node, owner: &str, name: &str, commands: &[String], caps: &str, pack: &[u8]) -> (u16, Vec<String>) {
+    let mut body = Vec::new();
+    for (i, c) in commands.iter().enumerate() {
+        let line = if i == 0 { format!("{c}\0{caps}\n") } else { format!("{c}\n") };
+        body.extend_from_slice(&pkt(line.as_bytes()));
+    }
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(pack);
+    let (status, resp) = http(
+        node.api,
+        "POST",
+        &format!("/git/{owner}/{name}.git/git-receive-pack"),
+        &[("Content-Type", "application/x-git-receive-pack-request")],
+        &body,
+    )
+    .expect("receive-pack request");
+    let sideband = caps.contains("side-band");
+    let lines = decode_pkts(&resp, sideband)
+        .into_iter()
+        .map(|p| String::from_utf8_lossy(&p).trim_end_matches('\n').to_string())
+        .collect();
+    (status, lines)
+}
+
+/// An empty pack (version 2, no objects).
+pub fn empty_pack(dir: &Path) -> Vec<u8> {
+    let p = pack_objects(dir, "", false);
+    assert_eq!(&p[..12], b"PACK\0\0\0\x02\0\0\0\0", "empty pack");
+    p
+}
+
+/// POST a protocol v2 `fetch` with the given argument lines (each without
+/// its newline) and return the pack bytes of the `packfile` section.
+pub fn raw_v2_fetch(node: &Node, owner: &str, name: &str, args: &[String]) -> Vec<u8> {
+    let mut body = pkt(b"command=fetch\n");
+    body.extend_from_slice(b"0001");
+    for a in args {
+        body.extend_from_slice(&pkt(format!("{a}\n").as_bytes()));
+    }
+    body.extend_from_slice(b"0000");
+    let (status, resp) = http(
+        node.api,
+        "POST",
+        &format!("/git/{owner}/{name}.git/git-upload-pack"),
+        &[("Content-Type", "application/x-git-upload-pack-request"), ("Git-Protocol", "version=2")],
+        &body,
+    )
+    .expect("v2 fetch");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    let pkts = decode_pkts(&resp, false);
+    let start = pkts.iter().position(|p| p == b"packfile\n").expect("packfile section");
+    let mut pack = Vec::new();
+    for p in &pkts[start + 1..] {
+        if p.first() == Some(&1) {
+            pack.extend_from_slice(&p[1..]);
+        }
+    }
+    pack
+}
+
+/// Object ids in a pack (indexed by `git index-pack` in `scratch`, a repository).
+pub fn pack_oids(scratch: &Path, pack: &[u8]) -> Vec<String> {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let file = scratch.join(format!("raw-{n}.pack"));
+    std::fs::write(&file, pack).expect("write pack");
+    git_ok(scratch, &["index-pack", file.to_str().unwrap()]);
+    let out = git_ok(scratch, &["verify-pack", "-v", file.to_str().unwrap()]);
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 40 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
