@@ -67,6 +67,12 @@ pub struct Cli {
     /// Largest fetch negotiation body in bytes.
     #[arg(long, env = "GUTS_UPLOAD_BODY_MAX_BYTES", global = true)]
     pub upload_body_max_bytes: Option<u64>,
+    /// Largest REST API (JSON) request body in bytes.
+    #[arg(long, env = "GUTS_API_BODY_MAX_BYTES", global = true)]
+    pub api_body_max_bytes: Option<u64>,
+    /// Most pkt-lines in one fetch negotiation request.
+    #[arg(long, env = "GUTS_REQUEST_PKTS_MAX", global = true)]
+    pub request_pkts_max: Option<usize>,
     /// Milliseconds a client has to send a request head.
     #[arg(long, env = "GUTS_HEADER_TIMEOUT_MS", global = true)]
     pub header_timeout_ms: Option<u64>,
@@ -116,6 +122,8 @@ pub struct FileLimits {
     pub header_max_bytes: Option<usize>,
     pub push_body_max_bytes: Option<u64>,
     pub upload_body_max_bytes: Option<u64>,
+    pub api_body_max_bytes: Option<u64>,
+    pub request_pkts_max: Option<usize>,
     pub header_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub body_rate_window_ms: Option<u64>,
@@ -155,7 +163,8 @@ impl NodeConfig {
             header_max_bytes: cli.header_max_bytes.or(fl.header_max_bytes).unwrap_or(d.header_max_bytes),
             upload_body_max_bytes: cli.upload_body_max_bytes.or(fl.upload_body_max_bytes).unwrap_or(d.upload_body_max_bytes),
             push_body_max_bytes: cli.push_body_max_bytes.or(fl.push_body_max_bytes).unwrap_or(d.push_body_max_bytes),
-            api_body_max_bytes: d.api_body_max_bytes,
+            api_body_max_bytes: cli.api_body_max_bytes.or(fl.api_body_max_bytes).unwrap_or(d.api_body_max_bytes),
+            request_pkts_max: cli.request_pkts_max.or(fl.request_pkts_max).unwrap_or(d.request_pkts_max),
             header_timeout_ms: cli.header_timeout_ms.or(fl.header_timeout_ms).unwrap_or(d.header_timeout_ms),
             idle_timeout_ms: cli.idle_timeout_ms.or(fl.idle_timeout_ms).unwrap_or(d.idle_timeout_ms),
             body_rate_window_ms: cli.body_rate_window_ms.or(fl.body_rate_window_ms).unwrap_or(d.body_rate_window_ms),

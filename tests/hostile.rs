@@ -223,6 +223,20 @@ fn pack_files(node: &Node, owner: &str, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The node is alive, healthy, and real git can still push and clone.
 fn assert_node_serves_git(node: &mut Node, tmp: &Path, tag: &str) {
     assert!(node.alive(), "node died\n{}", node.log_text());
@@ -564,6 +578,46 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
             );
             assert_eq!(remote_refs(tmp.path(), &url), refs_before, "{what} ({refname}): refs changed");
             assert_eq!(pack_files(&node, "alice", "repo"), before, "{what} ({refname}): pack directory changed");
+        }
+    }
+
+    // Clients that hang up in the middle of the pack: nothing applied, no
+    // temporary file left behind once the server notices.
+    for cut in [0, 12, pack.len() / 3, pack.len() - 1] {
+        let body = cat(&[&update_main, b"0000", &pack]);
+        let sent = update_main.len() + 4 + cut;
+        let mut s = TcpStream::connect(a).unwrap();
+        let full = request("POST", "/git/alice/repo.git/git-receive-pack", &[("Content-Type", RECEIVE_REQ)], &body, true);
+        let head_len = full.len() - body.len();
+        s.write_all(&full[..head_len + sent]).unwrap();
+        drop(s);
+        let clean = wait_for(Duration::from_secs(15), || pack_files(&node, "alice", "repo") == before);
+        assert!(clean, "hang-up after {cut} pack bytes: pack directory is {:?}, was {before:?}", pack_files(&node, "alice", "repo"));
+        assert_eq!(remote_refs(tmp.path(), &url), refs_before, "hang-up after {cut} pack bytes: refs changed");
+    }
+    // A client that sends everything and hangs up before the answer: the
+    // push is either wholly applied or not at all.
+    {
+        let body = cat(&[&create_topic, b"0000", &pack]);
+        let mut s = TcpStream::connect(a).unwrap();
+        s.write_all(&request("POST", "/git/alice/repo.git/git-receive-pack", &[("Content-Type", RECEIVE_REQ)], &body, true))
+            .unwrap();
+        drop(s);
+        assert!(
+            wait_for(Duration::from_secs(15), || pack_files(&node, "alice", "repo").iter().all(|f| !f.starts_with("tmp_"))),
+            "temporary files stay behind: {:?}",
+            pack_files(&node, "alice", "repo")
+        );
+        let refs = remote_refs(tmp.path(), &url);
+        let topic = refs.iter().find(|(r, _)| r == "refs/heads/topic").map(|(_, o)| o.clone());
+        match topic {
+            None => assert_eq!(refs, refs_before),
+            Some(oid) => {
+                assert_eq!(oid, new, "topic points at something that was never pushed");
+                let dst = tmp.path().join("after-hangup");
+                git_ok(tmp.path(), &["clone", "--quiet", "--mirror", &url, dst.to_str().unwrap()]);
+                fsck(&dst);
+            }
         }
     }
 

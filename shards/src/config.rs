@@ -16,6 +16,8 @@ pub const UPLOAD_BODY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const PUSH_BODY_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Largest API (JSON) request body.
 pub const API_BODY_MAX_BYTES: u64 = 64 * 1024;
+/// Most pkt-lines in one upload-pack request (wants, haves, arguments).
+pub const REQUEST_PKTS_MAX: usize = guts_net::pktline::REQUEST_PKTS_MAX;
 /// Time a client has to send a complete request head.
 pub const HEADER_TIMEOUT_MS: u64 = 10_000;
 /// A keep-alive connection with no request in flight is closed after this.
@@ -38,6 +40,7 @@ pub struct Limits {
     pub upload_body_max_bytes: u64,
     pub push_body_max_bytes: u64,
     pub api_body_max_bytes: u64,
+    pub request_pkts_max: usize,
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub body_rate_window_ms: u64,
@@ -53,6 +56,7 @@ impl Default for Limits {
             upload_body_max_bytes: UPLOAD_BODY_MAX_BYTES,
             push_body_max_bytes: PUSH_BODY_MAX_BYTES,
             api_body_max_bytes: API_BODY_MAX_BYTES,
+            request_pkts_max: REQUEST_PKTS_MAX,
             header_timeout_ms: HEADER_TIMEOUT_MS,
             idle_timeout_ms: IDLE_TIMEOUT_MS,
             body_rate_window_ms: BODY_RATE_WINDOW_MS,

@@ -219,13 +219,13 @@ async fn upload_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inco
         Err(r) => return r,
     };
     if protocol_version(&headers) == ProtocolVersion::V2 {
-        return match V2Request::parse(&body) {
+        return match V2Request::parse_with_limit(&body, shard.config.limits.request_pkts_max) {
             Ok(V2Request::LsRefs(ls)) => ls_refs(&snap, &ls),
             Ok(V2Request::Fetch(fetch)) => fetch_v2(snap, fetch).await,
             Err(e) => bad_request(format!("protocol v2 request: {e}")),
         };
     }
-    match UploadRequest::parse(&body) {
+    match UploadRequest::parse_with_limit(&body, shard.config.limits.request_pkts_max) {
         Ok(request) => fetch_v0(snap, request).await,
         Err(e) => bad_request(format!("upload-pack request: {e}")),
     }
