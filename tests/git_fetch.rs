@@ -284,6 +284,7 @@ fn shallow_clones_match_c_git() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let (src, url) = seeded(&node, t, "alice", "ripgrep");
+    git_ok(&src, &["config", "uploadpack.allowFilter", "true"]);
     // A date some way back in master's history, and a tag on it.
     let dates: Vec<String> = git_ok(&src, &["log", "--format=%cI", "master"]).lines().map(str::to_string).collect();
     let since = format!("--shallow-since={}", dates[dates.len() / 20]);
@@ -295,6 +296,8 @@ fn shallow_clones_match_c_git() {
     compare_shallow(t, &url, &src, "exclude-branch", &["--shallow-exclude=ag/changelog"], &[]);
     compare_shallow(t, &url, &src, "unshallow", &["--depth", "2"], &[&["fetch", "--quiet", "--unshallow"]]);
     compare_shallow(t, &url, &src, "depth-no-single", &["--depth", "2", "--no-single-branch"], &[]);
+    compare_shallow(t, &url, &src, "since-and-exclude", &[&since, "--shallow-exclude=14.0.0"], &[]);
+    compare_shallow(t, &url, &src, "depth-and-filter", &["--depth", "5", "--filter=blob:none", "--no-checkout"], &[]);
     compare_shallow(
         t,
         &url,
@@ -372,7 +375,7 @@ fn partial_clone_blob_none_and_tree_0_with_lazy_fetch() {
     git_ok(&src, &["config", "uploadpack.allowFilter", "true"]);
     git_ok(&src, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
     let file_url = format!("file://{}", src.display());
-    for filter in ["blob:none", "tree:0"] {
+    for filter in ["blob:none", "tree:0", "tree:1", "tree:2", "blob:limit=1k", "blob:limit=0"] {
         let reference = t.join(format!("ref-{}", filter.replace(':', "-")));
         git_ok(t, &["clone", "--quiet", "--no-checkout", "--branch", "master", &format!("--filter={filter}"), &file_url, reference.to_str().unwrap()]);
         let expected_missing = missing_objects(&reference);
@@ -386,6 +389,9 @@ fn partial_clone_blob_none_and_tree_0_with_lazy_fetch() {
             assert_eq!(missing.len(), expected_missing.len(), "{filter} v{v}: missing object count vs C git");
             assert_eq!(missing, expected_missing, "{filter} v{v}: missing objects differ from C git's");
             fsck(&dst);
+            if !matches!(filter, "blob:none" | "tree:0") {
+                continue;
+            }
             // Checkout and log -p fetch what they need on demand.
             git_ok(&dst, &["-c", &pv, "checkout", "-q", "master"]);
             assert!(dst.join("README.md").exists());
@@ -426,5 +432,29 @@ fn empty_repository_clone_then_push_and_fetch() {
         git_ok(dst, &["-c", &format!("protocol.version={v}"), "fetch", "--quiet", "origin"]);
         fsck(dst);
         assert_eq!(rev_parse(dst, "origin/main"), rev_parse(&wt, "main"));
+    }
+}
+
+#[test]
+fn fetch_by_object_id_v0_v2() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, url) = seeded(&node, t, "alice", "guts");
+    let deep = rev_parse(&src, "main~5");
+    for v in ["0", "2"] {
+        let pv = format!("protocol.version={v}");
+        let dst = t.join(format!("byid-v{v}"));
+        git_ok(t, &["init", "-q", dst.to_str().unwrap()]);
+        // A commit that no ref points at directly (allow-reachable-sha1-in-want).
+        git_ok(&dst, &["-c", &pv, "fetch", "--quiet", &url, &deep]);
+        fsck(&dst);
+        assert_eq!(rev_parse(&dst, "FETCH_HEAD"), deep);
+        assert_eq!(git_ok(&dst, &["rev-list", "--count", "FETCH_HEAD"]), git_ok(&src, &["rev-list", "--count", &deep]));
+        // An object the server does not have is refused cleanly.
+        let out = git_out(&dst, &["-c", &pv, "fetch", "--quiet", &url, "1234567890123456789012345678901234567890"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("500") && !err.contains("SIGSEGV"), "v{v}: {err}");
     }
 }

@@ -73,6 +73,9 @@ pub enum Deepen {
     /// `deepen-not`: exclude history reachable from these commits
     /// (ref names already resolved by the caller).
     Not(Vec<ObjectId>),
+    /// `deepen-since` and `deepen-not` in one request: both limits apply
+    /// (as `git rev-list --max-age=T --not ...` does in C git).
+    SinceNot(i64, Vec<ObjectId>),
 }
 
 /// Object filters (`filter` capability).
@@ -598,17 +601,17 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
                 .collect();
             not_shallow = inside;
         }
-        Some(Deepen::Since(_)) | Some(Deepen::Not(_)) => {
+        Some(Deepen::Since(_)) | Some(Deepen::Not(_)) | Some(Deepen::SinceNot(..)) => {
             let no_grafts = OidSet::default();
             let mut walk = CommitWalk::new(store, &no_grafts);
             let max_age = match deepen {
-                Some(Deepen::Since(t)) => Some(*t),
+                Some(Deepen::Since(t)) | Some(Deepen::SinceNot(t, _)) => Some(*t),
                 _ => None,
             };
             for c in &want_commits {
                 walk.push(*c, false, "want")?;
             }
-            if let Some(Deepen::Not(excluded)) = deepen {
+            if let Some(Deepen::Not(excluded)) | Some(Deepen::SinceNot(_, excluded)) = deepen {
                 for c in excluded {
                     walk.push(*c, true, "deepen-not")?;
                 }

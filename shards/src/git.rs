@@ -279,10 +279,10 @@ fn resolve_deepen(snap: &RefSnapshot, depth: &Option<Deepen>) -> Result<Option<W
                         None => return Err(format!("deepen-not is not a ref: {r}")),
                     }
                 }
-                if since.is_some() {
-                    return Err("deepen-since together with deepen-not is not supported".into());
+                match since {
+                    Some(ts) => Ok(Some(WalkDeepen::SinceNot(*ts as i64, oids))),
+                    None => Ok(Some(WalkDeepen::Not(oids))),
                 }
-                Ok(Some(WalkDeepen::Not(oids)))
             } else if let Some(ts) = since {
                 Ok(Some(WalkDeepen::Since(*ts as i64)))
             } else {
