@@ -458,3 +458,38 @@ fn fetch_by_object_id_v0_v2() {
         assert!(!err.contains("500") && !err.contains("SIGSEGV"), "v{v}: {err}");
     }
 }
+
+#[test]
+fn v2_fetch_sections_in_protocol_order() {
+    // want-ref together with deepen: the answer's sections must come as
+    // protocol v2 orders them (acknowledgments, shallow-info, wanted-refs,
+    // packfile), or a client stops at the first unexpected one.
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, _url) = seeded(&node, t, "alice", "guts");
+    let mut body = pkt(b"command=fetch\n");
+    body.extend_from_slice(b"0001");
+    for a in ["want-ref refs/heads/main", "deepen 1", "ofs-delta", "no-progress", "done"] {
+        body.extend_from_slice(&pkt(format!("{a}\n").as_bytes()));
+    }
+    body.extend_from_slice(b"0000");
+    let (status, resp) = http(
+        node.api,
+        "POST",
+        "/git/alice/guts.git/git-upload-pack",
+        &[("Content-Type", "application/x-git-upload-pack-request"), ("Git-Protocol", "version=2")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let pkts = decode_pkts(&resp, false);
+    let at = |name: &[u8]| pkts.iter().position(|p| p == name);
+    let (shallow, wanted, pack) = (at(b"shallow-info\n"), at(b"wanted-refs\n"), at(b"packfile\n"));
+    assert!(shallow.is_some() && wanted.is_some() && pack.is_some(), "sections: {shallow:?} {wanted:?} {pack:?}");
+    assert!(shallow < wanted && wanted < pack, "sections out of order: shallow-info {shallow:?}, wanted-refs {wanted:?}, packfile {pack:?}");
+    let main = rev_parse(&src, "main");
+    let line = |i: usize| String::from_utf8_lossy(&pkts[i]).trim_end_matches('\n').to_string();
+    assert_eq!(line(shallow.unwrap() + 1), format!("shallow {main}"));
+    assert_eq!(line(wanted.unwrap() + 1), format!("{main} refs/heads/main"));
+}

@@ -368,7 +368,7 @@ async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBod
     if !negotiation.pack_follows {
         return git_response(service, service.result_content_type(), ResponseBody::full(preamble));
     }
-    stream_pack(snap, plan, preamble, false).await
+    stream_pack(snap, plan, preamble, None).await
 }
 
 async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody> {
@@ -408,17 +408,19 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
         ofs_delta: req.ofs_delta,
         deepen: deepen.is_some(),
     };
-    let mut preamble = acks.bytes;
+    let preamble = acks.bytes;
     if !acks.pack_follows {
         return git_response(service, service.result_content_type(), ResponseBody::full(preamble));
     }
+    // wanted-refs comes after shallow-info, which stream_pack writes.
+    let mut wanted_section = Vec::new();
     if !wanted_refs.is_empty() {
         let refs: Vec<(ObjectId, &str)> = wanted_refs.iter().map(|(o, n)| (*o, n.as_str())).collect();
-        if let Err(e) = negotiate::write_wanted_refs(&mut preamble, &refs) {
+        if let Err(e) = negotiate::write_wanted_refs(&mut wanted_section, &refs) {
             return git_error(service, &e.to_string());
         }
     }
-    stream_pack(snap, plan, preamble, true).await
+    stream_pack(snap, plan, preamble, Some(wanted_section)).await
 }
 
 async fn run_walk(store: ObjectStore, req: WalkRequest) -> Result<WalkResult, String> {
@@ -428,17 +430,20 @@ async fn run_walk(store: ObjectStore, req: WalkRequest) -> Result<WalkResult, St
 }
 
 /// Enumerate, then stream the pack (side-band framed) behind `preamble`.
-async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, v2: bool) -> Response<ResponseBody> {
+/// `v2` is `Some(wanted-refs section, possibly empty)` for protocol v2: the
+/// sections then follow in protocol order (shallow-info, wanted-refs, packfile).
+async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, v2: Option<Vec<u8>>) -> Response<ResponseBody> {
     let service = Service::UploadPack;
     let store = snap.store.clone();
     let walked = match run_walk(store.clone(), plan.walk.clone()).await {
         Ok(w) => w,
         Err(msg) => return git_error(service, &msg),
     };
-    if v2 {
+    if let Some(wanted_section) = v2 {
         if plan.deepen {
             negotiate::write_shallow_info(&mut preamble, &walked.shallow, &walked.unshallow);
         }
+        preamble.extend_from_slice(&wanted_section);
         negotiate::write_packfile_header(&mut preamble);
     }
     let opts = PackWriteOptions {
