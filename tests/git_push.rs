@@ -552,3 +552,58 @@ fn clones_while_pushes_land_see_consistent_states() {
     let total: usize = cloners.into_iter().map(|h| h.join().expect("cloner panicked")).sum();
     assert!(total >= 4, "only {total} clones ran");
 }
+
+#[test]
+fn thin_packs_shallow_pushers_and_rewritten_history() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let url = node.create_repo("alice", "thin");
+    let wt = new_worktree(t, "wt");
+    git_ok(&wt, &["remote", "add", "origin", &url]);
+    // A large text file, then small edits: the client sends thin packs
+    // with deltas against objects only the server has.
+    let mut text: String = (0..20_000).map(|i| format!("line {i} of a fairly long text file\n")).collect();
+    std::fs::write(wt.join("big.txt"), &text).unwrap();
+    git_ok(&wt, &["add", "big.txt"]);
+    git_ok(&wt, &["commit", "-q", "-m", "big text"]);
+    git_ok(&wt, &["push", "--quiet", "origin", "main"]);
+    let follower = t.join("follower");
+    git_ok(t, &["clone", "--quiet", &url, follower.to_str().unwrap()]);
+    for round in 0..3 {
+        text.insert_str(1000 * (round + 1), &format!("inserted in round {round}\n"));
+        std::fs::write(wt.join("big.txt"), &text).unwrap();
+        git_ok(&wt, &["commit", "-q", "-am", &format!("edit {round}")]);
+        let trace = t.join(format!("pkt{round}"));
+        git_env_ok(&wt, &[("GIT_TRACE_PACKET", trace.to_str().unwrap())], &["push", "--quiet", "origin", "main"]);
+        assert_eq!(server_refs(t, &url), vec![("refs/heads/main".to_string(), rev_parse(&wt, "main"))]);
+        git_ok(&follower, &["pull", "--quiet", "--ff-only"]);
+        fsck(&follower);
+        assert_eq!(std::fs::read_to_string(follower.join("big.txt")).unwrap(), text);
+    }
+
+    // A shallow clone pushes new work (its request carries `shallow` lines).
+    let shallow = t.join("shallow");
+    git_ok(t, &["clone", "--quiet", "--depth", "1", &url, shallow.to_str().unwrap()]);
+    let s1 = commit_file(&shallow, "from-shallow.txt", "shallow work\n", "from a shallow clone");
+    git_ok(&shallow, &["push", "--quiet", "origin", "main", "main:refs/heads/from-shallow"]);
+    let refs = server_refs(t, &url);
+    assert!(refs.contains(&("refs/heads/main".to_string(), s1.clone())), "{refs:?}");
+    assert!(refs.contains(&("refs/heads/from-shallow".to_string(), s1.clone())), "{refs:?}");
+
+    // History rewritten on the server: followers fetch across the rewrite.
+    git_ok(&wt, &["pull", "--quiet", "--ff-only", "origin", "main"]);
+    git_ok(&wt, &["reset", "-q", "--hard", "HEAD~3"]);
+    let r = commit_file(&wt, "rewritten.txt", "rewritten\n", "rewritten history");
+    git_ok(&wt, &["push", "--quiet", "--force", "origin", "main"]);
+    for v in ["0", "2"] {
+        git_ok(&follower, &["-c", &format!("protocol.version={v}"), "fetch", "--quiet", "--prune", "origin"]);
+        fsck(&follower);
+        assert_eq!(rev_parse(&follower, "origin/main"), r);
+    }
+    // Deleted branches disappear with --prune.
+    git_ok(&wt, &["push", "--quiet", "origin", "--delete", "from-shallow"]);
+    git_ok(&follower, &["fetch", "--quiet", "--prune", "origin"]);
+    assert!(git_out(&follower, &["rev-parse", "--verify", "--quiet", "origin/from-shallow"]).stdout.is_empty());
+    check_clone(t, &url, "final");
+}
