@@ -218,6 +218,9 @@ async fn upload_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inco
         Ok(x) => x,
         Err(r) => return r,
     };
+    if body.is_empty() {
+        return bad_request("empty upload-pack request body (expected pkt-lines)");
+    }
     if protocol_version(&headers) == ProtocolVersion::V2 {
         return match V2Request::parse_with_limit(&body, shard.config.limits.request_pkts_max) {
             Ok(V2Request::LsRefs(ls)) => ls_refs(&snap, &ls),
@@ -322,8 +325,10 @@ fn check_wants(store: &ObjectStore, wants: &[ObjectId]) -> Result<(), String> {
 async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBody> {
     let service = Service::UploadPack;
     if req.wants.is_empty() {
-        // A client that wants nothing sends only a flush; nothing to answer.
-        return git_response(service, service.result_content_type(), ResponseBody::empty());
+        // A client that wants nothing sends only a flush (git's own
+        // upload-pack then ends without a word); answer with a flush so the
+        // response is a well-formed, non-empty pkt stream.
+        return git_response(service, service.result_content_type(), ResponseBody::full(&pktline::FLUSH_PKT[..]));
     }
     if let Err(msg) = check_wants(&snap.store, &req.wants) {
         return git_error(service, &msg);
@@ -612,13 +617,20 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
     // 1. The command header, parsed incrementally; the rest is the pack.
     let mut parser = PushParser::new(Default::default());
     let mut pending: Vec<u8> = Vec::new();
+    let mut body_was_empty = true;
     let (request, mut leftover) = loop {
         let chunk = match body.next_chunk().await {
-            Ok(Some(c)) => c,
+            Ok(Some(c)) => {
+                body_was_empty &= c.is_empty();
+                c
+            }
             Ok(None) => {
                 if pending.is_empty() && parser.finish().is_ok() {
-                    // An empty body: nothing to do.
-                    return receive_response(Vec::new());
+                    // Only a flush: no commands, nothing to do (as git).
+                    return receive_response(pktline::FLUSH_PKT.to_vec());
+                }
+                if pending.is_empty() && body_was_empty {
+                    return bad_request("empty receive-pack request body (expected pkt-lines)");
                 }
                 return bad_request("push request ended before its commands were complete");
             }
@@ -638,7 +650,7 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
     };
     let reply = PushReply::from_request(&request);
     if request.commands.is_empty() {
-        return receive_response(Vec::new());
+        return receive_response(pktline::FLUSH_PKT.to_vec());
     }
     if !request.push_options.is_empty() {
         tracing::debug!(repo = %snap.key, options = ?request.push_options, "push options");
@@ -662,6 +674,17 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
         while let Ok(Some(_)) = body.next_chunk().await {}
         None
     };
+
+    let mut progress = Vec::new();
+    if let Some(pack) = &ingested {
+        let stats = pack.stats();
+        progress.push(format!(
+            "Received {} objects ({} deltas resolved, {} bases added to complete a thin pack); object checks passed.\n",
+            pack.object_count(),
+            stats.deltas,
+            stats.thin_bases_appended
+        ));
+    }
 
     // 3. Validate each command against the snapshot and the new objects.
     let mut results: Vec<Option<String>> = vec![None; request.commands.len()];
@@ -729,7 +752,12 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
             },
         })
         .collect();
-    receive_response(reply.render(&[], Ok(()), &refs))
+    progress.push(format!(
+        "Updated {} of {} refs (finalized and durable).\n",
+        results.len() as u64 - rejected,
+        results.len()
+    ));
+    receive_response(reply.render(&progress, Ok(()), &refs))
 }
 
 /// Stream the pack part of a push into an ingest; returns the verified,
