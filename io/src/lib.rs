@@ -9,6 +9,7 @@
 //! fuzzed and benchmarked without a disk.
 
 pub mod delta;
+pub mod dma;
 pub mod fsck;
 pub mod object;
 pub mod oid;

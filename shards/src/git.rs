@@ -481,6 +481,30 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
             return;
         }
         let mut stream = stream;
+        if let Some(plan) = stream.verbatim_plan() {
+            match stream_verbatim_dma(&mut tx, sideband, &plan).await {
+                Ok(()) => {
+                    if sideband.is_some() {
+                        let _ = send(&mut tx, Bytes::from_static(pktline::FLUSH_PKT)).await;
+                    }
+                    return;
+                }
+                Err(DmaStreamError::Unavailable(e)) => {
+                    // Nothing sent yet: serve the same bytes with positional reads.
+                    warn_dma_unavailable(&e);
+                }
+                Err(DmaStreamError::Failed(e)) => {
+                    tracing::error!(repo = %snap.key, error = %e, "pack stream failed");
+                    if let Some(mode) = sideband {
+                        let mut out = Vec::new();
+                        sideband::write_error(&mut out, mode, &format!("pack read failed: {e}"));
+                        let _ = send(&mut tx, Bytes::from(out)).await;
+                    }
+                    return;
+                }
+                Err(DmaStreamError::ClientGone) => return,
+            }
+        }
         loop {
             let chunk = match stream.next() {
                 None => break,
@@ -513,6 +537,82 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
     })
     .detach();
     git_response(service, service.result_content_type(), body)
+}
+
+enum DmaStreamError {
+    /// Direct I/O could not start (e.g. a file system without O_DIRECT);
+    /// nothing was sent.
+    Unavailable(guts_io::dma::DmaError),
+    /// Reading failed after bytes were sent.
+    Failed(guts_io::dma::DmaError),
+    ClientGone,
+}
+
+fn warn_dma_unavailable(e: &guts_io::dma::DmaError) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(error = %e, "direct I/O unavailable for pack reads; falling back to positional reads through the page cache");
+    });
+}
+
+/// Stream whole stored packs with io_uring DMA reads (O_DIRECT, read-ahead,
+/// zero-copy `Bytes` over the aligned buffers) into side-band frames.
+async fn stream_verbatim_dma(
+    tx: &mut mpsc::Sender<Bytes>,
+    sideband: Option<SidebandMode>,
+    plan: &guts_io::pack::write::VerbatimPlan,
+) -> Result<(), DmaStreamError> {
+    use guts_io::dma::DmaRangeReader;
+    use sha1::Digest;
+    // Open every file before sending a byte, so a failure can fall back.
+    let mut readers = Vec::with_capacity(plan.ranges.len());
+    for (path, start, end) in &plan.ranges {
+        readers.push(DmaRangeReader::open(path, *start, *end).await.map_err(DmaStreamError::Unavailable)?);
+    }
+    let max = match sideband {
+        Some(SidebandMode::SideBand) => SIDEBAND_PAYLOAD_BYTES * 16,
+        _ => SIDEBAND_64K_PAYLOAD_BYTES,
+    };
+    let mut hasher = plan.needs_trailer().then(sha1::Sha1::new);
+    let emit = |chunk: Bytes, hasher: &mut Option<sha1::Sha1>| {
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
+        crate::metrics::record_pack_sent(chunk.len() as u64, 0);
+        chunk
+    };
+    async fn out(tx: &mut mpsc::Sender<Bytes>, sideband: Option<SidebandMode>, chunk: Bytes) -> Result<(), DmaStreamError> {
+        let sent = match sideband {
+            None => send(tx, chunk).await,
+            Some(mode) => send_framed(tx, mode, Band::Data, chunk).await,
+        };
+        sent.map_err(|()| DmaStreamError::ClientGone)
+    }
+    if let Some(header) = plan.header {
+        let chunk = emit(Bytes::copy_from_slice(&header), &mut hasher);
+        out(tx, sideband, chunk).await?;
+    }
+    let mut first_read = true;
+    for mut reader in readers {
+        while let Some(next) = reader.next_chunk(max).await {
+            let chunk = match next {
+                Ok(c) => c,
+                // The very first read failing (e.g. O_DIRECT refused at read
+                // time) is still a clean fallback if no header went out.
+                Err(e) if first_read && plan.header.is_none() => return Err(DmaStreamError::Unavailable(e)),
+                Err(e) => return Err(DmaStreamError::Failed(e)),
+            };
+            first_read = false;
+            let chunk = emit(chunk, &mut hasher);
+            out(tx, sideband, chunk).await?;
+        }
+        reader.close().await;
+    }
+    if let Some(h) = hasher {
+        let trailer: [u8; 20] = h.finalize().into();
+        out(tx, sideband, Bytes::copy_from_slice(&trailer)).await?;
+    }
+    Ok(())
 }
 
 async fn send(tx: &mut mpsc::Sender<Bytes>, data: Bytes) -> Result<(), ()> {

@@ -99,6 +99,24 @@ enum Pending {
     File { pack: u32, pos: u64, end: u64 },
 }
 
+/// How to send a verbatim pack: an optional new header, file ranges, and
+/// (when `header` is set) a new SHA-1 trailer over everything sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerbatimPlan {
+    /// A new pack header (several packs concatenated). `None`: one stored
+    /// pack is sent whole, its own header and trailer included.
+    pub header: Option<[u8; PACK_HEADER_BYTES]>,
+    /// `(pack file, start, end)` byte ranges, in order.
+    pub ranges: Vec<(std::path::PathBuf, u64, u64)>,
+}
+
+impl VerbatimPlan {
+    /// True if the sender must append a SHA-1 trailer over the bytes sent.
+    pub fn needs_trailer(&self) -> bool {
+        self.header.is_some()
+    }
+}
+
 enum Mode {
     /// Whole stored packs, streamed as ranges `(pack, start, end)`.
     Verbatim { ranges: Vec<(u32, u64, u64)>, next: usize },
@@ -230,6 +248,27 @@ impl PackStream {
     /// True if whole stored packs are streamed verbatim.
     pub fn is_verbatim(&self) -> bool {
         matches!(self.mode, Mode::Verbatim { .. })
+    }
+
+    /// For a verbatim pack that has not started streaming: the file ranges
+    /// to send, so that a caller with a faster bulk-read path (io_uring DMA)
+    /// can stream them itself. `None` for entry-by-entry packs.
+    pub fn verbatim_plan(&self) -> Option<VerbatimPlan> {
+        let Mode::Verbatim { ranges, next: 0 } = &self.mode else {
+            return None;
+        };
+        if self.out_pos != 0 {
+            return None;
+        }
+        let packs = self.store.packs();
+        let ranges = ranges
+            .iter()
+            .map(|(pack, start, end)| (packs[*pack as usize].path().to_path_buf(), *start, *end))
+            .collect();
+        Some(VerbatimPlan {
+            header: self.header,
+            ranges,
+        })
     }
 
     fn push_bytes(&mut self, data: &[u8]) {
