@@ -98,6 +98,7 @@ fn body_error_response(e: &BodyError) -> Response<ResponseBody> {
     }
 }
 
+#[allow(clippy::result_large_err)] // the error is the response to send
 fn check_content_type(headers: &HeaderMap, service: Service) -> Result<(), Response<ResponseBody>> {
     let got = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = got.split(';').next().unwrap_or("").trim();
@@ -112,6 +113,7 @@ fn check_content_type(headers: &HeaderMap, service: Service) -> Result<(), Respo
 }
 
 /// Refuse a declared body larger than the limit before reading any of it.
+#[allow(clippy::result_large_err)] // the error is the response to send
 pub(crate) fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), Response<ResponseBody>> {
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -60,7 +60,7 @@ pub fn memlock_limit_bytes() -> Option<u64> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    (rc == 0).then_some(lim.rlim_cur as u64)
+    (rc == 0).then_some(lim.rlim_cur)
 }
 
 /// Start `config.shards` executors. Returns once every shard listens.
@@ -80,7 +80,7 @@ pub fn start(
     // clearly when the memlock limit will not allow it.
     if let Some(limit) = memlock_limit_bytes() {
         let need = (config.io_memory_bytes as u64) * 3;
-        if limit != libc::RLIM_INFINITY as u64 && limit < need && !is_root() {
+        if limit != libc::RLIM_INFINITY && limit < need && !is_root() {
             tracing::warn!(
                 memlock_limit_bytes = limit,
                 needed_bytes = need,

@@ -110,8 +110,8 @@ pub fn render(shards: usize, storage_available_bytes: Option<u64>, uptime_second
     let _ = writeln!(o, "guts_http_request_duration_seconds_sum {}", DURATION_SUM_US.load(Relaxed) as f64 / 1e6);
     let _ = writeln!(o, "guts_http_request_duration_seconds_count {count}");
     let _ = writeln!(o, "# HELP guts_http_connections_open Open client connections per shard.\n# TYPE guts_http_connections_open gauge");
-    for shard in 0..shards.min(SHARDS_MAX) {
-        let _ = writeln!(o, "guts_http_connections_open{{shard=\"{shard}\"}} {}", CONNECTIONS[shard].load(Relaxed));
+    for (shard, open) in CONNECTIONS.iter().enumerate().take(shards.min(SHARDS_MAX)) {
+        let _ = writeln!(o, "guts_http_connections_open{{shard=\"{shard}\"}} {}", open.load(Relaxed));
     }
     let _ = writeln!(o, "# HELP guts_git_ref_updates_total Ref updates from pushes by outcome.\n# TYPE guts_git_ref_updates_total counter");
     let _ = writeln!(o, "guts_git_ref_updates_total{{result=\"ok\"}} {}", PUSH_REF_UPDATES_OK.load(Relaxed));

@@ -13,7 +13,6 @@ use guts_io::refs::{RefError, RefUpdate};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -48,9 +47,7 @@ pub enum ShardError {
 pub fn owner_of(key: &str, shards: usize) -> usize {
     // Fixed seeds: ownership must not change between runs.
     let state = ahash::RandomState::with_seeds(0x6775_7473, 0x6e6f_6465, 0x7368_6172, 0x6473_0001);
-    let mut h = state.build_hasher();
-    key.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
+    (state.hash_one(key) % shards.max(1) as u64) as usize
 }
 
 /// One shard's state. Lives on its executor only.

@@ -52,7 +52,7 @@ pub enum IdxError {
 /// Serialize an index for `entries` (sorted here by id) of the pack whose
 /// trailing checksum is `pack_checksum`.
 pub fn write_idx(entries: &mut [IdxEntry], pack_checksum: &[u8; 20]) -> Vec<u8> {
-    entries.sort_unstable_by(|a, b| a.oid.cmp(&b.oid));
+    entries.sort_unstable_by_key(|e| e.oid);
     let n = entries.len();
     let large = entries.iter().filter(|e| e.offset > OFFSET_32_LIMIT).count();
     let mut out = Vec::with_capacity(HEADER_BYTES + FANOUT_BYTES + n * 28 + large * 8 + 40);
@@ -129,7 +129,7 @@ impl PackIndex {
             });
         }
         let large_bytes = data.len() - base - 40;
-        if large_bytes % 8 != 0 {
+        if !large_bytes.is_multiple_of(8) {
             return Err(IdxError::BadLength {
                 len: data.len(),
                 expected: base + 40,
