@@ -65,3 +65,27 @@ fn two_shards_serve_repositories_owned_by_either() {
         assert_eq!(refs_of(&dst), refs_of(&src));
     }
 }
+
+#[test]
+fn repositories_closed_for_space_reopen_intact() {
+    // A shard keeps a bounded number of repositories open; one closed to
+    // make room must reopen from disk with its refs and objects intact.
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let wt = new_worktree(tmp.path(), "wt");
+    let first = node.create_repo("many", "r0");
+    git_ok(&wt, &["push", "-q", &first, "main"]);
+    for i in 1..=300 {
+        node.create_repo("many", &format!("r{i}"));
+    }
+    let dst = tmp.path().join("clone.git");
+    git_ok(tmp.path(), &["clone", "-q", "--bare", &first, dst.to_str().unwrap()]);
+    fsck(&dst);
+    assert_eq!(refs_of(&dst), refs_of(&wt));
+    std::fs::write(wt.join("more"), "more\n").unwrap();
+    git_ok(&wt, &["add", "more"]);
+    git_ok(&wt, &["commit", "-q", "-m", "more"]);
+    git_ok(&wt, &["push", "-q", &first, "main"]);
+    let remote = git_ok(tmp.path(), &["ls-remote", &first, "refs/heads/main"]);
+    assert!(remote.starts_with(&git_ok(&wt, &["rev-parse", "main"]).trim().to_string()));
+}

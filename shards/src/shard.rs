@@ -21,6 +21,10 @@ use crate::config::ShardConfig;
 use crate::consensus::{BatchReceiver, FinalizedBatch, Orderer, Transaction, TxId};
 use crate::repo::{check_name, repo_dir, RefSnapshot, Repo, RepoError};
 
+/// Repositories a shard keeps open (ref store, pack indexes, caches);
+/// the least recently used idle ones are closed beyond this.
+pub const OPEN_REPOS_MAX: usize = 256;
+
 /// Jobs one shard may have queued for another before the sender waits.
 pub const SHARD_INBOX_MAX: usize = 1024;
 
@@ -56,7 +60,9 @@ pub struct Shard {
     pub id: usize,
     /// Node configuration.
     pub config: ShardConfig,
-    repos: RefCell<HashMap<String, Rc<RefCell<Repo>>>>,
+    /// Open repositories and when each was last used (a use counter).
+    repos: RefCell<HashMap<String, (Rc<RefCell<Repo>>, u64)>>,
+    use_clock: Cell<u64>,
     pending: RefCell<HashMap<TxId, oneshot::Sender<Vec<UpdateOutcome>>>>,
     orderer: Arc<dyn Orderer>,
     next_tx: Cell<u64>,
@@ -77,6 +83,7 @@ impl Shard {
             id,
             config,
             repos: RefCell::new(HashMap::new()),
+            use_clock: Cell::new(0),
             pending: RefCell::new(HashMap::new()),
             orderer,
             next_tx: Cell::new(0),
@@ -127,21 +134,50 @@ impl Shard {
         check_name("repository name", name)?;
         let key = format!("{owner}/{name}");
         debug_assert_eq!(self.owner(&key), self.id, "repository used off its owning shard");
-        if let Some(r) = self.repos.borrow().get(&key) {
+        let now = self.tick();
+        if let Some((r, used)) = self.repos.borrow_mut().get_mut(&key) {
+            *used = now;
             return Ok(r.clone());
         }
         let dir = repo_dir(&self.config.data_dir, owner, name);
         let repo = Rc::new(RefCell::new(Repo::open(dir, key.clone())?));
-        self.repos.borrow_mut().insert(key, repo.clone());
+        self.insert_repo(key, repo.clone());
         Ok(repo)
+    }
+
+    fn tick(&self) -> u64 {
+        let now = self.use_clock.get() + 1;
+        self.use_clock.set(now);
+        now
+    }
+
+    /// Keep a repository open, closing the least recently used idle ones
+    /// beyond [`OPEN_REPOS_MAX`] (their caches and file handles go with them).
+    fn insert_repo(&self, key: String, repo: Rc<RefCell<Repo>>) {
+        let now = self.tick();
+        let mut repos = self.repos.borrow_mut();
+        repos.insert(key, (repo, now));
+        while repos.len() > OPEN_REPOS_MAX {
+            // Only a repository nobody holds right now may close: a handle
+            // alive across an await (a push being applied) keeps it open.
+            let victim = repos
+                .iter()
+                .filter(|(_, (r, _))| Rc::strong_count(r) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(k) => {
+                    repos.remove(&k);
+                }
+                None => break,
+            }
+        }
     }
 
     /// Create repository `owner/name` (owner shard only).
     pub fn create_repo(&self, owner: &str, name: &str) -> Result<(), RepoError> {
         let repo = Repo::create(&self.config.data_dir, owner, name)?;
-        self.repos
-            .borrow_mut()
-            .insert(repo.key.clone(), Rc::new(RefCell::new(repo)));
+        self.insert_repo(repo.key.clone(), Rc::new(RefCell::new(repo)));
         Ok(())
     }
 
