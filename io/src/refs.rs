@@ -466,6 +466,11 @@ impl RefStore {
         Ok(())
     }
 
+    /// True after a failed write: the store refuses writes until reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     fn ensure_not_poisoned(&self) -> Result<(), RefError> {
         if self.poisoned {
             return Err(RefError::Poisoned {

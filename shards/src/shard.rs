@@ -245,6 +245,23 @@ impl Shard {
     }
 
     fn apply_transaction(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
+        let outcomes = self.apply_transaction_inner(tx);
+        // A ref store that failed a write refuses further writes until it is
+        // reopened (whether the record reached the disk is unknown); close it
+        // so the next use replays its log and settles the question.
+        let failed_io = self
+            .repos
+            .borrow()
+            .get(&tx.repo)
+            .is_some_and(|(r, _)| r.try_borrow().is_ok_and(|r| r.refs.is_poisoned()));
+        if failed_io {
+            tracing::error!(repo = %tx.repo, "ref store write failed; closing the repository so it is recovered on next use");
+            self.repos.borrow_mut().remove(&tx.repo);
+        }
+        outcomes
+    }
+
+    fn apply_transaction_inner(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
         let Some((owner, name)) = tx.repo.split_once('/') else {
             return vec![Err("bad repository key".into()); tx.updates.len()];
         };
