@@ -89,3 +89,30 @@ fn repositories_closed_for_space_reopen_intact() {
     let remote = git_ok(tmp.path(), &["ls-remote", &first, "refs/heads/main"]);
     assert!(remote.starts_with(&git_ok(&wt, &["rev-parse", "main"]).trim().to_string()));
 }
+
+#[test]
+fn head_follows_the_first_pushed_branch() {
+    // A repository whose first push is `master` (git's historical default)
+    // must clone with a checked-out work tree, for v0 and v2 alike.
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let wt = tmp.path().join("wt");
+    std::fs::create_dir_all(&wt).unwrap();
+    git_ok(&wt, &["init", "-q", "-b", "master"]);
+    std::fs::write(wt.join("hello.txt"), "hello\n").unwrap();
+    git_ok(&wt, &["add", "hello.txt"]);
+    git_ok(&wt, &["commit", "-q", "-m", "first"]);
+    let url = node.create_repo("dora", "legacy");
+    git_ok(&wt, &["push", "-q", &url, "master"]);
+    for v in ["0", "2"] {
+        let dst = tmp.path().join(format!("clone-v{v}"));
+        git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "clone", "-q", &url, dst.to_str().unwrap()]);
+        assert_eq!(std::fs::read_to_string(dst.join("hello.txt")).unwrap(), "hello\n", "v{v}");
+        assert_eq!(git_ok(&dst, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(), "master");
+        fsck(&dst);
+    }
+    // Once HEAD's branch exists, later branches do not move it.
+    git_ok(&wt, &["push", "-q", &url, "master:refs/heads/main"]);
+    let out = git_ok(tmp.path(), &["ls-remote", "--symref", &url, "HEAD"]);
+    assert!(out.contains("ref: refs/heads/master\tHEAD"), "{out}");
+}

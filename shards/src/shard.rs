@@ -246,6 +246,7 @@ impl Shard {
 
     fn apply_transaction(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
         let outcomes = self.apply_transaction_inner(tx);
+        self.adopt_default_branch(tx, &outcomes);
         // A ref store that failed a write refuses further writes until it is
         // reopened (whether the record reached the disk is unknown); close it
         // so the next use replays its log and settles the question.
@@ -259,6 +260,41 @@ impl Shard {
             self.repos.borrow_mut().remove(&tx.repo);
         }
         outcomes
+    }
+
+    /// While HEAD names a branch that does not exist (a new repository),
+    /// point it at the first branch a push creates — `main` or `master`
+    /// when present — so clones check out what was pushed, as hosting
+    /// services do.
+    fn adopt_default_branch(&self, tx: &Transaction, outcomes: &[UpdateOutcome]) {
+        let Some((entry, _)) = self.repos.borrow().get(&tx.repo).cloned() else {
+            return;
+        };
+        let Ok(mut repo) = entry.try_borrow_mut() else { return };
+        if repo.refs.get(repo.refs.head_target()).is_some() {
+            return;
+        }
+        let created: Vec<&str> = tx
+            .updates
+            .iter()
+            .zip(outcomes)
+            .filter(|(u, o)| o.is_ok() && !u.new.is_null() && u.name.starts_with("refs/heads/"))
+            .map(|(u, _)| u.name.as_str())
+            .collect();
+        let pick = ["refs/heads/main", "refs/heads/master"]
+            .into_iter()
+            .find(|p| created.contains(p))
+            .or_else(|| created.first().copied());
+        if let Some(target) = pick {
+            let target = target.to_string();
+            match repo.refs.set_head(&target) {
+                Ok(()) => {
+                    tracing::info!(repo = %tx.repo, head = %target, "HEAD now points at the first pushed branch");
+                    repo.invalidate();
+                }
+                Err(e) => tracing::warn!(repo = %tx.repo, error = %e, "could not move HEAD"),
+            }
+        }
     }
 
     fn apply_transaction_inner(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
