@@ -149,8 +149,16 @@ impl Repo {
         std::fs::create_dir_all(&owner_dir).map_err(io_err(&owner_dir))?;
         // Build in a temporary directory and rename, so a crash never leaves
         // a half-made repository under its real name.
+        // Leftovers of a creation cut short by a crash (any process) go first.
+        if let Ok(entries) = std::fs::read_dir(&owner_dir) {
+            let prefix = format!(".tmp-{name}-");
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let tmp = owner_dir.join(format!(".tmp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
         for sub in ["objects/pack", "objects/info", "refs/heads", "refs/tags"] {
             let p = tmp.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
