@@ -153,7 +153,11 @@ impl Repo {
         if let Ok(entries) = std::fs::read_dir(&owner_dir) {
             let prefix = format!(".tmp-{name}-");
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let stale = file
+                    .strip_prefix(&prefix)
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+                if stale {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
