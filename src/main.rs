@@ -100,9 +100,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let shards = guts_shards::start(shard_config, Arc::new(handle), receivers)
         .context("starting shards")?;
     tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at http://{}/git/OWNER/NAME.git", cfg.api_addr);
-    shards.join();
+    let stopped = shards.wait_any();
     drop(lock);
-    Ok(())
+    anyhow::bail!("shard {stopped:?} stopped unexpectedly; exiting so the node restarts clean (recovery is automatic)")
 }
 
 /// CPUs this process may run on.

@@ -432,7 +432,7 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
 
 async fn run_walk(store: ObjectStore, req: WalkRequest) -> Result<WalkResult, String> {
     glommio::executor()
-        .spawn_blocking(move || walk::enumerate(&store, &req).map_err(|e| format!("upload-pack: {e}")))
+        .spawn_blocking(move || contained(move || walk::enumerate(&store, &req).map_err(|e| format!("upload-pack: {e}"))))
         .await
 }
 
@@ -464,7 +464,7 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
     let count = objects.len();
     crate::metrics::record_pack_sent(0, count as u64);
     let stream = match glommio::executor()
-        .spawn_blocking(move || pack_stream(&store, &objects, opts).map_err(|e| e.to_string()))
+        .spawn_blocking(move || contained(move || pack_stream(&store, &objects, opts).map_err(|e| e.to_string())))
         .await
     {
         Ok(s) => s,
@@ -615,6 +615,23 @@ async fn stream_verbatim_dma(
         out(tx, sideband, Bytes::copy_from_slice(&trailer)).await?;
     }
     Ok(())
+}
+
+/// Run blocking-pool work so that a bug (a panic) fails this one request
+/// with an error instead of taking a pool thread down with it.
+fn contained<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            tracing::error!(panic = %what, "internal error in a git service worker");
+            Err(format!("internal error: {what}"))
+        }
+    }
 }
 
 async fn send(tx: &mut mpsc::Sender<Bytes>, data: Bytes) -> Result<(), ()> {
@@ -886,7 +903,7 @@ async fn receive_pack_data(snap: &RefSnapshot, body: &mut RequestBody, first: Ve
         check_links: true,
     };
     let finished = glommio::executor()
-        .spawn_blocking(move || ingest.finish(&source, &checks).map_err(|e| ingest_message(&e)))
+        .spawn_blocking(move || contained(move || ingest.finish(&source, &checks).map_err(|e| ingest_message(&e))))
         .await?;
     Ok(Some(finished))
 }
@@ -949,7 +966,7 @@ async fn apply_push(
             return Ok(Vec::new());
         }
         let committed = glommio::executor()
-            .spawn_blocking(move || pack.commit().map_err(|e| e.to_string()))
+            .spawn_blocking(move || contained(move || pack.commit().map_err(|e| e.to_string())))
             .await;
         match committed {
             Ok(Some((pack_path, idx_path))) => {

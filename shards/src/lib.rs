@@ -44,14 +44,18 @@ pub enum StartError {
 /// Running shards.
 pub struct Shards {
     threads: Vec<JoinHandle<()>>,
+    exited: std::sync::mpsc::Receiver<usize>,
 }
 
 impl Shards {
-    /// Wait for every shard thread to end.
-    pub fn join(self) {
-        for t in self.threads {
-            let _ = t.join();
-        }
+    /// Block until a shard thread ends (which only happens on a fatal
+    /// error) and return its index. The node should then exit: recovery on
+    /// restart is automatic, and a node missing a shard would silently
+    /// serve with less capacity.
+    pub fn wait_any(self) -> Option<usize> {
+        let first = self.exited.recv().ok();
+        drop(self.threads);
+        first
     }
 }
 
@@ -97,6 +101,7 @@ pub fn start(
         inbox_rx.push(rx);
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, StartError>>();
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel::<usize>();
     let mut threads = Vec::with_capacity(n);
     for (id, (inbox, batches)) in inbox_rx.into_iter().zip(batch_receivers).enumerate() {
         let cpu = config.shard_cpus.get(id).copied();
@@ -144,9 +149,15 @@ pub fn start(
             http::serve(shard, listener).await;
         });
         match spawned {
-            Ok(handle) => threads.push(std::thread::spawn(move || {
-                let _ = handle.join();
-            })),
+            Ok(handle) => {
+                let exit_tx = exit_tx.clone();
+                threads.push(std::thread::spawn(move || {
+                    if let Err(e) = handle.join() {
+                        tracing::error!(shard = id, error = ?e, "shard executor failed");
+                    }
+                    let _ = exit_tx.send(id);
+                }))
+            }
             Err(e) => {
                 let _ = ready_err.send(Err(StartError::Executor {
                     shard: id,
@@ -171,7 +182,7 @@ pub fn start(
             }
         }
     }
-    Ok(Shards { threads })
+    Ok(Shards { threads, exited: exit_rx })
 }
 
 fn is_root() -> bool {
