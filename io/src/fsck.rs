@@ -10,9 +10,12 @@
 //! `.gitattributes`/`.gitignore`/`.mailmap`) are accepted, as git accepts
 //! them.
 //!
-//! Not checked (yet): the contents of `.gitmodules` and `.gitattributes`
-//! blobs (git's `gitmodules*`/`gitattributes*` message ids), which need the
-//! tree that names the blob and a config parser.
+//! The contents of `.gitmodules` and `.gitattributes` blobs are checked too
+//! ([`check_gitmodules`], [`check_gitattributes`]), as git's `fsck_blob` does:
+//! [`check_object_collecting`] reports which blobs a tree names so (git's
+//! `gitmodules_found`/`gitattributes_found`), and the caller checks each of
+//! them once every object is known (git's `fsck_finish`), whether the blob
+//! came in the pack or was already in the repository.
 
 use crate::object::ObjectKind;
 use crate::oid::ObjectId;
@@ -119,6 +122,26 @@ pub enum FsckProblem {
     BadGpgsig,
     #[error("invalid format - unexpected end in 'gpgsig' continuation line")]
     BadHeaderContinuation,
+    #[error("disallowed submodule name: {name:?}")]
+    GitmodulesName { name: String },
+    #[error("disallowed submodule url: {url:?}")]
+    GitmodulesUrl { url: String },
+    #[error("disallowed submodule path: {path:?}")]
+    GitmodulesPath { path: String },
+    #[error("disallowed submodule update setting: {value:?}")]
+    GitmodulesUpdate { value: String },
+    #[error("non-blob found at .gitmodules")]
+    GitmodulesBlob,
+    #[error(".gitmodules too large to parse ({size} bytes, limit {limit})")]
+    GitmodulesLarge { size: u64, limit: u64 },
+    #[error("non-blob found at .gitattributes")]
+    GitattributesBlob,
+    #[error("unable to read .gitattributes blob")]
+    GitattributesMissing,
+    #[error(".gitattributes too large to parse ({size} bytes, limit {limit})")]
+    GitattributesLarge { size: u64, limit: u64 },
+    #[error(".gitattributes has too long lines to parse ({len} bytes, limit {limit})")]
+    GitattributesLineLength { len: usize, limit: usize },
 }
 
 impl FsckProblem {
@@ -166,6 +189,16 @@ impl FsckProblem {
             MissingTag => "missingTag",
             BadGpgsig => "badGpgsig",
             BadHeaderContinuation => "badHeaderContinuation",
+            GitmodulesName { .. } => "gitmodulesName",
+            GitmodulesUrl { .. } => "gitmodulesUrl",
+            GitmodulesPath { .. } => "gitmodulesPath",
+            GitmodulesUpdate { .. } => "gitmodulesUpdate",
+            GitmodulesBlob => "gitmodulesBlob",
+            GitmodulesLarge { .. } => "gitmodulesLarge",
+            GitattributesBlob => "gitattributesBlob",
+            GitattributesMissing => "gitattributesMissing",
+            GitattributesLarge { .. } => "gitattributesLarge",
+            GitattributesLineLength { .. } => "gitattributesLineLength",
         }
     }
 }
@@ -182,17 +215,33 @@ pub struct FsckError {
     pub problem: FsckProblem,
 }
 
-/// Check one object the way `git index-pack --strict` does. Blobs always pass.
+/// Check one object the way `git index-pack --strict` does. Blobs always
+/// pass here: the special ones are checked by [`check_special_blob`] once a
+/// tree has named them.
 pub fn check_object(
     oid: &ObjectId,
     kind: ObjectKind,
     data: &[u8],
     opts: &FsckOptions,
 ) -> Result<(), FsckError> {
+    check_object_collecting(oid, kind, data, opts, &mut Vec::new())
+}
+
+/// [`check_object`], also appending to `found` the `.gitmodules` and
+/// `.gitattributes` entries of a tree (any spelling git's fsck recognises,
+/// any mode but a symlink), whose contents the caller must then check with
+/// [`check_special_blob`]. `found` may hold duplicates.
+pub fn check_object_collecting(
+    oid: &ObjectId,
+    kind: ObjectKind,
+    data: &[u8],
+    opts: &FsckOptions,
+    found: &mut Vec<SpecialBlob>,
+) -> Result<(), FsckError> {
     let result = match kind {
         ObjectKind::Blob => Ok(()),
         ObjectKind::Commit => check_commit(data),
-        ObjectKind::Tree => check_tree(data, opts),
+        ObjectKind::Tree => check_tree(data, opts, found),
         ObjectKind::Tag => check_tag(data),
     };
     result.map_err(|problem| FsckError {
@@ -526,7 +575,7 @@ fn check_tag(data: &[u8]) -> Result<(), FsckProblem> {
     Ok(())
 }
 
-fn check_tree(data: &[u8], opts: &FsckOptions) -> Result<(), FsckProblem> {
+fn check_tree(data: &[u8], opts: &FsckOptions, found: &mut Vec<SpecialBlob>) -> Result<(), FsckProblem> {
     let mut has_null_sha1 = false;
     let mut has_full_path = false;
     let mut has_empty_name = false;
@@ -558,18 +607,38 @@ fn check_tree(data: &[u8], opts: &FsckOptions) -> Result<(), FsckProblem> {
             large.get_or_insert(name.len());
         }
         let is_link = mode & S_IFMT == S_IFLNK;
-        if (is_hfs_dot(name, b"gitmodules") || is_ntfs_dot_generic(name, b"gitmodules", b"gi7eba")) && is_link {
-            gitmodules_symlink = true;
-        }
+        // git remembers these whatever the mode (a tree or gitlink here is
+        // reported when the object is looked at: gitmodulesBlob); symlinks
+        // are reported at once (gitattributesSymlink only as an info)
+        let mut gitmodules_entry = |search: &[u8], whole_name: bool| {
+            let hfs = whole_name && is_hfs_dot(search, b"gitmodules");
+            if !hfs && !is_ntfs_dot_generic(search, b"gitmodules", b"gi7eba") {
+                return;
+            }
+            if is_link {
+                gitmodules_symlink = true;
+            } else {
+                found.push(SpecialBlob {
+                    oid: entry.oid,
+                    file: SpecialFile::Gitmodules,
+                });
+            }
+        };
+        gitmodules_entry(name, true);
         let mut search = name;
         while let Some(b) = search.iter().position(|c| *c == b'\\') {
             search = &search[b + 1..];
             if dotgit.is_none() && is_ntfs_dotgit(search) {
                 dotgit = Some(name);
             }
-            if is_link && is_ntfs_dot_generic(search, b"gitmodules", b"gi7eba") {
-                gitmodules_symlink = true;
-            }
+            // after a backslash git looks for NTFS spellings only
+            gitmodules_entry(search, false);
+        }
+        if !is_link && (is_hfs_dot(name, b"gitattributes") || is_ntfs_dot_generic(name, b"gitattributes", b"gi7d29")) {
+            found.push(SpecialBlob {
+                oid: entry.oid,
+                file: SpecialFile::Gitattributes,
+            });
         }
         // modes other than 100644/100755/120000/40000/160000 are only an
         // info in git (badFilemode): accepted
@@ -627,6 +696,731 @@ fn check_tree(data: &[u8], opts: &FsckOptions) -> Result<(), FsckProblem> {
         });
     }
     Ok(())
+}
+
+// ---- .gitmodules and .gitattributes contents (git's fsck_blob) ---------
+
+/// Largest `.gitmodules` blob parsed: git's `core.bigFileThreshold`
+/// (512 MiB), above which `index-pack` does not load a blob and reports
+/// `gitmodulesLarge`.
+pub const GITMODULES_MAX_BYTES: u64 = 512 << 20;
+/// Largest `.gitattributes` blob accepted: git's `ATTR_MAX_FILE_SIZE`
+/// (`gitattributesLarge`).
+pub const GITATTRIBUTES_MAX_BYTES: u64 = 100 << 20;
+/// Lines of a `.gitattributes` blob must be shorter than this: git's
+/// `ATTR_MAX_LINE_LENGTH` (`gitattributesLineLength`).
+pub const GITATTRIBUTES_LINE_MAX_BYTES: usize = 2048;
+
+/// Which special file a tree entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpecialFile {
+    /// `.gitmodules` (or an NTFS/HFS+ spelling of it).
+    Gitmodules,
+    /// `.gitattributes` (or an NTFS/HFS+ spelling of it).
+    Gitattributes,
+}
+
+/// An object a tree names as `.gitmodules` or `.gitattributes`; its
+/// contents must pass [`check_special_blob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpecialBlob {
+    /// The object the entry points at (not necessarily a blob).
+    pub oid: ObjectId,
+    /// The name it was found under.
+    pub file: SpecialFile,
+}
+
+/// What the checker knows of the object a [`SpecialBlob`] names.
+#[derive(Debug, Clone, Copy)]
+pub enum SpecialObject<'a> {
+    /// Neither in the pack nor in the repository.
+    Missing,
+    /// Present, but not a blob.
+    NotBlob(ObjectKind),
+    /// A blob of `size` bytes whose contents were not loaded because
+    /// `size` is over [`special_blob_max_bytes`].
+    TooLarge(u64),
+    /// A blob with these contents.
+    Blob(&'a [u8]),
+}
+
+/// The largest blob worth loading for `file`: bigger ones fail anyway.
+pub fn special_blob_max_bytes(file: SpecialFile) -> u64 {
+    match file {
+        SpecialFile::Gitmodules => GITMODULES_MAX_BYTES,
+        SpecialFile::Gitattributes => GITATTRIBUTES_MAX_BYTES,
+    }
+}
+
+/// git's `fsck_blobs` for one remembered object, with the message types
+/// `index-pack --strict` gives them: a missing `.gitmodules` is only
+/// listed (`gitmodulesMissing` is not an error there: a connectivity check
+/// reports a missing object), a missing `.gitattributes` is an error.
+pub fn check_special_blob(special: &SpecialBlob, object: SpecialObject<'_>) -> Result<(), FsckError> {
+    let oid = &special.oid;
+    let fail = |kind, problem| FsckError { oid: *oid, kind, problem };
+    match (special.file, object) {
+        (SpecialFile::Gitmodules, SpecialObject::Missing) => Ok(()),
+        (SpecialFile::Gitattributes, SpecialObject::Missing) => Err(fail(ObjectKind::Blob, FsckProblem::GitattributesMissing)),
+        (SpecialFile::Gitmodules, SpecialObject::NotBlob(kind)) => Err(fail(kind, FsckProblem::GitmodulesBlob)),
+        (SpecialFile::Gitattributes, SpecialObject::NotBlob(kind)) => Err(fail(kind, FsckProblem::GitattributesBlob)),
+        (file, SpecialObject::TooLarge(size)) => Err(fail(ObjectKind::Blob, large(file, size))),
+        (SpecialFile::Gitmodules, SpecialObject::Blob(data)) => check_gitmodules(oid, data),
+        (SpecialFile::Gitattributes, SpecialObject::Blob(data)) => check_gitattributes(oid, data),
+    }
+}
+
+fn large(file: SpecialFile, size: u64) -> FsckProblem {
+    let limit = special_blob_max_bytes(file);
+    match file {
+        SpecialFile::Gitmodules => FsckProblem::GitmodulesLarge { size, limit },
+        SpecialFile::Gitattributes => FsckProblem::GitattributesLarge { size, limit },
+    }
+}
+
+/// git's checks of a `.gitattributes` blob: at most
+/// [`GITATTRIBUTES_MAX_BYTES`], every line shorter than
+/// [`GITATTRIBUTES_LINE_MAX_BYTES`] (git reads the blob as a C string, so
+/// nothing after a NUL byte counts).
+pub fn check_gitattributes(oid: &ObjectId, data: &[u8]) -> Result<(), FsckError> {
+    let fail = |problem| FsckError {
+        oid: *oid,
+        kind: ObjectKind::Blob,
+        problem,
+    };
+    if data.len() as u64 > GITATTRIBUTES_MAX_BYTES {
+        return Err(fail(large(SpecialFile::Gitattributes, data.len() as u64)));
+    }
+    let text = data.iter().position(|b| *b == 0).map_or(data, |nul| &data[..nul]);
+    if let Some(len) = text.split(|b| *b == b'\n').map(<[u8]>::len).find(|len| *len >= GITATTRIBUTES_LINE_MAX_BYTES) {
+        return Err(fail(FsckProblem::GitattributesLineLength {
+            len,
+            limit: GITATTRIBUTES_LINE_MAX_BYTES,
+        }));
+    }
+    Ok(())
+}
+
+/// git's checks of a `.gitmodules` blob (`fsck_gitmodules_fn`), over the
+/// entries git's config parser reads before it stops: every
+/// `submodule.<name>.*` needs a name without `..` components
+/// (`gitmodulesName`), a `url` that is neither an option nor one of the
+/// URLs of CVE-2020-11008/CVE-2023-... (`gitmodulesUrl`), a `path` that is
+/// not an option (`gitmodulesPath`), an `update` that is not `!command`
+/// (`gitmodulesUpdate`). A blob git cannot parse is only an info
+/// (`gitmodulesParse`): the entries before the error are still checked.
+///
+/// git parses blobs with signed chars, so its fsck stops at a 0xff byte
+/// (taken for end of file) and does not skip a UTF-8 byte order mark,
+/// while a checked-out `.gitmodules` file is read with neither quirk. We
+/// check both readings, and so reject the (rare) blobs that hide a bad
+/// entry from git's fsck behind such bytes; git accepts those.
+pub fn check_gitmodules(oid: &ObjectId, data: &[u8]) -> Result<(), FsckError> {
+    let fail = |problem| FsckError {
+        oid: *oid,
+        kind: ObjectKind::Blob,
+        problem,
+    };
+    if data.len() as u64 > GITMODULES_MAX_BYTES {
+        return Err(fail(large(SpecialFile::Gitmodules, data.len() as u64)));
+    }
+    parse_config(data, ConfigBytes::Blob, &mut gitmodules_entry).map_err(fail)?;
+    if data.contains(&0xff) || data.starts_with(UTF8_BOM) {
+        parse_config(data, ConfigBytes::File, &mut gitmodules_entry).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// `fsck_gitmodules_fn`: one config entry, `var` as git builds it
+/// (`section.subsection.key`, section and key lowercased).
+fn gitmodules_entry(var: &[u8], value: Option<&[u8]>) -> Result<(), FsckProblem> {
+    // git passes C strings: both end at a NUL byte
+    let var = c_str(var);
+    let value = value.map(c_str);
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    // parse_config_key(var, "submodule", ...): a subsection is required
+    let Some(rest) = var.strip_prefix(b"submodule.") else {
+        return Ok(());
+    };
+    let Some(dot) = rest.iter().rposition(|b| *b == b'.') else {
+        return Ok(());
+    };
+    let (name, key) = (&rest[..dot], &rest[dot + 1..]);
+    if !submodule_name_ok(name) {
+        return Err(FsckProblem::GitmodulesName { name: lossy(name) });
+    }
+    let Some(value) = value else {
+        return Ok(());
+    };
+    match key {
+        b"url" if !submodule_url_ok(value) => Err(FsckProblem::GitmodulesUrl { url: lossy(value) }),
+        b"path" if value.first() == Some(&b'-') => Err(FsckProblem::GitmodulesPath { path: lossy(value) }),
+        b"update" if value.first() == Some(&b'!') => Err(FsckProblem::GitmodulesUpdate { value: lossy(value) }),
+        _ => Ok(()),
+    }
+}
+
+fn c_str(s: &[u8]) -> &[u8] {
+    s.iter().position(|b| *b == 0).map_or(s, |nul| &s[..nul])
+}
+
+/// Both of git's directory separators (`is_xplatform_dir_sep`).
+fn is_dir_sep(c: u8) -> bool {
+    c == b'/' || c == b'\\'
+}
+
+/// git's `check_submodule_name`: not empty, no `..` path component.
+fn submodule_name_ok(name: &[u8]) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    let dotdot_at = |i: usize| name.get(i..i + 2) == Some(b"..") && name.get(i + 2).is_none_or(|c| is_dir_sep(*c));
+    if dotdot_at(0) {
+        return false;
+    }
+    !name.iter().enumerate().any(|(i, c)| is_dir_sep(*c) && dotdot_at(i + 1))
+}
+
+/// git's `check_submodule_url`.
+fn submodule_url_ok(url: &[u8]) -> bool {
+    if url.first() == Some(&b'-') {
+        return false;
+    }
+    let starts_dot_slash = |u: &[u8]| u.len() >= 2 && u[0] == b'.' && is_dir_sep(u[1]);
+    let starts_dot_dot_slash = |u: &[u8]| u.len() >= 3 && u[0] == b'.' && u[1] == b'.' && is_dir_sep(u[2]);
+    if starts_dot_slash(url) || starts_dot_dot_slash(url) || url.starts_with(b"git://") {
+        // this could be appended to an http URL and url-decoded
+        if url_decode(url).contains(&b'\n') {
+            return false;
+        }
+        // leading "../" that escape the root can rewrite the host
+        // (CVE-2020-11008)
+        let mut rest = url;
+        let mut dotdots = 0;
+        loop {
+            if starts_dot_dot_slash(rest) {
+                dotdots += 1;
+                rest = &rest[3..];
+            } else if starts_dot_slash(rest) {
+                rest = &rest[2..];
+            } else {
+                break;
+            }
+        }
+        return !(dotdots > 0 && matches!(rest.first(), Some(b':' | b'/')));
+    }
+    // url_to_curl_url: what git hands to curl must normalize, and not
+    // decode to a newline (CVE-2020-5260 credential leak)
+    let curl_url = [&b"http::"[..], b"https::", b"ftp::", b"ftps::"]
+        .iter()
+        .find_map(|p| url.strip_prefix(*p))
+        .or_else(|| {
+            [&b"http://"[..], b"https://", b"ftp://", b"ftps://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+                .then_some(url)
+        });
+    match curl_url {
+        Some(curl_url) => url_normalize(curl_url).is_some_and(|n| !url_decode(&n).contains(&b'\n')),
+        None => true,
+    }
+}
+
+/// git's `hex2chr`: the byte two hex digits spell, or -1.
+fn hex2chr(hi: u8, lo: u8) -> i32 {
+    let val = |c: u8| (c as char).to_digit(16).map(|d| d as i32);
+    match (val(hi), val(lo)) {
+        (Some(h), Some(l)) => (h << 4) | l,
+        _ => -1,
+    }
+}
+
+/// git's `url_decode`: %XX escapes decoded after the first colon (a
+/// scheme before it is copied as is); `%00` and bad escapes stay.
+fn url_decode(url: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(url.len());
+    let mut rest = url;
+    if let Some(colon) = url.iter().position(|b| *b == b':').filter(|c| *c > 0) {
+        out.extend_from_slice(&url[..colon]);
+        rest = &url[colon..];
+    }
+    let mut i = 0;
+    while i < rest.len() {
+        if rest[i] == b'%' && rest.len() - i >= 3 {
+            let val = hex2chr(rest[i + 1], rest[i + 2]);
+            if val > 0 {
+                out.push(val as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(rest[i]);
+        i += 1;
+    }
+    out
+}
+
+const URL_SCHEME_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-";
+const URL_HOST_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_[:]";
+const URL_UNSAFE_CHARS: &[u8] = b" <>\"%{}|\\^`";
+const URL_RESERVED: &[u8] = b":/?#[]@!$&'()*+,;=";
+
+/// git's `append_normalized_escapes` (with no extra escapes and
+/// [`URL_RESERVED`] left escaped): false on a bad %-escape.
+fn append_normalized_escapes(out: &mut Vec<u8>, from: &[u8]) -> bool {
+    let mut i = 0;
+    while i < from.len() {
+        let mut ch = from[i];
+        i += 1;
+        let mut was_escaped = false;
+        if ch == b'%' {
+            if from.len() - i < 2 {
+                return false;
+            }
+            let val = hex2chr(from[i], from[i + 1]);
+            if val < 0 {
+                return false;
+            }
+            ch = val as u8;
+            i += 2;
+            was_escaped = true;
+        }
+        if ch <= 0x1f || ch >= 0x7f || URL_UNSAFE_CHARS.contains(&ch) || (was_escaped && URL_RESERVED.contains(&ch)) {
+            out.extend_from_slice(format!("%{ch:02X}").as_bytes());
+        } else {
+            out.push(ch);
+        }
+    }
+    true
+}
+
+/// git's `url_normalize` (urlmatch.c), for what it accepts and what it
+/// makes: lowercased scheme and host, normalized %-escapes, default port
+/// dropped, `.`/`..` path segments resolved. None where git gives NULL.
+fn url_normalize(url: &[u8]) -> Option<Vec<u8>> {
+    let span = |from: usize, set: &[u8]| url[from..].iter().take_while(|b| set.contains(b)).count();
+    let find_any = |from: usize, set: &[u8]| from + url[from..].iter().position(|b| set.contains(b)).unwrap_or(url.len() - from);
+    let scheme_len = span(0, URL_SCHEME_CHARS);
+    if scheme_len == 0 || !url[0].is_ascii_alphabetic() || scheme_len + 3 > url.len() || &url[scheme_len..scheme_len + 3] != b"://" {
+        return None;
+    }
+    let mut norm: Vec<u8> = url[..scheme_len + 3].to_ascii_lowercase();
+    let mut p = scheme_len + 3;
+
+    // user:password@, %-escapes normalized
+    let slash = find_any(p, b"/?#");
+    if let Some(at) = url[p..].iter().position(|b| *b == b'@').map(|i| p + i).filter(|at| *at < slash) {
+        if !append_normalized_escapes(&mut norm, &url[p..at]) {
+            return None;
+        }
+        norm.push(b'@');
+        p = at + 1;
+    }
+
+    // host, no %-escapes
+    let mut has_host = false;
+    if p == url.len() || b":/?#".contains(&url[p]) {
+        if !norm.starts_with(b"file:") {
+            return None;
+        }
+    } else {
+        has_host = true;
+    }
+    // the port colon: the last ':' of the authority not inside [...]
+    // (before `p` git finds "//" or '@', never a colon)
+    let mut colon = slash;
+    if slash > p {
+        let mut c = slash - 1;
+        while c > p && url[c] != b':' && url[c] != b']' {
+            c -= 1;
+        }
+        if url[c] == b':' {
+            if !has_host && c + 1 != slash {
+                return None; // a file: URL with a port
+            }
+            colon = c;
+        }
+    }
+    if span(p, URL_HOST_CHARS) < colon - p {
+        return None;
+    }
+    norm.extend(url[p..colon].iter().map(u8::to_ascii_lowercase));
+    p = colon;
+
+    // port: digits, leading zeros and default ports dropped
+    if colon < slash {
+        let mut q = colon + 1;
+        while q < slash && url[q] == b'0' {
+            q += 1;
+        }
+        if q == slash && url[q - 1] == b'0' {
+            q -= 1;
+        }
+        let port = &url[q..slash];
+        let default = port.is_empty() || (port == b"80" && norm.starts_with(b"http:")) || (port == b"443" && norm.starts_with(b"https:"));
+        if !default {
+            if !port.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let number: u32 = if port.len() <= 5 {
+                port.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'))
+            } else {
+                0
+            };
+            if number == 0 || number > 65535 {
+                return None;
+            }
+            norm.push(b':');
+            norm.extend_from_slice(port);
+        }
+        p = slash;
+    }
+
+    // path, dot segments resolved
+    let path_off = norm.len();
+    norm.push(b'/');
+    if url.get(p) == Some(&b'/') {
+        p += 1;
+    }
+    loop {
+        let seg_start = norm.len();
+        let next_slash = find_any(p, b"/?#");
+        let mut skip_add_slash = false;
+        if !append_normalized_escapes(&mut norm, &url[p..next_slash]) {
+            return None;
+        }
+        if &norm[seg_start..] == b"." {
+            if seg_start == path_off + 1 {
+                norm.truncate(norm.len() - 1);
+                skip_add_slash = true;
+            } else {
+                norm.truncate(norm.len() - 2);
+            }
+        } else if &norm[seg_start..] == b".." {
+            let mut prev_slash = norm.len() - 3;
+            if prev_slash == path_off {
+                return None; // no segment to remove
+            }
+            loop {
+                prev_slash -= 1;
+                if norm[prev_slash] == b'/' {
+                    break;
+                }
+            }
+            if prev_slash == path_off {
+                norm.truncate(prev_slash + 1);
+                skip_add_slash = true;
+            } else {
+                norm.truncate(prev_slash);
+            }
+        }
+        p = next_slash;
+        if url.get(p) != Some(&b'/') {
+            break;
+        }
+        p += 1;
+        if !skip_add_slash {
+            norm.push(b'/');
+        }
+    }
+
+    // query and fragment
+    if p < url.len() && !append_normalized_escapes(&mut norm, &url[p..]) {
+        return None;
+    }
+    Some(norm)
+}
+
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// How git's config parser sees bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ConfigBytes {
+    /// From memory (a blob): `char` is signed, so 0xff reads as EOF and a
+    /// byte order mark is never recognised.
+    Blob,
+    /// From a file (`getc`): bytes as they are.
+    File,
+}
+
+/// End of input as git's `get_next_char` returns it.
+const EOF: i32 = -1;
+
+/// git's `config_source` over a buffer (config.c).
+struct ConfigReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    bytes: ConfigBytes,
+    eof: bool,
+    total_len: u64,
+}
+
+impl ConfigReader<'_> {
+    fn fgetc(&mut self) -> i32 {
+        let Some(&b) = self.buf.get(self.pos) else {
+            return EOF;
+        };
+        self.pos += 1;
+        match self.bytes {
+            ConfigBytes::Blob => i32::from(b as i8),
+            ConfigBytes::File => i32::from(b),
+        }
+    }
+
+    /// `get_next_char`: CRLF as LF, end of input as a (sticky) '\n'.
+    fn next(&mut self) -> i32 {
+        let mut c = self.fgetc();
+        if c == i32::from(b'\r') {
+            c = self.fgetc();
+            if c != i32::from(b'\n') {
+                if c != EOF {
+                    self.pos -= 1;
+                }
+                c = i32::from(b'\r');
+            }
+        }
+        if c != EOF {
+            self.total_len += 1;
+            if self.total_len > i32::MAX as u64 {
+                self.eof = true;
+                return 0;
+            }
+        }
+        if c == EOF {
+            self.eof = true;
+            c = i32::from(b'\n');
+        }
+        c
+    }
+}
+
+// git's sane_ctype, which looks at the low byte of a (possibly negative) char
+fn is_space(c: i32) -> bool {
+    matches!(c as u8, b' ' | b'\t' | b'\n' | b'\r')
+}
+fn is_alpha(c: i32) -> bool {
+    (c as u8).is_ascii_alphabetic()
+}
+fn is_key_char(c: i32) -> bool {
+    (c as u8).is_ascii_alphanumeric() || c == i32::from(b'-')
+}
+fn lower(c: i32) -> u8 {
+    (c as u8).to_ascii_lowercase()
+}
+
+/// Called with each config entry: `var` (`section.subsection.key`) and
+/// its value (None for a bare boolean key).
+type ConfigEntryFn<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), FsckProblem> + 'a;
+
+/// Why the config walk stopped early.
+enum ConfigStop {
+    /// git's parser fails here (`gitmodulesParse`, an info).
+    Parse,
+    /// The callback reported a problem.
+    Problem(FsckProblem),
+}
+
+/// git's `git_parse_source`: calls `entry(var, value)` for each entry
+/// until the end or the first syntax error (which is not a problem: git
+/// only reports `gitmodulesParse` as an info), stopping at the first
+/// problem `entry` reports.
+fn parse_config(
+    data: &[u8],
+    bytes: ConfigBytes,
+    entry: &mut ConfigEntryFn<'_>,
+) -> Result<(), FsckProblem> {
+    let mut reader = ConfigReader {
+        buf: data,
+        pos: 0,
+        bytes,
+        eof: false,
+        total_len: 0,
+    };
+    match parse_config_entries(&mut reader, entry) {
+        Ok(()) | Err(ConfigStop::Parse) => Ok(()),
+        Err(ConfigStop::Problem(p)) => Err(p),
+    }
+}
+
+fn parse_config_entries(
+    r: &mut ConfigReader<'_>,
+    entry: &mut ConfigEntryFn<'_>,
+) -> Result<(), ConfigStop> {
+    let mut var: Vec<u8> = Vec::new();
+    let mut value: Vec<u8> = Vec::new();
+    let mut base_len = 0;
+    let mut comment = false;
+    let mut bom_matched = Some(0usize);
+    loop {
+        let c = r.next();
+        if let Some(n) = bom_matched.filter(|n| *n < UTF8_BOM.len()) {
+            if c == i32::from(UTF8_BOM[n]) {
+                bom_matched = Some(n + 1);
+                continue;
+            }
+            if n != 0 {
+                return Err(ConfigStop::Parse); // a partial byte order mark
+            }
+            bom_matched = None;
+        }
+        if c == i32::from(b'\n') {
+            if r.eof {
+                return Ok(());
+            }
+            comment = false;
+            continue;
+        }
+        if comment || is_space(c) {
+            continue;
+        }
+        if c == i32::from(b'#') || c == i32::from(b';') {
+            comment = true;
+            continue;
+        }
+        if c == i32::from(b'[') {
+            var.clear();
+            if !section_header(r, &mut var) || var.is_empty() {
+                return Err(ConfigStop::Parse);
+            }
+            var.push(b'.');
+            base_len = var.len();
+            continue;
+        }
+        if !is_alpha(c) {
+            return Err(ConfigStop::Parse);
+        }
+        var.truncate(base_len);
+        var.push(lower(c));
+        // get_value: the rest of the key, then '=' and a value or nothing
+        let mut c;
+        loop {
+            c = r.next();
+            if r.eof || !is_key_char(c) {
+                break;
+            }
+            var.push(lower(c));
+        }
+        while c == i32::from(b' ') || c == i32::from(b'\t') {
+            c = r.next();
+        }
+        let has_value = c != i32::from(b'\n');
+        if has_value && (c != i32::from(b'=') || !config_value(r, &mut value)) {
+            return Err(ConfigStop::Parse);
+        }
+        entry(&var, has_value.then_some(&value[..])).map_err(ConfigStop::Problem)?;
+    }
+}
+
+/// `get_base_var`: `[section]`, `[section.sub]` or `[section "sub"]`
+/// after the '['; false on a syntax error.
+fn section_header(r: &mut ConfigReader<'_>, var: &mut Vec<u8>) -> bool {
+    loop {
+        let c = r.next();
+        if r.eof {
+            return false;
+        }
+        if c == i32::from(b']') {
+            return true;
+        }
+        if is_space(c) {
+            return extended_section_header(r, var, c);
+        }
+        if !is_key_char(c) && c != i32::from(b'.') {
+            return false;
+        }
+        var.push(lower(c));
+    }
+}
+
+/// `get_extended_base_var`: ` "subsection"]`, the subsection kept as is.
+fn extended_section_header(r: &mut ConfigReader<'_>, var: &mut Vec<u8>, mut c: i32) -> bool {
+    let newline = i32::from(b'\n');
+    loop {
+        if c == newline {
+            return false;
+        }
+        c = r.next();
+        if !is_space(c) {
+            break;
+        }
+    }
+    if c != i32::from(b'"') {
+        return false;
+    }
+    var.push(b'.');
+    loop {
+        let mut c = r.next();
+        if c == newline {
+            return false;
+        }
+        if c == i32::from(b'"') {
+            break;
+        }
+        if c == i32::from(b'\\') {
+            c = r.next();
+            if c == newline {
+                return false;
+            }
+        }
+        var.push(c as u8);
+    }
+    r.next() == i32::from(b']')
+}
+
+/// `parse_value`: quotes, escapes, comments, trailing blanks trimmed;
+/// false on a syntax error.
+fn config_value(r: &mut ConfigReader<'_>, value: &mut Vec<u8>) -> bool {
+    let mut quote = false;
+    let mut comment = false;
+    let mut trim_len = 0;
+    value.clear();
+    loop {
+        let mut c = r.next();
+        if c == i32::from(b'\n') {
+            if quote {
+                return false;
+            }
+            if trim_len != 0 {
+                value.truncate(trim_len);
+            }
+            return true;
+        }
+        if comment {
+            continue;
+        }
+        if is_space(c) && !quote {
+            if trim_len == 0 {
+                trim_len = value.len();
+            }
+            if !value.is_empty() {
+                value.push(c as u8);
+            }
+            continue;
+        }
+        if !quote && (c == i32::from(b';') || c == i32::from(b'#')) {
+            comment = true;
+            continue;
+        }
+        trim_len = 0;
+        if c == i32::from(b'\\') {
+            c = r.next();
+            let escaped = match c as u8 {
+                _ if c == i32::from(b'\n') => continue,
+                b't' => b'\t',
+                b'b' => 0x08,
+                b'n' => b'\n',
+                b'\\' | b'"' => c as u8,
+                _ => return false,
+            };
+            value.push(escaped);
+            continue;
+        }
+        if c == i32::from(b'"') {
+            quote = !quote;
+            continue;
+        }
+        value.push(c as u8);
+    }
 }
 
 enum Order {
@@ -909,6 +1703,70 @@ mod tests {
             check(ObjectKind::Tag, b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntag v1\n\n"),
             Err(FsckProblem::MissingTypeEntry)
         );
+    }
+
+    #[test]
+    fn trees_name_special_blobs() {
+        let mut found = Vec::new();
+        let data = tree(&[
+            ("100644", b".GITATTRIBUTES"),
+            ("120000", b".gitattributes"),
+            ("100644", b".gitmodules"),
+            ("100644", b"a\\.gitmodules"),
+            ("100644", b"gitmodules"),
+        ]);
+        check_object_collecting(&ObjectId::NULL_SHA1, ObjectKind::Tree, &data, &FsckOptions::default(), &mut found).unwrap();
+        let files: Vec<SpecialFile> = found.iter().map(|f| f.file).collect();
+        assert_eq!(files, [SpecialFile::Gitattributes, SpecialFile::Gitmodules, SpecialFile::Gitmodules]);
+    }
+
+    fn config_entries(data: &[u8], bytes: ConfigBytes) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        parse_config(data, bytes, &mut |var, value| {
+            out.push((lossy(var), value.map(lossy)));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn config_parser_reads_what_git_reads() {
+        let entries = config_entries(
+            b"# c\n[Sub \"A.b\"] Key = \" x \" y ; c\n\tflag\n[s.T]\r\nv = a\\\n b\\t\n[bad",
+            ConfigBytes::Blob,
+        );
+        let want = [
+            ("sub.A.b.key", Some(" x  y")),
+            ("sub.A.b.flag", None),
+            ("s.t.v", Some("a b\t")),
+        ];
+        let want: Vec<(String, Option<String>)> = want.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect();
+        assert_eq!(entries, want);
+        // 0xff ends a blob for git; a file goes on
+        let data = b"[a]\nx = 1\xff\ny = 2\n";
+        assert_eq!(config_entries(data, ConfigBytes::Blob).len(), 1);
+        assert_eq!(config_entries(data, ConfigBytes::File).len(), 2);
+        // a byte order mark is skipped in files only
+        assert!(config_entries(b"\xef\xbb\xbf[a]\nx = 1\n", ConfigBytes::Blob).is_empty());
+        assert_eq!(config_entries(b"\xef\xbb\xbf[a]\nx = 1\n", ConfigBytes::File).len(), 1);
+    }
+
+    #[test]
+    fn urls_normalize_like_git() {
+        let norm = |u: &str| url_normalize(u.as_bytes()).map(|n| String::from_utf8(n).unwrap());
+        assert_eq!(norm("HTTP://User%41@Example.COM:0080/a/./b/../c%7e?x=%41&y=%2f#f").as_deref(), Some("http://UserA@example.com/a/c~?x=A&y=%2F#f"));
+        assert_eq!(norm("https://h:443").as_deref(), Some("https://h/"));
+        assert_eq!(norm("https://h/a b\n").as_deref(), Some("https://h/a%20b%0A"));
+        assert_eq!(norm("https://h/.."), None);
+        assert_eq!(norm("https://h:65536/"), None);
+        assert_eq!(norm("file://:1/"), None);
+        assert_eq!(norm("file:///x").as_deref(), Some("file:///x"));
+        assert!(!submodule_url_ok(b"https://h/a%0ab"));
+        assert!(submodule_url_ok(b"https://h/a%250ab"));
+        assert!(!submodule_name_ok(b"x/.."));
+        assert!(submodule_name_ok(b"x/..y"));
     }
 
     #[test]

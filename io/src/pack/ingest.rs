@@ -27,12 +27,12 @@ use super::entry::{decode_header, encode_type_size, EntryError, EntryKind};
 use super::idx::{write_idx, IdxEntry, PackIndex};
 use super::{PACK_HEADER_BYTES, PACK_SIGNATURE};
 use crate::delta::{apply_delta, delta_sizes, DeltaError};
-use crate::fsck::{self, FsckError, FsckOptions, Link, LinkParseError};
+use crate::fsck::{self, FsckError, FsckOptions, Link, LinkParseError, SpecialBlob, SpecialObject};
 use crate::object::{hash_object_checked, CheckedHasher, HashError, ObjectKind};
 use crate::oid::ObjectId;
 use flate2::{Decompress, FlushDecompress, Status};
 use sha1::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -55,6 +55,10 @@ pub const DELTA_CACHE_BYTES_DEFAULT: usize = 96 << 20;
 pub const DELTA_CHAIN_MAX_DEFAULT: u32 = 4095;
 /// Default worker threads for delta resolution (capped by the machine).
 pub const THREADS_DEFAULT: usize = 2;
+/// Default most distinct `.gitmodules`/`.gitattributes` objects one pack's
+/// trees may name (each is remembered, 24 bytes, and read back for its
+/// checks). Real histories name a few per directory that has one.
+pub const SPECIAL_BLOBS_MAX_DEFAULT: usize = 100_000;
 
 /// The empty tree, which git treats as present in every repository.
 pub const EMPTY_TREE: ObjectId = ObjectId::from_sha1([
@@ -116,6 +120,9 @@ pub struct IngestLimits {
     pub delta_chain_max: u32,
     /// Worker threads for delta resolution (at least 1).
     pub threads: usize,
+    /// Most distinct objects the pack's trees may name `.gitmodules` or
+    /// `.gitattributes` (their contents are checked at the end).
+    pub special_blobs_max: usize,
 }
 
 impl Default for IngestLimits {
@@ -127,6 +134,7 @@ impl Default for IngestLimits {
             delta_cache_bytes: DELTA_CACHE_BYTES_DEFAULT,
             delta_chain_max: DELTA_CHAIN_MAX_DEFAULT,
             threads: THREADS_DEFAULT,
+            special_blobs_max: SPECIAL_BLOBS_MAX_DEFAULT,
         }
     }
 }
@@ -224,6 +232,8 @@ pub enum IngestError {
     DuplicateObject { oid: ObjectId },
     #[error("fsck: {0}")]
     Fsck(#[from] FsckError),
+    #[error("the pack's trees name more than {limit} distinct .gitmodules/.gitattributes objects")]
+    TooManySpecialBlobs { limit: usize },
     #[error("object {oid}: {source}")]
     Unparsable {
         oid: ObjectId,
@@ -353,6 +363,36 @@ struct Checks {
     unparsable: Option<(u64, IngestError)>,
     /// Each link once, with the first object that points along it.
     links: HashMap<Link, ObjectId>,
+    /// Objects trees name `.gitmodules`/`.gitattributes` (git's
+    /// `gitmodules_found`), checked at the end.
+    special: SpecialBlobs,
+}
+
+/// Objects named `.gitmodules`/`.gitattributes`, each once, at most
+/// `IngestLimits::special_blobs_max` of them.
+#[derive(Default)]
+struct SpecialBlobs {
+    set: HashSet<SpecialBlob>,
+    /// More were named than the limit allows.
+    overflow: bool,
+}
+
+impl SpecialBlobs {
+    /// Move what `scratch` holds into the set.
+    fn remember(&mut self, scratch: &mut Vec<SpecialBlob>, max: usize) {
+        for special in scratch.drain(..) {
+            if self.set.len() < max || self.set.contains(&special) {
+                self.set.insert(special);
+            } else {
+                self.overflow = true;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: SpecialBlobs, max: usize) {
+        self.overflow |= other.overflow;
+        self.remember(&mut other.set.into_iter().collect(), max);
+    }
 }
 
 /// A pack being received. See the module documentation.
@@ -376,6 +416,7 @@ pub struct Ingest {
     inflate_buf: Vec<u8>,
     checks: Checks,
     link_scratch: Vec<Link>,
+    special_scratch: Vec<SpecialBlob>,
     largest_buffer: u64,
 }
 
@@ -428,6 +469,7 @@ impl Ingest {
             inflate_buf: vec![0; INFLATE_BUFFER_BYTES],
             checks: Checks::default(),
             link_scratch: Vec::new(),
+            special_scratch: Vec::new(),
             largest_buffer: 0,
         })
     }
@@ -816,9 +858,10 @@ impl Ingest {
     /// results are used only if asked for.)
     fn check_streamed(&mut self, offset: u64, oid: ObjectId, kind: ObjectKind, data: &[u8]) {
         if self.checks.fsck.is_none() {
-            if let Err(e) = fsck::check_object(&oid, kind, data, &FsckOptions::default()) {
+            if let Err(e) = fsck::check_object_collecting(&oid, kind, data, &FsckOptions::default(), &mut self.special_scratch) {
                 self.checks.fsck = Some((offset, e));
             }
+            self.checks.special.remember(&mut self.special_scratch, self.limits.special_blobs_max);
         }
         self.link_scratch.clear();
         match fsck::object_links(kind, data, &mut self.link_scratch) {
@@ -921,7 +964,14 @@ impl Ingest {
             return Err(IngestError::DuplicateObject { oid: w[0].0 });
         }
 
-        run_checks(checks, streamed, outcomes, &entries, &resolved, &by_oid, repo)?;
+        let pack = PackObjects {
+            file: &file,
+            entries: &entries,
+            resolved: &resolved,
+            by_oid: &by_oid,
+            limits: &limits,
+        };
+        run_checks(checks, streamed, outcomes, &pack, repo)?;
 
         let mut idx_entries: Vec<IdxEntry> = entries
             .iter()
@@ -1048,6 +1098,7 @@ struct Outcome {
     fsck: Option<(u64, FsckError)>,
     unparsable: Option<(u64, IngestError)>,
     links: Vec<(Link, ObjectId)>,
+    special: SpecialBlobs,
 }
 
 /// Per-thread scratch state of delta resolution.
@@ -1056,6 +1107,7 @@ struct Worker {
     read_buf: Vec<u8>,
     budget: usize,
     link_scratch: Vec<Link>,
+    special_scratch: Vec<SpecialBlob>,
     outcome: Outcome,
 }
 
@@ -1094,6 +1146,7 @@ impl Worker {
             read_buf: vec![0; READ_BUFFER_BYTES],
             budget,
             link_scratch: Vec::new(),
+            special_scratch: Vec::new(),
             outcome: Outcome::default(),
         }
     }
@@ -1235,9 +1288,10 @@ impl Worker {
         }
         let first = |slot: &Option<(u64, _)>| slot.as_ref().is_none_or(|(o, _)| offset < *o);
         if sh.checks.strict && first(&self.outcome.fsck) {
-            if let Err(e) = fsck::check_object(&res.oid, res.kind, data, &FsckOptions::default()) {
+            if let Err(e) = fsck::check_object_collecting(&res.oid, res.kind, data, &FsckOptions::default(), &mut self.special_scratch) {
                 self.outcome.fsck = Some((offset, e));
             }
+            self.outcome.special.remember(&mut self.special_scratch, sh.limits.special_blobs_max);
         }
         if sh.checks.check_links || sh.checks.strict {
             self.link_scratch.clear();
@@ -1516,21 +1570,41 @@ fn encode_whole(kind: ObjectKind, data: &[u8]) -> Result<(Vec<u8>, u8), IngestEr
     Ok((out, n as u8))
 }
 
-/// fsck and link checks over everything streamed and resolved.
+/// The resolved objects of a pack, before it has an index.
+struct PackObjects<'a> {
+    file: &'a File,
+    entries: &'a [Entry],
+    resolved: &'a [Resolved],
+    /// (oid, entry index), sorted.
+    by_oid: &'a [(ObjectId, u32)],
+    limits: &'a IngestLimits,
+}
+
+impl PackObjects<'_> {
+    /// Entry index of `oid`.
+    fn find(&self, oid: &ObjectId) -> Option<usize> {
+        let pos = self.by_oid.binary_search_by(|(o, _)| o.cmp(oid)).ok()?;
+        Some(self.by_oid[pos].1 as usize)
+    }
+}
+
+/// fsck and link checks over everything streamed and resolved, then the
+/// contents of the objects trees name `.gitmodules`/`.gitattributes`
+/// (git's `fsck_finish`, after its connectivity check).
 fn run_checks(
     checks: &CheckOptions,
     streamed: Checks,
     outcomes: Vec<Outcome>,
-    entries: &[Entry],
-    resolved: &[Resolved],
-    by_oid: &[(ObjectId, u32)],
+    pack: &PackObjects<'_>,
     repo: &dyn ObjectSource,
 ) -> Result<(), IngestError> {
     if !checks.strict && !checks.check_links {
         return Ok(());
     }
+    let special_max = pack.limits.special_blobs_max;
     let mut fsck_first = streamed.fsck;
     let mut unparsable_first = streamed.unparsable;
+    let mut special = streamed.special;
     let mut links: Vec<(Link, ObjectId)> = Vec::new();
     for outcome in outcomes {
         if let Some((o, e)) = outcome.fsck {
@@ -1544,6 +1618,7 @@ fn run_checks(
             }
         }
         links.extend(outcome.links);
+        special.merge(outcome.special, special_max);
     }
     if let Some((_, e)) = unparsable_first {
         return Err(e);
@@ -1553,18 +1628,27 @@ fn run_checks(
             return Err(IngestError::Fsck(e));
         }
     }
-    if !checks.check_links {
-        return Ok(());
+    if checks.check_links {
+        links.extend(streamed.links);
+        check_links(links, pack, repo)?;
     }
-    links.extend(streamed.links);
+    if checks.strict {
+        check_special_blobs(special, pack, repo)?;
+    }
+    debug_assert_eq!(pack.entries.len(), pack.resolved.len());
+    Ok(())
+}
+
+/// Every link resolves to an object of the kind it names.
+fn check_links(mut links: Vec<(Link, ObjectId)>, pack: &PackObjects<'_>, repo: &dyn ObjectSource) -> Result<(), IngestError> {
     links.sort_unstable_by_key(|(link, from)| (link.oid, link.kind.pack_code(), *from));
     links.dedup_by(|a, b| a.0 == b.0);
     for (link, from) in links {
-        let actual = match by_oid.binary_search_by(|(oid, _)| oid.cmp(&link.oid)) {
-            Ok(pos) => Some(resolved[by_oid[pos].1 as usize].kind),
+        let actual = match pack.find(&link.oid) {
+            Some(i) => Some(pack.resolved[i].kind),
             // git treats the empty tree as present in every repository
-            Err(_) if link.oid == EMPTY_TREE => Some(ObjectKind::Tree),
-            Err(_) => repo.object_kind(&link.oid),
+            None if link.oid == EMPTY_TREE => Some(ObjectKind::Tree),
+            None => repo.object_kind(&link.oid),
         };
         match actual {
             None => {
@@ -1584,8 +1668,84 @@ fn run_checks(
             Some(_) => {}
         }
     }
-    debug_assert_eq!(entries.len(), resolved.len());
     Ok(())
+}
+
+/// git's `fsck_finish`: the contents of each object a new tree names
+/// `.gitmodules` or `.gitattributes`, read from the pack or, if the pack
+/// does not have it, from the repository. One object at a time is held.
+fn check_special_blobs(special: SpecialBlobs, pack: &PackObjects<'_>, repo: &dyn ObjectSource) -> Result<(), IngestError> {
+    if special.overflow {
+        return Err(IngestError::TooManySpecialBlobs {
+            limit: pack.limits.special_blobs_max,
+        });
+    }
+    let mut special: Vec<SpecialBlob> = special.set.into_iter().collect();
+    special.sort_unstable();
+    for blob in special {
+        let max_bytes = fsck::special_blob_max_bytes(blob.file);
+        let data;
+        let object = match pack.find(&blob.oid) {
+            Some(i) => match pack.resolved[i].kind {
+                ObjectKind::Blob => {
+                    let entry = &pack.entries[i];
+                    if matches!(entry.base, Base::Whole(_)) && entry.size > max_bytes {
+                        SpecialObject::TooLarge(entry.size)
+                    } else {
+                        data = read_pack_object(pack.file, pack.entries, pack.resolved, i, pack.limits)?;
+                        SpecialObject::Blob(&data)
+                    }
+                }
+                kind => SpecialObject::NotBlob(kind),
+            },
+            // git's object store always has the empty tree
+            None if blob.oid == EMPTY_TREE => SpecialObject::NotBlob(ObjectKind::Tree),
+            None => match repo.object_kind(&blob.oid) {
+                None => SpecialObject::Missing,
+                Some(ObjectKind::Blob) => match repo.read_object(&blob.oid) {
+                    Some((_, bytes)) => {
+                        data = bytes;
+                        SpecialObject::Blob(&data)
+                    }
+                    None => SpecialObject::Missing,
+                },
+                Some(kind) => SpecialObject::NotBlob(kind),
+            },
+        };
+        fsck::check_special_blob(&blob, object)?;
+    }
+    Ok(())
+}
+
+/// The whole object of entry `i`: its chain of deltas applied, from the file.
+fn read_pack_object(file: &File, entries: &[Entry], resolved: &[Resolved], mut i: usize, limits: &IngestLimits) -> Result<Vec<u8>, IngestError> {
+    let offset = entries[i].offset;
+    let mut chain = Vec::new();
+    while resolved[i].base != u32::MAX {
+        chain.push(i);
+        i = resolved[i].base as usize;
+        if chain.len() as u64 > u64::from(limits.delta_chain_max) + 1 {
+            return Err(IngestError::DeltaChainTooDeep {
+                offset,
+                depth: chain.len() as u32,
+                limit: limits.delta_chain_max,
+            });
+        }
+    }
+    let mut z = Decompress::new(true);
+    let mut read_buf = vec![0u8; READ_BUFFER_BYTES];
+    let largest = AtomicU64::new(0);
+    let mut data = inflate_entry(file, &entries[i], &mut z, &mut read_buf, &largest)?;
+    let mut out = Vec::new();
+    for &d in chain.iter().rev() {
+        let delta = inflate_entry(file, &entries[d], &mut z, &mut read_buf, &largest)?;
+        apply_delta(&data, &delta, &mut out, limits.object_max_bytes).map_err(|source| IngestError::BadDelta {
+            offset: entries[d].offset,
+            source,
+        })?;
+        std::mem::swap(&mut data, &mut out);
+    }
+    Ok(data)
 }
 
 /// A received pack, verified and indexed, still under temporary names.
@@ -1651,35 +1811,11 @@ impl IngestedPack {
         let Some(offset) = self.index.lookup(oid) else {
             return Ok(None);
         };
-        let Ok(mut i) = self.entries.binary_search_by_key(&offset, |e| e.offset) else {
+        let Ok(i) = self.entries.binary_search_by_key(&offset, |e| e.offset) else {
             return Ok(None);
         };
         let kind = self.resolved[i].kind;
-        let mut chain = Vec::new();
-        while self.resolved[i].base != u32::MAX {
-            chain.push(i);
-            i = self.resolved[i].base as usize;
-            if chain.len() as u64 > u64::from(self.limits.delta_chain_max) + 1 {
-                return Err(IngestError::DeltaChainTooDeep {
-                    offset,
-                    depth: chain.len() as u32,
-                    limit: self.limits.delta_chain_max,
-                });
-            }
-        }
-        let mut z = Decompress::new(true);
-        let mut read_buf = vec![0u8; READ_BUFFER_BYTES];
-        let largest = AtomicU64::new(0);
-        let mut data = inflate_entry(&self.file, &self.entries[i], &mut z, &mut read_buf, &largest)?;
-        let mut out = Vec::new();
-        for &d in chain.iter().rev() {
-            let delta = inflate_entry(&self.file, &self.entries[d], &mut z, &mut read_buf, &largest)?;
-            apply_delta(&data, &delta, &mut out, self.limits.object_max_bytes).map_err(|source| IngestError::BadDelta {
-                offset: self.entries[d].offset,
-                source,
-            })?;
-            std::mem::swap(&mut data, &mut out);
-        }
+        let data = read_pack_object(&self.file, &self.entries, &self.resolved, i, &self.limits)?;
         Ok(Some((kind, data)))
     }
 
