@@ -375,6 +375,8 @@ pub fn decode_pkts(mut raw: &[u8], sideband: bool) -> Vec<Vec<u8>> {
         if sideband && !data.is_empty() {
             if data[0] == 1 {
                 band1.extend_from_slice(&data[1..]);
+            } else if data[0] == 2 {
+                // progress messages are not part of the report
             } else {
                 out.push(data.to_vec());
             }
