@@ -168,8 +168,7 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+        while let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
             let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16).map_err(|_| bad())?;
             rest = &rest[line_end + 2..];
             if size == 0 || rest.len() < size {

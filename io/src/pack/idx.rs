@@ -297,7 +297,7 @@ mod tests {
             assert_eq!(idx.offset_at(i), e.offset);
             assert_eq!(idx.crc_at(i), e.crc32);
         }
-        entries.sort_by(|a, b| a.oid.cmp(&b.oid));
+        entries.sort_by_key(|e| e.oid);
         assert!(idx.entries().eq(entries.into_iter()));
         assert!(idx.lookup(&ObjectId::NULL_SHA1).is_none());
     }
