@@ -191,7 +191,7 @@ fn ls_remote_v0_v2_peeled_and_prefix() {
     for v in ["0", "2"] {
         let lines = ls_remote(t, v, &url2, &["--symref", "HEAD"]);
         let head = rev_parse(&wt, "HEAD");
-        assert!(lines.contains(&format!("ref: refs/heads/main\tHEAD")), "v{v}: {lines:?}");
+        assert!(lines.contains(&"ref: refs/heads/main\tHEAD".to_string()), "v{v}: {lines:?}");
         assert!(lines.contains(&format!("{head}\tHEAD")), "v{v}: {lines:?}");
     }
 }

@@ -54,6 +54,9 @@ pub fn owner_of(key: &str, shards: usize) -> usize {
     (state.hash_one(key) % shards.max(1) as u64) as usize
 }
 
+/// An open repository and the use-clock value of its last use.
+type OpenRepo = (Rc<RefCell<Repo>>, u64);
+
 /// One shard's state. Lives on its executor only.
 pub struct Shard {
     /// This shard's index.
@@ -61,7 +64,7 @@ pub struct Shard {
     /// Node configuration.
     pub config: ShardConfig,
     /// Open repositories and when each was last used (a use counter).
-    repos: RefCell<HashMap<String, (Rc<RefCell<Repo>>, u64)>>,
+    repos: RefCell<HashMap<String, OpenRepo>>,
     use_clock: Cell<u64>,
     pending: RefCell<HashMap<TxId, oneshot::Sender<Vec<UpdateOutcome>>>>,
     orderer: Arc<dyn Orderer>,
