@@ -30,20 +30,37 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .current_dir(dir)
         .output()
         .expect("run git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
 fn corpus() -> Corpus {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mirror: PathBuf = tmp.path().join("tokio.git");
-    git(tmp.path(), &["clone", "-q", "--mirror", CORPUS_BUNDLE, mirror.to_str().expect("path")]);
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            CORPUS_BUNDLE,
+            mirror.to_str().expect("path"),
+        ],
+    );
     let pack_dir = tmp.path().join("store/pack");
     std::fs::create_dir_all(&pack_dir).expect("mkdir");
     let mut pack_file = PathBuf::new();
     for e in std::fs::read_dir(mirror.join("objects/pack")).expect("read_dir") {
         let p = e.expect("entry").path();
-        let name = p.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
         if name.ends_with(".pack") {
             pack_file = p.clone();
         }
@@ -58,7 +75,13 @@ fn corpus() -> Corpus {
         .collect();
     tips.sort();
     tips.dedup();
-    Corpus { _tmp: tmp, mirror, pack_file, store, tips }
+    Corpus {
+        _tmp: tmp,
+        mirror,
+        pack_file,
+        store,
+        tips,
+    }
 }
 
 fn full_request(c: &Corpus) -> WalkRequest {
@@ -78,13 +101,20 @@ fn drain(store: &ObjectStore, objects: &[ObjectId], opts: PackWriteOptions) -> u
 
 fn benches(cr: &mut Criterion) {
     let c = corpus();
-    let all = enumerate(&c.store, &full_request(&c)).expect("walk").objects;
+    let all = enumerate(&c.store, &full_request(&c))
+        .expect("walk")
+        .objects;
 
     let mut g = cr.benchmark_group("io/walk_full");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(all.len() as u64));
     g.bench_function("tokio", |b| {
-        b.iter(|| enumerate(&c.store, &full_request(&c)).expect("walk").objects.len())
+        b.iter(|| {
+            enumerate(&c.store, &full_request(&c))
+                .expect("walk")
+                .objects
+                .len()
+        })
     });
     g.finish();
 
@@ -97,7 +127,9 @@ fn benches(cr: &mut Criterion) {
     });
     g.bench_function(BenchmarkId::new("walk+verbatim", "tokio"), |b| {
         b.iter(|| {
-            let objects = enumerate(&c.store, &full_request(&c)).expect("walk").objects;
+            let objects = enumerate(&c.store, &full_request(&c))
+                .expect("walk")
+                .objects;
             drain(&c.store, &objects, PackWriteOptions::default())
         })
     });
@@ -107,7 +139,9 @@ fn benches(cr: &mut Criterion) {
         ofs_delta: false,
         ..Default::default()
     };
-    g.bench_function(BenchmarkId::new("reencoded_ref_delta", "tokio"), |b| b.iter(|| drain(&c.store, &all, ref_opts)));
+    g.bench_function(BenchmarkId::new("reencoded_ref_delta", "tokio"), |b| {
+        b.iter(|| drain(&c.store, &all, ref_opts))
+    });
     // Dropping one object forces the entry-by-entry path with ofs-delta.
     let mut most = all.clone();
     most.pop();
@@ -151,7 +185,10 @@ fn ingest_benches(cr: &mut Criterion) {
     let mut g = cr.benchmark_group("io/ingest");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Bytes(pack.len() as u64));
-    let checks = CheckOptions { strict: true, check_links: true };
+    let checks = CheckOptions {
+        strict: true,
+        check_links: true,
+    };
     g.bench_function(BenchmarkId::new("guts", "tokio"), |b| {
         b.iter(|| {
             let mut ingest = Ingest::new(out.path(), IngestLimits::default()).expect("ingest");
@@ -163,7 +200,10 @@ fn ingest_benches(cr: &mut Criterion) {
         })
     });
     let git_dir = out.path().join("git-index-pack.git");
-    git(out.path(), &["init", "-q", "--bare", git_dir.to_str().expect("path")]);
+    git(
+        out.path(),
+        &["init", "-q", "--bare", git_dir.to_str().expect("path")],
+    );
     g.bench_function(BenchmarkId::new("git_index_pack_threads2", "tokio"), |b| {
         b.iter(|| {
             let mut child = Command::new("git")
@@ -174,7 +214,12 @@ fn ingest_benches(cr: &mut Criterion) {
                 .spawn()
                 .expect("git index-pack");
             use std::io::Write;
-            child.stdin.take().expect("stdin").write_all(&pack).expect("feed");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(&pack)
+                .expect("feed");
             assert!(child.wait().expect("wait").success());
             // Remove the result so every iteration indexes from scratch.
             for e in std::fs::read_dir(git_dir.join("objects/pack")).expect("read_dir") {
@@ -204,7 +249,11 @@ fn ref_benches(cr: &mut Criterion) {
             raw[19] = 1;
             let new = ObjectId::from_sha1(raw);
             store
-                .apply(&[RefUpdate { name: "refs/heads/main".into(), old: current, new }])
+                .apply(&[RefUpdate {
+                    name: "refs/heads/main".into(),
+                    old: current,
+                    new,
+                }])
                 .expect("apply");
             current = new;
         })

@@ -149,8 +149,10 @@ impl NodeConfig {
     pub fn resolve(cli: &Cli) -> anyhow::Result<NodeConfig> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -160,24 +162,73 @@ impl NodeConfig {
         let fl = file.limits.unwrap_or_default();
         let d = Limits::default();
         let limits = Limits {
-            header_max_bytes: cli.header_max_bytes.or(fl.header_max_bytes).unwrap_or(d.header_max_bytes),
-            upload_body_max_bytes: cli.upload_body_max_bytes.or(fl.upload_body_max_bytes).unwrap_or(d.upload_body_max_bytes),
-            push_body_max_bytes: cli.push_body_max_bytes.or(fl.push_body_max_bytes).unwrap_or(d.push_body_max_bytes),
-            api_body_max_bytes: cli.api_body_max_bytes.or(fl.api_body_max_bytes).unwrap_or(d.api_body_max_bytes),
-            request_pkts_max: cli.request_pkts_max.or(fl.request_pkts_max).unwrap_or(d.request_pkts_max),
-            header_timeout_ms: cli.header_timeout_ms.or(fl.header_timeout_ms).unwrap_or(d.header_timeout_ms),
-            idle_timeout_ms: cli.idle_timeout_ms.or(fl.idle_timeout_ms).unwrap_or(d.idle_timeout_ms),
-            body_rate_window_ms: cli.body_rate_window_ms.or(fl.body_rate_window_ms).unwrap_or(d.body_rate_window_ms),
-            body_min_bytes_per_sec: cli.body_min_bytes_per_sec.or(fl.body_min_bytes_per_sec).unwrap_or(d.body_min_bytes_per_sec),
-            request_timeout_ms: cli.request_timeout_ms.or(fl.request_timeout_ms).unwrap_or(d.request_timeout_ms),
-            connections_max: cli.connections_max.or(fl.connections_max).unwrap_or(d.connections_max),
+            header_max_bytes: cli
+                .header_max_bytes
+                .or(fl.header_max_bytes)
+                .unwrap_or(d.header_max_bytes),
+            upload_body_max_bytes: cli
+                .upload_body_max_bytes
+                .or(fl.upload_body_max_bytes)
+                .unwrap_or(d.upload_body_max_bytes),
+            push_body_max_bytes: cli
+                .push_body_max_bytes
+                .or(fl.push_body_max_bytes)
+                .unwrap_or(d.push_body_max_bytes),
+            api_body_max_bytes: cli
+                .api_body_max_bytes
+                .or(fl.api_body_max_bytes)
+                .unwrap_or(d.api_body_max_bytes),
+            request_pkts_max: cli
+                .request_pkts_max
+                .or(fl.request_pkts_max)
+                .unwrap_or(d.request_pkts_max),
+            header_timeout_ms: cli
+                .header_timeout_ms
+                .or(fl.header_timeout_ms)
+                .unwrap_or(d.header_timeout_ms),
+            idle_timeout_ms: cli
+                .idle_timeout_ms
+                .or(fl.idle_timeout_ms)
+                .unwrap_or(d.idle_timeout_ms),
+            body_rate_window_ms: cli
+                .body_rate_window_ms
+                .or(fl.body_rate_window_ms)
+                .unwrap_or(d.body_rate_window_ms),
+            body_min_bytes_per_sec: cli
+                .body_min_bytes_per_sec
+                .or(fl.body_min_bytes_per_sec)
+                .unwrap_or(d.body_min_bytes_per_sec),
+            request_timeout_ms: cli
+                .request_timeout_ms
+                .or(fl.request_timeout_ms)
+                .unwrap_or(d.request_timeout_ms),
+            connections_max: cli
+                .connections_max
+                .or(fl.connections_max)
+                .unwrap_or(d.connections_max),
         };
-        let parse = |s: &str| -> SocketAddr { s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))) };
+        let parse = |s: &str| -> SocketAddr {
+            s.parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
         Ok(NodeConfig {
-            data_dir: cli.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            api_addr: cli.api_addr.or(file.api_addr).unwrap_or_else(|| parse(DEFAULT_API_ADDR)),
-            metrics_addr: cli.metrics_addr.or(file.metrics_addr).unwrap_or_else(|| parse(DEFAULT_METRICS_ADDR)),
-            p2p_addr: cli.p2p_addr.or(file.p2p_addr).unwrap_or_else(|| parse(DEFAULT_P2P_ADDR)),
+            data_dir: cli
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            api_addr: cli
+                .api_addr
+                .or(file.api_addr)
+                .unwrap_or_else(|| parse(DEFAULT_API_ADDR)),
+            metrics_addr: cli
+                .metrics_addr
+                .or(file.metrics_addr)
+                .unwrap_or_else(|| parse(DEFAULT_METRICS_ADDR)),
+            p2p_addr: cli
+                .p2p_addr
+                .or(file.p2p_addr)
+                .unwrap_or_else(|| parse(DEFAULT_P2P_ADDR)),
             shards: cli.shards.or(file.shards),
             io_memory_bytes: cli
                 .io_memory_bytes

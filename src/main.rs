@@ -32,7 +32,9 @@ fn main() {
 fn init_logging(format: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GUTS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == Some("json") {
         builder.json().init();
     } else {
@@ -86,7 +88,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         })
         .context("starting the consensus thread")?;
 
-    metrics::start(cfg.metrics_addr, cfg.data_dir.clone(), shard_count).with_context(|| format!("metrics endpoint on {}", cfg.metrics_addr))?;
+    metrics::start(cfg.metrics_addr, cfg.data_dir.clone(), shard_count)
+        .with_context(|| format!("metrics endpoint on {}", cfg.metrics_addr))?;
 
     let shard_config = guts_shards::ShardConfig {
         data_dir: cfg.data_dir.clone(),
@@ -97,8 +100,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
     };
-    let shards = guts_shards::start(shard_config, Arc::new(handle), receivers)
-        .context("starting shards")?;
+    let shards =
+        guts_shards::start(shard_config, Arc::new(handle), receivers).context("starting shards")?;
     tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at http://{}/git/OWNER/NAME.git", cfg.api_addr);
     let stopped = shards.wait_any();
     drop(lock);
@@ -111,13 +114,18 @@ fn available_cores() -> Vec<usize> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect();
+            let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|c| libc::CPU_ISSET(*c, &set))
+                .collect();
             if !cores.is_empty() {
                 return cores;
             }
         }
     }
-    (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect()
+    (0..std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1))
+        .collect()
 }
 
 /// Decide shard count and pinning: by default every core but one runs a
@@ -126,7 +134,11 @@ fn plan_cores(cores: &[usize], requested: Option<usize>) -> (usize, Vec<usize>, 
     let n = cores.len().max(1);
     let wanted = requested.unwrap_or(if n > 1 { n - 1 } else { 1 }).max(1);
     if wanted > n {
-        tracing::warn!(requested = wanted, cores = n, "more shards requested than cores; using one shard per core");
+        tracing::warn!(
+            requested = wanted,
+            cores = n,
+            "more shards requested than cores; using one shard per core"
+        );
     }
     let shards = wanted.min(n);
     if n == 1 {
@@ -152,7 +164,10 @@ fn pin_current_thread(cpu: usize) {
 fn raise_fd_limit() {
     // SAFETY: plain libc calls on a struct we own.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             let old = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
@@ -176,7 +191,10 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        anyhow::bail!("data directory {} is in use by another guts-node process", dir.display());
+        anyhow::bail!(
+            "data directory {} is in use by another guts-node process",
+            dir.display()
+        );
     }
     Ok(f)
 }

@@ -48,6 +48,7 @@ fn available_bytes(dir: &std::path::Path) -> Option<u64> {
     // SAFETY: statvfs writes into the zeroed struct we own; path is NUL-terminated.
     unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(path.as_ptr(), &mut st) == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+        (libc::statvfs(path.as_ptr(), &mut st) == 0)
+            .then(|| st.f_bavail as u64 * st.f_frsize as u64)
     }
 }

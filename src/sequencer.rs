@@ -55,20 +55,32 @@ pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>) {
         }
         let transactions: usize = per_shard.values().map(Vec::len).sum();
         guts_shards::metrics::record_block(height, transactions as u64);
-        tracing::debug!(height, shards = per_shard.len(), transactions, "block finalized");
+        tracing::debug!(
+            height,
+            shards = per_shard.len(),
+            transactions,
+            "block finalized"
+        );
         for (shard, transactions) in per_shard {
             let Some(sender) = shards.get_mut(shard) else {
                 tracing::error!(shard, "finalized transaction for an unknown shard");
                 continue;
             };
-            let batch = FinalizedBatch { height, transactions };
+            let batch = FinalizedBatch {
+                height,
+                transactions,
+            };
             // Blocks are delivered in height order; wait for room rather than drop.
             let sent = futures_lite::future::block_on(async {
                 futures_lite::future::poll_fn(|cx| sender.poll_ready(cx)).await?;
                 sender.start_send(batch)
             });
             if sent.is_err() {
-                tracing::error!(shard, height, "shard stopped; finalized batch not delivered");
+                tracing::error!(
+                    shard,
+                    height,
+                    "shard stopped; finalized batch not delivered"
+                );
             }
         }
     }

@@ -66,7 +66,11 @@ fn read_response(s: &mut TcpStream) -> Outcome {
         }
     };
     let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
-    let status: u16 = head.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
     let mut body = raw[head_end + 4..].to_vec();
     let length = head
         .lines()
@@ -94,14 +98,22 @@ fn read_response(s: &mut TcpStream) -> Outcome {
 /// Send raw bytes (write errors ignored: the server may refuse early) and read the answer.
 fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout_ms: u64) -> Outcome {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(timeout_ms))).unwrap();
-    s.set_write_timeout(Some(Duration::from_millis(timeout_ms))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(timeout_ms)))
+        .unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(timeout_ms)))
+        .unwrap();
     let _ = s.write_all(bytes);
     read_response(&mut s)
 }
 
 /// A request head (Connection: close) followed by `body`.
-fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], with_length: bool) -> Vec<u8> {
+fn request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    with_length: bool,
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     if with_length {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -132,7 +144,11 @@ fn show(body: &[u8]) -> String {
 fn assert_git_refused(ctx: &str, outcome: Outcome) -> (u16, Vec<u8>) {
     match outcome {
         Outcome::Response(status, _, body) => {
-            assert!(status < 500, "{ctx}: server error {status}: {}", show(&body));
+            assert!(
+                status < 500,
+                "{ctx}: server error {status}: {}",
+                show(&body)
+            );
             if status == 200 {
                 assert!(
                     body.windows(4).any(|w| w == b"ERR "),
@@ -140,7 +156,11 @@ fn assert_git_refused(ctx: &str, outcome: Outcome) -> (u16, Vec<u8>) {
                     show(&body)
                 );
             } else {
-                assert!((400..500).contains(&status), "{ctx}: expected 4xx, got {status}: {}", show(&body));
+                assert!(
+                    (400..500).contains(&status),
+                    "{ctx}: expected 4xx, got {status}: {}",
+                    show(&body)
+                );
                 assert!(!body.is_empty(), "{ctx}: {status} without a message");
             }
             (status, body)
@@ -164,7 +184,11 @@ fn assert_status(ctx: &str, outcome: Outcome, want: u16) -> Vec<u8> {
 fn assert_4xx(ctx: &str, outcome: Outcome) -> (u16, Vec<u8>) {
     match outcome {
         Outcome::Response(status, _, body) => {
-            assert!((400..500).contains(&status), "{ctx}: expected 4xx, got {status}: {}", show(&body));
+            assert!(
+                (400..500).contains(&status),
+                "{ctx}: expected 4xx, got {status}: {}",
+                show(&body)
+            );
             (status, body)
         }
         other => panic!("{ctx}: expected a 4xx, got {other:?}"),
@@ -198,7 +222,9 @@ fn tree(root: &Path) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_path_buf();
@@ -215,7 +241,13 @@ fn tree(root: &Path) -> BTreeSet<PathBuf> {
 }
 
 fn pack_files(node: &Node, owner: &str, name: &str) -> BTreeSet<String> {
-    let dir = node.data_dir.join("repos").join(owner).join(format!("{name}.git")).join("objects").join("pack");
+    let dir = node
+        .data_dir
+        .join("repos")
+        .join(owner)
+        .join(format!("{name}.git"))
+        .join("objects")
+        .join("pack");
     std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .flatten()
@@ -295,18 +327,71 @@ fn malformed_git_requests_are_refused() {
         ("length 0003 then more", b"0003abcd0000".to_vec()),
         ("length 0002", b"00020000".to_vec()),
         ("ffff beyond the body", b"ffffwant".to_vec()),
-        ("truncated pkt", format!("0032want {head}").as_bytes()[..20].to_vec()),
+        (
+            "truncated pkt",
+            format!("0032want {head}").as_bytes()[..20].to_vec(),
+        ),
         ("truncated length", b"00".to_vec()),
-        ("non-pkt text", b"hello, this is not a pkt-line at all\n".to_vec()),
-        ("binary", vec![0xff, 0x00, 0x13, 0x37, 0x80, 0x81, 0xfe, 0x01]),
+        (
+            "non-pkt text",
+            b"hello, this is not a pkt-line at all\n".to_vec(),
+        ),
+        (
+            "binary",
+            vec![0xff, 0x00, 0x13, 0x37, 0x80, 0x81, 0xfe, 0x01],
+        ),
         ("want without flush", want(&head)),
-        ("want then garbage", cat(&[&want(&head), b"0000", b"garbage!"])),
-        ("non-hex want", cat(&[&pkt(b"want zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n"), b"0000", &pkt(b"done\n")])),
-        ("short want", cat(&[&pkt(b"want abc\n"), b"0000", &pkt(b"done\n")])),
-        ("unknown want", cat(&[&want("1234567890123456789012345678901234567890"), b"0000", &pkt(b"done\n")])),
-        ("non-hex have", cat(&[&want(&head), b"0000", &pkt(b"have not-an-object-id-at-all-xxxxxxxxxxxxx\n"), &pkt(b"done\n")])),
-        ("bad depth", cat(&[&want(&head), &pkt(b"deepen lots\n"), b"0000", &pkt(b"done\n")])),
-        ("unknown line", cat(&[&want(&head), &pkt(b"frobnicate 1\n"), b"0000", &pkt(b"done\n")])),
+        (
+            "want then garbage",
+            cat(&[&want(&head), b"0000", b"garbage!"]),
+        ),
+        (
+            "non-hex want",
+            cat(&[
+                &pkt(b"want zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n"),
+                b"0000",
+                &pkt(b"done\n"),
+            ]),
+        ),
+        (
+            "short want",
+            cat(&[&pkt(b"want abc\n"), b"0000", &pkt(b"done\n")]),
+        ),
+        (
+            "unknown want",
+            cat(&[
+                &want("1234567890123456789012345678901234567890"),
+                b"0000",
+                &pkt(b"done\n"),
+            ]),
+        ),
+        (
+            "non-hex have",
+            cat(&[
+                &want(&head),
+                b"0000",
+                &pkt(b"have not-an-object-id-at-all-xxxxxxxxxxxxx\n"),
+                &pkt(b"done\n"),
+            ]),
+        ),
+        (
+            "bad depth",
+            cat(&[
+                &want(&head),
+                &pkt(b"deepen lots\n"),
+                b"0000",
+                &pkt(b"done\n"),
+            ]),
+        ),
+        (
+            "unknown line",
+            cat(&[
+                &want(&head),
+                &pkt(b"frobnicate 1\n"),
+                b"0000",
+                &pkt(b"done\n"),
+            ]),
+        ),
     ];
     for (what, body) in &bodies {
         for proto in [None, Some("version=1")] {
@@ -314,7 +399,10 @@ fn malformed_git_requests_are_refused() {
             if let Some(p) = proto {
                 h.push(("Git-Protocol", p));
             }
-            assert_git_refused(&format!("upload-pack {proto:?}: {what}"), post(a, up, &h, body));
+            assert_git_refused(
+                &format!("upload-pack {proto:?}: {what}"),
+                post(a, up, &h, body),
+            );
         }
         let h = [("Content-Type", UPLOAD_REQ), ("Git-Protocol", "version=2")];
         assert_git_refused(&format!("upload-pack v2: {what}"), post(a, up, &h, body));
@@ -323,21 +411,112 @@ fn malformed_git_requests_are_refused() {
     // Protocol v2: unknown commands, unknown arguments, missing pieces.
     let v2 = [("Content-Type", UPLOAD_REQ), ("Git-Protocol", "version=2")];
     let v2_bodies: Vec<(&str, Vec<u8>)> = vec![
-        ("unknown command", cat(&[&pkt(b"command=frobnicate\n"), b"0001", b"0000"])),
-        ("unknown command, no args", cat(&[&pkt(b"command=frobnicate\n"), b"0000"])),
+        (
+            "unknown command",
+            cat(&[&pkt(b"command=frobnicate\n"), b"0001", b"0000"]),
+        ),
+        (
+            "unknown command, no args",
+            cat(&[&pkt(b"command=frobnicate\n"), b"0000"]),
+        ),
         ("empty command", cat(&[&pkt(b"command=\n"), b"0000"])),
         ("no command", b"0000".to_vec()),
         ("only a delimiter", b"00010000".to_vec()),
-        ("two commands", cat(&[&pkt(b"command=ls-refs\n"), &pkt(b"command=fetch\n"), b"0001", b"0000"])),
-        ("ls-refs unknown argument", cat(&[&pkt(b"command=ls-refs\n"), b"0001", &pkt(b"frobnicate\n"), b"0000"])),
-        ("fetch unknown argument", cat(&[&pkt(b"command=fetch\n"), b"0001", &pkt(b"frobnicate 7\n"), b"0000"])),
-        ("unknown capability", cat(&[&pkt(b"command=ls-refs\n"), &pkt(b"frobnicate=yes\n"), b"0001", b"0000"])),
-        ("fetch non-hex want", cat(&[&pkt(b"command=fetch\n"), b"0001", &pkt(b"want xyz\n"), &pkt(b"done\n"), b"0000"])),
-        ("fetch unknown want", cat(&[&pkt(b"command=fetch\n"), b"0001", &pkt(format!("want {}\n", "ab".repeat(20)).as_bytes()), &pkt(b"done\n"), b"0000"])),
-        ("fetch bad deepen", cat(&[&pkt(b"command=fetch\n"), b"0001", &pkt(format!("want {head}\n").as_bytes()), &pkt(b"deepen -3\n"), &pkt(b"done\n"), b"0000"])),
-        ("fetch bad filter", cat(&[&pkt(b"command=fetch\n"), b"0001", &pkt(format!("want {head}\n").as_bytes()), &pkt(b"filter frob:nicate\n"), &pkt(b"done\n"), b"0000"])),
-        ("fetch without end", cat(&[&pkt(b"command=fetch\n"), b"0001", &pkt(format!("want {head}\n").as_bytes())])),
-        ("bad object-format", cat(&[&pkt(b"command=ls-refs\n"), &pkt(b"object-format=md5\n"), b"0001", b"0000"])),
+        (
+            "two commands",
+            cat(&[
+                &pkt(b"command=ls-refs\n"),
+                &pkt(b"command=fetch\n"),
+                b"0001",
+                b"0000",
+            ]),
+        ),
+        (
+            "ls-refs unknown argument",
+            cat(&[
+                &pkt(b"command=ls-refs\n"),
+                b"0001",
+                &pkt(b"frobnicate\n"),
+                b"0000",
+            ]),
+        ),
+        (
+            "fetch unknown argument",
+            cat(&[
+                &pkt(b"command=fetch\n"),
+                b"0001",
+                &pkt(b"frobnicate 7\n"),
+                b"0000",
+            ]),
+        ),
+        (
+            "unknown capability",
+            cat(&[
+                &pkt(b"command=ls-refs\n"),
+                &pkt(b"frobnicate=yes\n"),
+                b"0001",
+                b"0000",
+            ]),
+        ),
+        (
+            "fetch non-hex want",
+            cat(&[
+                &pkt(b"command=fetch\n"),
+                b"0001",
+                &pkt(b"want xyz\n"),
+                &pkt(b"done\n"),
+                b"0000",
+            ]),
+        ),
+        (
+            "fetch unknown want",
+            cat(&[
+                &pkt(b"command=fetch\n"),
+                b"0001",
+                &pkt(format!("want {}\n", "ab".repeat(20)).as_bytes()),
+                &pkt(b"done\n"),
+                b"0000",
+            ]),
+        ),
+        (
+            "fetch bad deepen",
+            cat(&[
+                &pkt(b"command=fetch\n"),
+                b"0001",
+                &pkt(format!("want {head}\n").as_bytes()),
+                &pkt(b"deepen -3\n"),
+                &pkt(b"done\n"),
+                b"0000",
+            ]),
+        ),
+        (
+            "fetch bad filter",
+            cat(&[
+                &pkt(b"command=fetch\n"),
+                b"0001",
+                &pkt(format!("want {head}\n").as_bytes()),
+                &pkt(b"filter frob:nicate\n"),
+                &pkt(b"done\n"),
+                b"0000",
+            ]),
+        ),
+        (
+            "fetch without end",
+            cat(&[
+                &pkt(b"command=fetch\n"),
+                b"0001",
+                &pkt(format!("want {head}\n").as_bytes()),
+            ]),
+        ),
+        (
+            "bad object-format",
+            cat(&[
+                &pkt(b"command=ls-refs\n"),
+                &pkt(b"object-format=md5\n"),
+                b"0001",
+                b"0000",
+            ]),
+        ),
     ];
     for (what, body) in &v2_bodies {
         let (_, msg) = assert_git_refused(&format!("v2: {what}"), post(a, up, &v2, body));
@@ -361,7 +540,10 @@ fn malformed_git_requests_are_refused() {
     };
     let gz_cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"this is not gzip at all".to_vec()),
-        ("gzip magic then garbage", cat(&[&[0x1f, 0x8b, 0x08, 0x00], &[0xff; 64]])),
+        (
+            "gzip magic then garbage",
+            cat(&[&[0x1f, 0x8b, 0x08, 0x00], &[0xff; 64]]),
+        ),
         ("truncated", gz[..gz.len() / 2].to_vec()),
         ("bad crc", gz_bad_crc),
         ("plain pkt-lines labelled gzip", good.clone()),
@@ -369,14 +551,23 @@ fn malformed_git_requests_are_refused() {
     for (what, body) in &gz_cases {
         for (path, ct) in [(up, UPLOAD_REQ), (rp, RECEIVE_REQ)] {
             let h = [("Content-Type", ct), ("Content-Encoding", "gzip")];
-            let (status, _) = assert_git_refused(&format!("bad gzip ({what}) on {path}"), post(a, path, &h, body));
-            assert_ne!(status, 200, "bad gzip ({what}) on {path} should be an HTTP error");
+            let (status, _) = assert_git_refused(
+                &format!("bad gzip ({what}) on {path}"),
+                post(a, path, &h, body),
+            );
+            assert_ne!(
+                status, 200,
+                "bad gzip ({what}) on {path} should be an HTTP error"
+            );
         }
     }
     // A correct gzip body works (so the refusals above are about the damage).
     let h = [("Content-Type", UPLOAD_REQ), ("Content-Encoding", "gzip")];
     let body = assert_status("good gzip", post(a, up, &h, &gz), 200);
-    assert!(body.windows(4).any(|w| w == b"PACK"), "good gzip fetch has no pack");
+    assert!(
+        body.windows(4).any(|w| w == b"PACK"),
+        "good gzip fetch has no pack"
+    );
     // Unknown encodings.
     let h = [("Content-Type", UPLOAD_REQ), ("Content-Encoding", "br")];
     assert_git_refused("brotli", post(a, up, &h, &good));
@@ -387,12 +578,36 @@ fn malformed_git_requests_are_refused() {
         ("0003", b"0003".to_vec()),
         ("ffff beyond", b"ffff0000".to_vec()),
         ("non-pkt", b"push this please\n".to_vec()),
-        ("non-hex old", cat(&[&pkt(format!("{} {head} refs/heads/x\0report-status\n", "z".repeat(40)).as_bytes()), b"0000"])),
-        ("non-hex new", cat(&[&pkt(format!("{zero} {} refs/heads/x\0report-status\n", "g".repeat(40)).as_bytes()), b"0000"])),
+        (
+            "non-hex old",
+            cat(&[
+                &pkt(format!("{} {head} refs/heads/x\0report-status\n", "z".repeat(40)).as_bytes()),
+                b"0000",
+            ]),
+        ),
+        (
+            "non-hex new",
+            cat(&[
+                &pkt(format!("{zero} {} refs/heads/x\0report-status\n", "g".repeat(40)).as_bytes()),
+                b"0000",
+            ]),
+        ),
         ("short command", cat(&[&pkt(b"abc def\n"), b"0000"])),
-        ("missing ref name", cat(&[&pkt(format!("{zero} {head}\0report-status\n").as_bytes()), b"0000"])),
-        ("commands without flush", pkt(format!("{zero} {head} refs/heads/x\0report-status\n").as_bytes())),
-        ("truncated command", format!("0068{zero} {head}").into_bytes()),
+        (
+            "missing ref name",
+            cat(&[
+                &pkt(format!("{zero} {head}\0report-status\n").as_bytes()),
+                b"0000",
+            ]),
+        ),
+        (
+            "commands without flush",
+            pkt(format!("{zero} {head} refs/heads/x\0report-status\n").as_bytes()),
+        ),
+        (
+            "truncated command",
+            format!("0068{zero} {head}").into_bytes(),
+        ),
     ];
     for (what, body) in &push_bodies {
         let h = [("Content-Type", RECEIVE_REQ)];
@@ -402,7 +617,10 @@ fn malformed_git_requests_are_refused() {
     // Nothing of that changed the repository.
     assert_eq!(
         remote_refs(tmp.path(), &node.url("alice", "repo")),
-        vec![("HEAD".to_string(), head.clone()), ("refs/heads/main".to_string(), head.clone())]
+        vec![
+            ("HEAD".to_string(), head.clone()),
+            ("refs/heads/main".to_string(), head.clone())
+        ]
     );
     assert_node_serves_git(&mut node, tmp.path(), "malformed");
 }
@@ -420,25 +638,57 @@ fn content_type_service_and_missing_repository() {
         ("/git/alice/repo.git/git-upload-pack", None),
         ("/git/alice/repo.git/git-upload-pack", Some("text/plain")),
         ("/git/alice/repo.git/git-upload-pack", Some(RECEIVE_REQ)),
-        ("/git/alice/repo.git/git-upload-pack", Some("application/x-git-upload-pack-result")),
+        (
+            "/git/alice/repo.git/git-upload-pack",
+            Some("application/x-git-upload-pack-result"),
+        ),
         ("/git/alice/repo.git/git-receive-pack", None),
-        ("/git/alice/repo.git/git-receive-pack", Some("application/json")),
+        (
+            "/git/alice/repo.git/git-receive-pack",
+            Some("application/json"),
+        ),
         ("/git/alice/repo.git/git-receive-pack", Some(UPLOAD_REQ)),
     ] {
         let h: Vec<(&str, &str)> = wrong.map(|ct| ("Content-Type", ct)).into_iter().collect();
-        assert_status(&format!("{path} with content type {wrong:?}"), post(a, path, &h, flush), 415);
+        assert_status(
+            &format!("{path} with content type {wrong:?}"),
+            post(a, path, &h, flush),
+            415,
+        );
     }
 
     // Unknown or missing service on info/refs: 403.
-    for query in ["?service=git-frobnicate", "?service=", "", "?service=git-upload-archive", "?foo=bar", "?service=../../etc/passwd"] {
+    for query in [
+        "?service=git-frobnicate",
+        "?service=",
+        "",
+        "?service=git-upload-archive",
+        "?foo=bar",
+        "?service=../../etc/passwd",
+    ] {
         let path = format!("/git/alice/repo.git/info/refs{query}");
         assert_status(&path, get(a, &path, &[]), 403);
     }
     // Wrong methods.
-    assert_4xx("GET upload-pack", get(a, "/git/alice/repo.git/git-upload-pack", &[]));
-    assert_4xx("POST info/refs", post(a, "/git/alice/repo.git/info/refs?service=git-upload-pack", &[], b""));
+    assert_4xx(
+        "GET upload-pack",
+        get(a, "/git/alice/repo.git/git-upload-pack", &[]),
+    );
+    assert_4xx(
+        "POST info/refs",
+        post(
+            a,
+            "/git/alice/repo.git/info/refs?service=git-upload-pack",
+            &[],
+            b"",
+        ),
+    );
     // Dumb-protocol paths are not served.
-    for path in ["/git/alice/repo.git/HEAD", "/git/alice/repo.git/objects/info/packs", "/git/alice/repo.git/config"] {
+    for path in [
+        "/git/alice/repo.git/HEAD",
+        "/git/alice/repo.git/objects/info/packs",
+        "/git/alice/repo.git/config",
+    ] {
         assert_status(path, get(a, path, &[]), 404);
     }
 
@@ -453,22 +703,41 @@ fn content_type_service_and_missing_repository() {
                 assert_status(&path, get(a, &path, &h), 404);
             }
         }
-        for (svc, ct) in [("git-upload-pack", UPLOAD_REQ), ("git-receive-pack", RECEIVE_REQ)] {
+        for (svc, ct) in [
+            ("git-upload-pack", UPLOAD_REQ),
+            ("git-receive-pack", RECEIVE_REQ),
+        ] {
             let path = format!("{base}/{svc}");
             assert_status(&path, post(a, &path, &[("Content-Type", ct)], flush), 404);
             // Head only, declaring a body that never comes.
-            let head_only = request("POST", &path, &[("Content-Type", ct), ("Content-Length", "100000")], b"", false);
-            assert_status(&format!("{path} (body never sent)"), raw_exchange(a, &head_only, PROMPT_MS), 404);
+            let head_only = request(
+                "POST",
+                &path,
+                &[("Content-Type", ct), ("Content-Length", "100000")],
+                b"",
+                false,
+            );
+            assert_status(
+                &format!("{path} (body never sent)"),
+                raw_exchange(a, &head_only, PROMPT_MS),
+                404,
+            );
         }
     }
     // Nothing was created for them.
-    assert!(!node.data_dir.join("repos/nobody").exists(), "a directory was created for owner nobody");
+    assert!(
+        !node.data_dir.join("repos/nobody").exists(),
+        "a directory was created for owner nobody"
+    );
     assert!(!node.data_dir.join("repos/alice/nope.git").exists());
 
     // The real repository is unchanged and serves.
     assert_eq!(
         remote_refs(tmp.path(), &node.url("alice", "repo")),
-        vec![("HEAD".to_string(), head.clone()), ("refs/heads/main".to_string(), head)]
+        vec![
+            ("HEAD".to_string(), head.clone()),
+            ("refs/heads/main".to_string(), head)
+        ]
     );
     assert_node_serves_git(&mut node, tmp.path(), "ctype");
 }
@@ -478,7 +747,10 @@ fn report_lines(body: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = body;
     while rest.len() >= 4 {
-        let Ok(len) = usize::from_str_radix(std::str::from_utf8(&rest[..4]).unwrap_or("zzzz"), 16) else { break };
+        let Ok(len) = usize::from_str_radix(std::str::from_utf8(&rest[..4]).unwrap_or("zzzz"), 16)
+        else {
+            break;
+        };
         if len < 4 {
             rest = &rest[4..];
             continue;
@@ -486,7 +758,11 @@ fn report_lines(body: &[u8]) -> Vec<String> {
         if rest.len() < len {
             break;
         }
-        out.push(String::from_utf8_lossy(&rest[4..len]).trim_end().to_string());
+        out.push(
+            String::from_utf8_lossy(&rest[4..len])
+                .trim_end()
+                .to_string(),
+        );
         rest = &rest[len..];
     }
     out
@@ -500,7 +776,9 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
     let url = node.url("alice", "repo");
     let a = node.api;
     // A second commit with a bigger, compressible file, not pushed.
-    let text: String = (0..2000).map(|i| format!("line {i} of some text\n")).collect();
+    let text: String = (0..2000)
+        .map(|i| format!("line {i} of some text\n"))
+        .collect();
     std::fs::write(wt.join("big.txt"), &text).unwrap();
     git_ok(&wt, &["add", "big.txt"]);
     git_ok(&wt, &["commit", "-q", "-m", "second"]);
@@ -513,17 +791,30 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(format!("{new}\n^{old}\n").as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{new}\n^{old}\n").as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         out.stdout
     };
     assert_eq!(&pack[..4], b"PACK");
-    assert!(pack.len() > 200, "pack too small to corrupt meaningfully: {}", pack.len());
+    assert!(
+        pack.len() > 200,
+        "pack too small to corrupt meaningfully: {}",
+        pack.len()
+    );
 
     let zero = "0".repeat(40);
-    let update_main = pkt(format!("{old} {new} refs/heads/main\0report-status agent=hostile-test\n").as_bytes());
-    let create_topic = pkt(format!("{zero} {new} refs/heads/topic\0report-status agent=hostile-test\n").as_bytes());
+    let update_main =
+        pkt(format!("{old} {new} refs/heads/main\0report-status agent=hostile-test\n").as_bytes());
+    let create_topic = pkt(format!(
+        "{zero} {new} refs/heads/topic\0report-status agent=hostile-test\n"
+    )
+    .as_bytes());
     let corruptions: Vec<(&str, Vec<u8>)> = {
         let n = pack.len();
         let mut bad_trailer = pack.clone();
@@ -553,7 +844,10 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
             ("unsupported version", bad_version),
             ("more objects than sent", more_objects),
             ("reserved object type", bad_type),
-            ("not a pack", b"this is not a pack file, not even close".to_vec()),
+            (
+                "not a pack",
+                b"this is not a pack file, not even close".to_vec(),
+            ),
             ("trailing garbage", cat(&[&pack, b"trailing garbage"])),
             ("no pack at all", Vec::new()),
         ]
@@ -561,21 +855,43 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
     let before = pack_files(&node, "alice", "repo");
     let refs_before = remote_refs(tmp.path(), &url);
     for (what, bad) in &corruptions {
-        for (cmd, refname) in [(&update_main, "refs/heads/main"), (&create_topic, "refs/heads/topic")] {
+        for (cmd, refname) in [
+            (&update_main, "refs/heads/main"),
+            (&create_topic, "refs/heads/topic"),
+        ] {
             let body = cat(&[cmd, b"0000", bad]);
-            let out = post(a, "/git/alice/repo.git/git-receive-pack", &[("Content-Type", RECEIVE_REQ)], &body);
+            let out = post(
+                a,
+                "/git/alice/repo.git/git-receive-pack",
+                &[("Content-Type", RECEIVE_REQ)],
+                &body,
+            );
             let body = assert_status(&format!("{what} ({refname})"), out, 200);
             let lines = report_lines(&body);
-            let unpack = lines.iter().find(|l| l.starts_with("unpack ")).unwrap_or_else(|| {
-                panic!("{what} ({refname}): no unpack line in {lines:?}")
-            });
-            assert_ne!(unpack, "unpack ok", "{what} ({refname}): corrupt pack accepted: {lines:?}");
+            let unpack = lines
+                .iter()
+                .find(|l| l.starts_with("unpack "))
+                .unwrap_or_else(|| panic!("{what} ({refname}): no unpack line in {lines:?}"));
+            assert_ne!(
+                unpack, "unpack ok",
+                "{what} ({refname}): corrupt pack accepted: {lines:?}"
+            );
             assert!(
-                lines.iter().any(|l| l.starts_with(&format!("ng {refname} "))),
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("ng {refname} "))),
                 "{what} ({refname}): no ng line: {lines:?}"
             );
-            assert_eq!(remote_refs(tmp.path(), &url), refs_before, "{what} ({refname}): refs changed");
-            assert_eq!(pack_files(&node, "alice", "repo"), before, "{what} ({refname}): pack directory changed");
+            assert_eq!(
+                remote_refs(tmp.path(), &url),
+                refs_before,
+                "{what} ({refname}): refs changed"
+            );
+            assert_eq!(
+                pack_files(&node, "alice", "repo"),
+                before,
+                "{what} ({refname}): pack directory changed"
+            );
         }
     }
 
@@ -585,35 +901,67 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
         let body = cat(&[&update_main, b"0000", &pack]);
         let sent = update_main.len() + 4 + cut;
         let mut s = TcpStream::connect(a).unwrap();
-        let full = request("POST", "/git/alice/repo.git/git-receive-pack", &[("Content-Type", RECEIVE_REQ)], &body, true);
+        let full = request(
+            "POST",
+            "/git/alice/repo.git/git-receive-pack",
+            &[("Content-Type", RECEIVE_REQ)],
+            &body,
+            true,
+        );
         let head_len = full.len() - body.len();
         s.write_all(&full[..head_len + sent]).unwrap();
         drop(s);
-        let clean = wait_for(Duration::from_secs(15), || pack_files(&node, "alice", "repo") == before);
-        assert!(clean, "hang-up after {cut} pack bytes: pack directory is {:?}, was {before:?}", pack_files(&node, "alice", "repo"));
-        assert_eq!(remote_refs(tmp.path(), &url), refs_before, "hang-up after {cut} pack bytes: refs changed");
+        let clean = wait_for(Duration::from_secs(15), || {
+            pack_files(&node, "alice", "repo") == before
+        });
+        assert!(
+            clean,
+            "hang-up after {cut} pack bytes: pack directory is {:?}, was {before:?}",
+            pack_files(&node, "alice", "repo")
+        );
+        assert_eq!(
+            remote_refs(tmp.path(), &url),
+            refs_before,
+            "hang-up after {cut} pack bytes: refs changed"
+        );
     }
     // A client that sends everything and hangs up before the answer: the
     // push is either wholly applied or not at all.
     {
         let body = cat(&[&create_topic, b"0000", &pack]);
         let mut s = TcpStream::connect(a).unwrap();
-        s.write_all(&request("POST", "/git/alice/repo.git/git-receive-pack", &[("Content-Type", RECEIVE_REQ)], &body, true))
-            .unwrap();
+        s.write_all(&request(
+            "POST",
+            "/git/alice/repo.git/git-receive-pack",
+            &[("Content-Type", RECEIVE_REQ)],
+            &body,
+            true,
+        ))
+        .unwrap();
         drop(s);
         assert!(
-            wait_for(Duration::from_secs(15), || pack_files(&node, "alice", "repo").iter().all(|f| !f.starts_with("tmp_"))),
+            wait_for(Duration::from_secs(15), || pack_files(
+                &node, "alice", "repo"
+            )
+            .iter()
+            .all(|f| !f.starts_with("tmp_"))),
             "temporary files stay behind: {:?}",
             pack_files(&node, "alice", "repo")
         );
         let refs = remote_refs(tmp.path(), &url);
-        let topic = refs.iter().find(|(r, _)| r == "refs/heads/topic").map(|(_, o)| o.clone());
+        let topic = refs
+            .iter()
+            .find(|(r, _)| r == "refs/heads/topic")
+            .map(|(_, o)| o.clone());
         match topic {
             None => assert_eq!(refs, refs_before),
             Some(oid) => {
                 assert_eq!(oid, new, "topic points at something that was never pushed");
                 let dst = tmp.path().join("after-hangup");
-                git_ok(tmp.path(), &["clone", "--quiet", "--mirror", &url, dst.to_str().unwrap()]);
+                git_ok(
+                    tmp.path(),
+                    &["clone", "--quiet", "--mirror", &url, dst.to_str().unwrap()],
+                );
                 fsck(&dst);
             }
         }
@@ -621,14 +969,31 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
 
     // The same push with the intact pack goes through (nothing lingered).
     let body = cat(&[&update_main, b"0000", &pack]);
-    let out = post(a, "/git/alice/repo.git/git-receive-pack", &[("Content-Type", RECEIVE_REQ)], &body);
+    let out = post(
+        a,
+        "/git/alice/repo.git/git-receive-pack",
+        &[("Content-Type", RECEIVE_REQ)],
+        &body,
+    );
     let lines = report_lines(&assert_status("intact pack", out, 200));
-    assert!(lines.contains(&"unpack ok".to_string()), "intact pack: {lines:?}");
-    assert!(lines.contains(&"ok refs/heads/main".to_string()), "intact pack: {lines:?}");
+    assert!(
+        lines.contains(&"unpack ok".to_string()),
+        "intact pack: {lines:?}"
+    );
+    assert!(
+        lines.contains(&"ok refs/heads/main".to_string()),
+        "intact pack: {lines:?}"
+    );
     let after = remote_refs(tmp.path(), &url);
-    assert!(after.contains(&("refs/heads/main".to_string(), new.clone())), "{after:?}");
+    assert!(
+        after.contains(&("refs/heads/main".to_string(), new.clone())),
+        "{after:?}"
+    );
     let dst = tmp.path().join("after-corrupt");
-    git_ok(tmp.path(), &["clone", "--quiet", &url, dst.to_str().unwrap()]);
+    git_ok(
+        tmp.path(),
+        &["clone", "--quiet", &url, dst.to_str().unwrap()],
+    );
     fsck(&dst);
     assert_node_serves_git(&mut node, tmp.path(), "corrupt");
 }
@@ -692,20 +1057,37 @@ fn path_traversal_never_leaves_the_repository_store() {
         let path_part = t.split('?').next().unwrap();
         // GET every target; POST the git service ones; repo-ish targets also
         // as upload-pack and receive-pack endpoints.
-        let mut reqs: Vec<(String, Vec<u8>)> = vec![(format!("GET {t}"), request("GET", t, &[], b"", false))];
+        let mut reqs: Vec<(String, Vec<u8>)> =
+            vec![(format!("GET {t}"), request("GET", t, &[], b"", false))];
         if path_part.starts_with("/git/") || path_part.starts_with("http") {
             let base = path_part.trim_end_matches("/info/refs");
-            for (svc, ct) in [("git-upload-pack", UPLOAD_REQ), ("git-receive-pack", RECEIVE_REQ)] {
+            for (svc, ct) in [
+                ("git-upload-pack", UPLOAD_REQ),
+                ("git-receive-pack", RECEIVE_REQ),
+            ] {
                 let p = format!("{base}/{svc}");
-                reqs.push((format!("POST {p}"), request("POST", &p, &[("Content-Type", ct)], b"0000", true)));
+                reqs.push((
+                    format!("POST {p}"),
+                    request("POST", &p, &[("Content-Type", ct)], b"0000", true),
+                ));
             }
         }
         for (what, bytes) in reqs {
             match raw_exchange(a, &bytes, PROMPT_MS) {
                 Outcome::Response(status, _, body) => {
-                    assert!((400..500).contains(&status), "{what}: expected 4xx, got {status}: {}", show(&body));
-                    assert!(!String::from_utf8_lossy(&body).contains("secret\n"), "{what}: leaked the file");
-                    assert!(!String::from_utf8_lossy(&body).contains("root:"), "{what}: leaked /etc/passwd");
+                    assert!(
+                        (400..500).contains(&status),
+                        "{what}: expected 4xx, got {status}: {}",
+                        show(&body)
+                    );
+                    assert!(
+                        !String::from_utf8_lossy(&body).contains("secret\n"),
+                        "{what}: leaked the file"
+                    );
+                    assert!(
+                        !String::from_utf8_lossy(&body).contains("root:"),
+                        "{what}: leaked /etc/passwd"
+                    );
                 }
                 other => panic!("{what}: expected a 4xx, got {other:?}"),
             }
@@ -743,10 +1125,20 @@ fn path_traversal_never_leaves_the_repository_store() {
     .collect();
     for (owner, name) in &names {
         let body = serde_json::json!({"owner": owner, "name": name}).to_string();
-        let (status, text) = http(a, "POST", "/api/repos", &[("Content-Type", "application/json")], body.as_bytes()).expect("api");
+        let (status, text) = http(
+            a,
+            "POST",
+            "/api/repos",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .expect("api");
         assert_eq!(status, 400, "create {owner:?}/{name:?}: {}", show(&text));
         let v: serde_json::Value = serde_json::from_slice(&text).expect("json error body");
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "create {owner:?}/{name:?}: no reason: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "create {owner:?}/{name:?}: no reason: {v}"
+        );
     }
 
     let after = tree(&root);
@@ -754,7 +1146,10 @@ fn path_traversal_never_leaves_the_repository_store() {
     let removed: Vec<_> = before.difference(&after).collect();
     assert!(created.is_empty(), "files appeared: {created:?}");
     assert!(removed.is_empty(), "files vanished: {removed:?}");
-    assert_eq!(std::fs::read_to_string(root.join("secret")).unwrap(), "secret\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("secret")).unwrap(),
+        "secret\n"
+    );
     assert_node_serves_git(&mut node, tmp.path(), "traversal");
 }
 
@@ -765,18 +1160,57 @@ fn huge_content_length_is_refused_early() {
     let (_wt, head) = seeded_repo(&node, tmp.path(), "alice", "repo");
     let a = node.api;
     let zero = "0".repeat(40);
-    let push_cmd = cat(&[&pkt(format!("{head} {zero} refs/heads/main\0report-status\n").as_bytes()), b"0000", b"PACK"]);
+    let push_cmd = cat(&[
+        &pkt(format!("{head} {zero} refs/heads/main\0report-status\n").as_bytes()),
+        b"0000",
+        b"PACK",
+    ]);
     let want = cat(&[&pkt(format!("want {head}\n").as_bytes()), b"0000"]);
     let huge = "2147483648";
     type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
     let cases: Vec<Case> = vec![
-        ("/git/alice/repo.git/git-upload-pack", "upload-pack", vec![("Content-Type", UPLOAD_REQ)], want.clone()),
-        ("/git/alice/repo.git/git-upload-pack", "upload-pack v2", vec![("Content-Type", UPLOAD_REQ), ("Git-Protocol", "version=2")], b"0014command=ls-refs\n".to_vec()),
-        ("/git/alice/repo.git/git-receive-pack", "receive-pack", vec![("Content-Type", RECEIVE_REQ)], push_cmd.clone()),
-        ("/git/alice/repo.git/git-receive-pack", "receive-pack, no body", vec![("Content-Type", RECEIVE_REQ)], Vec::new()),
-        ("/git/alice/repo.git/git-upload-pack", "upload-pack gzip", vec![("Content-Type", UPLOAD_REQ), ("Content-Encoding", "gzip")], gzip(&want)[..10].to_vec()),
-        ("/git/alice/repo.git/git-receive-pack", "receive-pack gzip", vec![("Content-Type", RECEIVE_REQ), ("Content-Encoding", "gzip")], gzip(&push_cmd)[..10].to_vec()),
-        ("/api/repos", "api", vec![("Content-Type", "application/json")], b"{\"owner\":".to_vec()),
+        (
+            "/git/alice/repo.git/git-upload-pack",
+            "upload-pack",
+            vec![("Content-Type", UPLOAD_REQ)],
+            want.clone(),
+        ),
+        (
+            "/git/alice/repo.git/git-upload-pack",
+            "upload-pack v2",
+            vec![("Content-Type", UPLOAD_REQ), ("Git-Protocol", "version=2")],
+            b"0014command=ls-refs\n".to_vec(),
+        ),
+        (
+            "/git/alice/repo.git/git-receive-pack",
+            "receive-pack",
+            vec![("Content-Type", RECEIVE_REQ)],
+            push_cmd.clone(),
+        ),
+        (
+            "/git/alice/repo.git/git-receive-pack",
+            "receive-pack, no body",
+            vec![("Content-Type", RECEIVE_REQ)],
+            Vec::new(),
+        ),
+        (
+            "/git/alice/repo.git/git-upload-pack",
+            "upload-pack gzip",
+            vec![("Content-Type", UPLOAD_REQ), ("Content-Encoding", "gzip")],
+            gzip(&want)[..10].to_vec(),
+        ),
+        (
+            "/git/alice/repo.git/git-receive-pack",
+            "receive-pack gzip",
+            vec![("Content-Type", RECEIVE_REQ), ("Content-Encoding", "gzip")],
+            gzip(&push_cmd)[..10].to_vec(),
+        ),
+        (
+            "/api/repos",
+            "api",
+            vec![("Content-Type", "application/json")],
+            b"{\"owner\":".to_vec(),
+        ),
     ];
     for (path, what, headers, body) in cases {
         for length in [huge, "18446744073709551615", "99999999999999999999999"] {
@@ -795,14 +1229,19 @@ fn huge_content_length_is_refused_early() {
                     }
                 }
                 Outcome::Closed if length != huge => {} // unparseable length: hyper may just close
-                other => panic!("{what} with Content-Length {length}: expected an early 413, got {other:?}"),
+                other => panic!(
+                    "{what} with Content-Length {length}: expected an early 413, got {other:?}"
+                ),
             }
         }
     }
     // The ref is untouched (the delete above never happened).
     assert_eq!(
         remote_refs(tmp.path(), &node.url("alice", "repo")),
-        vec![("HEAD".to_string(), head.clone()), ("refs/heads/main".to_string(), head)]
+        vec![
+            ("HEAD".to_string(), head.clone()),
+            ("refs/heads/main".to_string(), head)
+        ]
     );
     assert_node_serves_git(&mut node, tmp.path(), "huge");
 }
@@ -818,7 +1257,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// gzip (via the gzip tool) of whatever `produce` writes.
-fn gzip_stream(produce: impl FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'static) -> Vec<u8> {
+fn gzip_stream(
+    produce: impl FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'static,
+) -> Vec<u8> {
     use std::process::{Command, Stdio};
     let mut child = Command::new("gzip")
         .args(["-c", "-6"])
@@ -896,19 +1337,42 @@ fn gzip_bomb_is_refused_without_exhausting_memory() {
     // 1 GiB of zeros: about 1 MiB of gzip.
     let upload_bomb = gzip_bomb(&pkt(format!("want {head}\n").as_bytes()), 1024);
     let command = pkt(format!("{zero} {head} refs/tags/bomb\0report-status\n").as_bytes());
-    let push_zeros = gzip_bomb(&cat(&[&command, b"0000", b"PACK\0\0\0\x02\0\0\0\x01"]), 1024);
+    let push_zeros = gzip_bomb(
+        &cat(&[&command, b"0000", b"PACK\0\0\0\x02\0\0\0\x01"]),
+        1024,
+    );
     let push_stored_blob = gzip_stream(move |w| {
         w.write_all(&command)?;
         w.write_all(b"0000")?;
         write_stored_blob_pack(w, 128 << 20)
     });
-    assert!(upload_bomb.len() < 2 << 20, "bomb is {} bytes", upload_bomb.len());
-    assert!(push_stored_blob.len() < 2 << 20, "bomb is {} bytes", push_stored_blob.len());
+    assert!(
+        upload_bomb.len() < 2 << 20,
+        "bomb is {} bytes",
+        upload_bomb.len()
+    );
+    assert!(
+        push_stored_blob.len() < 2 << 20,
+        "bomb is {} bytes",
+        push_stored_blob.len()
+    );
     let pid = node.child.as_ref().unwrap().id();
     for (path, ct, bomb) in [
-        ("/git/alice/repo.git/git-upload-pack", UPLOAD_REQ, &upload_bomb),
-        ("/git/alice/repo.git/git-receive-pack", RECEIVE_REQ, &push_zeros),
-        ("/git/alice/repo.git/git-receive-pack", RECEIVE_REQ, &push_stored_blob),
+        (
+            "/git/alice/repo.git/git-upload-pack",
+            UPLOAD_REQ,
+            &upload_bomb,
+        ),
+        (
+            "/git/alice/repo.git/git-receive-pack",
+            RECEIVE_REQ,
+            &push_zeros,
+        ),
+        (
+            "/git/alice/repo.git/git-receive-pack",
+            RECEIVE_REQ,
+            &push_stored_blob,
+        ),
     ] {
         let before = peak_rss_kib(pid);
         for round in 0..2 {
@@ -928,21 +1392,33 @@ fn gzip_bomb_is_refused_without_exhausting_memory() {
                 Outcome::Response(200, _, body) if path.ends_with("receive-pack") => {
                     let lines = report_lines(&body);
                     assert!(
-                        lines.iter().any(|l| l.starts_with("unpack ") && l != "unpack ok")
+                        lines
+                            .iter()
+                            .any(|l| l.starts_with("unpack ") && l != "unpack ok")
                             && lines.iter().any(|l| l.starts_with("ng refs/tags/bomb")),
                         "gzip bomb on {path}: {lines:?}"
                     );
                 }
                 Outcome::Response(status, _, body) => {
-                    panic!("gzip bomb on {path} (round {round}): got {status}: {}", show(&body))
+                    panic!(
+                        "gzip bomb on {path} (round {round}): got {status}: {}",
+                        show(&body)
+                    )
                 }
                 other => panic!("gzip bomb on {path} (round {round}): {other:?}"),
             }
-            assert!(node.alive(), "node died on a gzip bomb\n{}", node.log_text());
+            assert!(
+                node.alive(),
+                "node died on a gzip bomb\n{}",
+                node.log_text()
+            );
         }
         let grown = peak_rss_kib(pid).saturating_sub(before);
         eprintln!("gzip bomb on {path}: peak memory grew by {grown} KiB");
-        assert!(grown < 48 * 1024, "a gzip bomb on {path} grew the node's peak memory by {grown} KiB");
+        assert!(
+            grown < 48 * 1024,
+            "a gzip bomb on {path} grew the node's peak memory by {grown} KiB"
+        );
     }
     let refs = remote_refs(tmp.path(), &url);
     assert!(!refs.iter().any(|(r, _)| r.contains("bomb")), "{refs:?}");
@@ -952,7 +1428,10 @@ fn gzip_bomb_is_refused_without_exhausting_memory() {
 /// Raise this process's open-file limit (children inherit it).
 fn raise_nofile(want: u64) -> u64 {
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
@@ -988,7 +1467,9 @@ fn drip(addr: SocketAddr, head: &[u8], drip: &[u8], give_up: Duration) -> Drip {
     let mut buf = [0u8; 4096];
     let mut i = 0;
     while start.elapsed() < give_up {
-        if s.write_all(&drip[i % drip.len()..i % drip.len() + 1]).is_err() {
+        if s.write_all(&drip[i % drip.len()..i % drip.len() + 1])
+            .is_err()
+        {
             return Drip::Closed(start.elapsed());
         }
         i += 1;
@@ -1066,10 +1547,24 @@ fn slow_clients_are_cut_off_and_do_not_starve_others() {
     while done.load(std::sync::atomic::Ordering::SeqCst) < threads.len() || runs < 5 {
         assert!(Instant::now() < deadline, "slow clients never finished");
         for v in ["0", "2"] {
-            let out = git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "ls-remote", &url, "refs/heads/main"]);
-            assert_eq!(out.trim(), format!("{head}\trefs/heads/main"), "ls-remote v{v} under slow clients");
+            let out = git_ok(
+                tmp.path(),
+                &[
+                    "-c",
+                    &format!("protocol.version={v}"),
+                    "ls-remote",
+                    &url,
+                    "refs/heads/main",
+                ],
+            );
+            assert_eq!(
+                out.trim(),
+                format!("{head}\trefs/heads/main"),
+                "ls-remote v{v} under slow clients"
+            );
         }
-        let (status, _) = http(addr, "GET", "/health/live", &[], b"").expect("health under slow clients");
+        let (status, _) =
+            http(addr, "GET", "/health/live", &[], b"").expect("health under slow clients");
         assert_eq!(status, 200);
         runs += 1;
     }
@@ -1078,8 +1573,12 @@ fn slow_clients_are_cut_off_and_do_not_starve_others() {
         assert!(!ends.is_empty());
         for e in &ends {
             match e {
-                Drip::Closed(d) => assert!(*d < GIVE_UP, "slow client {i}: closed only after {d:?}"),
-                Drip::StillOpen => panic!("slow client {i}: the server never closed the connection ({ends:?})"),
+                Drip::Closed(d) => {
+                    assert!(*d < GIVE_UP, "slow client {i}: closed only after {d:?}")
+                }
+                Drip::StillOpen => {
+                    panic!("slow client {i}: the server never closed the connection ({ends:?})")
+                }
             }
         }
     }
@@ -1090,7 +1589,10 @@ fn slow_clients_are_cut_off_and_do_not_starve_others() {
 #[test]
 fn a_thousand_idle_connections_do_not_block_new_requests() {
     let limit = raise_nofile(8192);
-    assert!(limit >= 2048, "cannot raise RLIMIT_NOFILE far enough: {limit}");
+    assert!(
+        limit >= 2048,
+        "cannot raise RLIMIT_NOFILE far enough: {limit}"
+    );
     let mut node = Node::start();
     let tmp = tempfile::tempdir().unwrap();
     let (_wt, head) = seeded_repo(&node, tmp.path(), "alice", "repo");
@@ -1106,18 +1608,32 @@ fn a_thousand_idle_connections_do_not_block_new_requests() {
         let (status, _) = http(node.api, "GET", "/health/live", &[], b"").expect("health");
         assert_eq!(status, 200, "round {round}");
         for v in ["0", "2"] {
-            let out = git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "ls-remote", &url, "refs/heads/main"]);
+            let out = git_ok(
+                tmp.path(),
+                &[
+                    "-c",
+                    &format!("protocol.version={v}"),
+                    "ls-remote",
+                    &url,
+                    "refs/heads/main",
+                ],
+            );
             assert_eq!(out.trim(), format!("{head}\trefs/heads/main"));
         }
     }
     let dst = tmp.path().join("clone-under-idle");
-    git_ok(tmp.path(), &["clone", "--quiet", &url, dst.to_str().unwrap()]);
+    git_ok(
+        tmp.path(),
+        &["clone", "--quiet", &url, dst.to_str().unwrap()],
+    );
     fsck(&dst);
     // The idle connections were held, not dropped: a sample of them still
     // answers a request.
     for (i, s) in idle.iter_mut().enumerate().step_by(97) {
-        s.set_read_timeout(Some(Duration::from_millis(PROMPT_MS))).unwrap();
-        s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(PROMPT_MS)))
+            .unwrap();
+        s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         match read_response(s) {
             Outcome::Response(200, _, _) => {}
             other => panic!("idle connection {i}: {other:?}"),
@@ -1144,19 +1660,47 @@ fn api_rejects_bad_requests() {
         ("empty object", b"{}".to_vec()),
         ("missing name", b"{\"owner\": \"alice\"}".to_vec()),
         ("number owner", b"{\"owner\": 1, \"name\": \"x\"}".to_vec()),
-        ("array name", b"{\"owner\": \"alice\", \"name\": [\"x\"]}".to_vec()),
-        ("null name", b"{\"owner\": \"alice\", \"name\": null}".to_vec()),
-        ("object name", b"{\"owner\": \"alice\", \"name\": {\"a\": 1}}".to_vec()),
+        (
+            "array name",
+            b"{\"owner\": \"alice\", \"name\": [\"x\"]}".to_vec(),
+        ),
+        (
+            "null name",
+            b"{\"owner\": \"alice\", \"name\": null}".to_vec(),
+        ),
+        (
+            "object name",
+            b"{\"owner\": \"alice\", \"name\": {\"a\": 1}}".to_vec(),
+        ),
         ("bool owner", b"{\"owner\": true, \"name\": \"x\"}".to_vec()),
-        ("trailing garbage", b"{\"owner\": \"alice\", \"name\": \"x\"} trailing".to_vec()),
-        ("invalid utf-8", b"{\"owner\": \"al\xff\xfeice\", \"name\": \"x\"}".to_vec()),
-        ("deep nesting", [b"{\"owner\": ".as_slice(), &[b'['; 5000], &[b']'; 5000], b", \"name\": \"x\"}"].concat()),
+        (
+            "trailing garbage",
+            b"{\"owner\": \"alice\", \"name\": \"x\"} trailing".to_vec(),
+        ),
+        (
+            "invalid utf-8",
+            b"{\"owner\": \"al\xff\xfeice\", \"name\": \"x\"}".to_vec(),
+        ),
+        (
+            "deep nesting",
+            [
+                b"{\"owner\": ".as_slice(),
+                &[b'['; 5000],
+                &[b']'; 5000],
+                b", \"name\": \"x\"}",
+            ]
+            .concat(),
+        ),
     ];
     for (what, body) in &bad {
         let (status, text) = post_api(body);
         assert_eq!(status, 400, "{what}: {}", show(&text));
-        let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_else(|_| panic!("{what}: error is not JSON: {}", show(&text)));
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {v}");
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .unwrap_or_else(|_| panic!("{what}: error is not JSON: {}", show(&text)));
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {v}"
+        );
     }
     // Invalid names: 400 with a reason.
     let long = "a".repeat(101);
@@ -1184,13 +1728,20 @@ fn api_rejects_bad_requests() {
         assert_eq!(status, 400, "{owner:?}/{name:?}: {}", show(&text));
         let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
         let reason = v["error"].as_str().unwrap_or("");
-        assert!(reason.contains("invalid") || reason.contains("must"), "{owner:?}/{name:?}: no reason: {v}");
+        assert!(
+            reason.contains("invalid") || reason.contains("must"),
+            "{owner:?}/{name:?}: no reason: {v}"
+        );
     }
     // Huge bodies: 413 (declared, and actually sent).
-    let huge = format!("{{\"owner\": \"alice\", \"name\": \"x\", \"pad\": \"{}\"}}", "p".repeat(1 << 20));
+    let huge = format!(
+        "{{\"owner\": \"alice\", \"name\": \"x\", \"pad\": \"{}\"}}",
+        "p".repeat(1 << 20)
+    );
     {
         let mut s = TcpStream::connect(a).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(PROMPT_MS))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(PROMPT_MS)))
+            .unwrap();
         let mut w = s.try_clone().unwrap();
         let req = request("POST", "/api/repos", &json, huge.as_bytes(), true);
         let writer = std::thread::spawn(move || {
@@ -1203,9 +1754,19 @@ fn api_rejects_bad_requests() {
     {
         // Chunked, so the server only finds out while reading.
         let mut s = TcpStream::connect(a).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(PROMPT_MS))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(PROMPT_MS)))
+            .unwrap();
         let mut w = s.try_clone().unwrap();
-        let mut req = request("POST", "/api/repos", &[("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")], b"", false);
+        let mut req = request(
+            "POST",
+            "/api/repos",
+            &[
+                ("Content-Type", "application/json"),
+                ("Transfer-Encoding", "chunked"),
+            ],
+            b"",
+            false,
+        );
         for piece in huge.as_bytes().chunks(16 * 1024) {
             req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
             req.extend_from_slice(piece);
@@ -1222,11 +1783,17 @@ fn api_rejects_bad_requests() {
     // Create, then duplicate: 409 (also with the .git suffix).
     let (status, text) = post_api(b"{\"owner\": \"alice\", \"name\": \"dup\"}");
     assert_eq!(status, 201, "{}", show(&text));
-    for body in [&b"{\"owner\": \"alice\", \"name\": \"dup\"}"[..], b"{\"owner\": \"alice\", \"name\": \"dup.git\"}"] {
+    for body in [
+        &b"{\"owner\": \"alice\", \"name\": \"dup\"}"[..],
+        b"{\"owner\": \"alice\", \"name\": \"dup.git\"}",
+    ] {
         let (status, text) = post_api(body);
         assert_eq!(status, 409, "{}", show(&text));
         let v: serde_json::Value = serde_json::from_slice(&text).expect("json");
-        assert!(v["error"].as_str().is_some_and(|e| e.contains("exists")), "{v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("exists")),
+            "{v}"
+        );
     }
     // Wrong methods and unknown repositories.
     for (method, path, want) in [
@@ -1256,8 +1823,14 @@ fn garbage_http_is_dropped_and_the_node_lives_on() {
     let mut node = Node::start_with(&["--header-timeout-ms", "2000"]);
     let tmp = tempfile::tempdir().unwrap();
     let a = node.api;
-    let big_header = format!("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
-    let big_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(200 * 1024));
+    let big_header = format!(
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let big_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
     let many_headers = {
         let mut s = String::from("GET /health/live HTTP/1.1\r\nHost: x\r\n");
         for i in 0..5000 {
@@ -1266,7 +1839,9 @@ fn garbage_http_is_dropped_and_the_node_lives_on() {
         s.push_str("\r\n");
         s
     };
-    let mut tls = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut tls = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     tls.extend((0..500u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
     let up = "POST /git/alice/repo.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\n";
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -1274,31 +1849,67 @@ fn garbage_http_is_dropped_and_the_node_lives_on() {
         ("words", b"HELLO WORLD\r\n\r\n".to_vec()),
         ("bare method", b"GET\r\n\r\n".to_vec()),
         ("bad version", b"GET / HTTP/9.9\r\n\r\n".to_vec()),
-        ("http/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()),
-        ("header without colon", b"GET /health/live HTTP/1.1\r\nBadHeaderNoColon\r\n\r\n".to_vec()),
-        ("header with nul", b"GET /health/live HTTP/1.1\r\nX-A: a\0b\r\n\r\n".to_vec()),
+        (
+            "http/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        ),
+        (
+            "header without colon",
+            b"GET /health/live HTTP/1.1\r\nBadHeaderNoColon\r\n\r\n".to_vec(),
+        ),
+        (
+            "header with nul",
+            b"GET /health/live HTTP/1.1\r\nX-A: a\0b\r\n\r\n".to_vec(),
+        ),
         ("oversized header", big_header.into_bytes()),
         ("oversized request line", big_line.into_bytes()),
         ("5000 headers", many_headers.into_bytes()),
         ("zeros", vec![0u8; 4096]),
-        ("no line end", b"GET /health/live HTTP/1.1 and then nothing".to_vec()),
+        (
+            "no line end",
+            b"GET /health/live HTTP/1.1 and then nothing".to_vec(),
+        ),
         ("lf only garbage", b"\n\n\n\n\n\n".to_vec()),
-        ("bad chunk size", format!("{up}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").into_bytes()),
-        ("negative length", format!("{up}Content-Length: -1\r\n\r\n0000").into_bytes()),
-        ("text length", format!("{up}Content-Length: abc\r\n\r\n0000").into_bytes()),
-        ("two lengths", format!("{up}Content-Length: 4\r\nContent-Length: 5\r\n\r\n0000").into_bytes()),
-        ("length and chunked", format!("{up}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes()),
-        ("unknown transfer encoding", format!("{up}Transfer-Encoding: frobnicate\r\n\r\n0000").into_bytes()),
+        (
+            "bad chunk size",
+            format!("{up}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").into_bytes(),
+        ),
+        (
+            "negative length",
+            format!("{up}Content-Length: -1\r\n\r\n0000").into_bytes(),
+        ),
+        (
+            "text length",
+            format!("{up}Content-Length: abc\r\n\r\n0000").into_bytes(),
+        ),
+        (
+            "two lengths",
+            format!("{up}Content-Length: 4\r\nContent-Length: 5\r\n\r\n0000").into_bytes(),
+        ),
+        (
+            "length and chunked",
+            format!("{up}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+                .into_bytes(),
+        ),
+        (
+            "unknown transfer encoding",
+            format!("{up}Transfer-Encoding: frobnicate\r\n\r\n0000").into_bytes(),
+        ),
     ];
     for (what, bytes) in &cases {
         match raw_exchange(a, bytes, 15_000) {
             Outcome::Response(status, _, body) => {
-                assert!((400..500).contains(&status), "{what}: expected 4xx or a close, got {status}: {}", show(&body))
+                assert!(
+                    (400..500).contains(&status),
+                    "{what}: expected 4xx or a close, got {status}: {}",
+                    show(&body)
+                )
             }
             Outcome::Closed => {}
             Outcome::TimedOut => panic!("{what}: no answer and no close within 15 s"),
         }
-        let (status, _) = http(a, "GET", "/health/live", &[], b"").unwrap_or_else(|e| panic!("after {what}: {e}"));
+        let (status, _) = http(a, "GET", "/health/live", &[], b"")
+            .unwrap_or_else(|e| panic!("after {what}: {e}"));
         assert_eq!(status, 200, "after {what}");
         assert!(node.alive(), "node died after {what}\n{}", node.log_text());
     }

@@ -14,7 +14,9 @@ use std::process::Command;
 
 fn require_python_modules(modules: &[&str]) {
     for m in modules {
-        let out = Command::new("python3").args(["-c", &format!("import {m}")]).output();
+        let out = Command::new("python3")
+            .args(["-c", &format!("import {m}")])
+            .output();
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => panic!(
@@ -33,7 +35,11 @@ fn run_script(script: &str, modules: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bundle = dir.join("../shared/corpus/guts.bundle");
-    assert!(bundle.exists(), "corpus bundle missing: {}", bundle.display());
+    assert!(
+        bundle.exists(),
+        "corpus bundle missing: {}",
+        bundle.display()
+    );
     let out = Command::new("python3")
         .arg(dir.join("tests/interop").join(script))
         .arg("--api")

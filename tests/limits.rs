@@ -47,7 +47,10 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
 }
 
 fn req(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         r.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -87,7 +90,8 @@ fn fetch_body(want: &str, haves: usize) -> Vec<u8> {
 /// Wait (bounded) until the server closes `s`; true if it did.
 fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         match s.read(&mut buf) {
@@ -133,7 +137,8 @@ fn size_limits_come_from_flags() {
     // Header bytes.
     let pad = |n: usize| "h".repeat(n);
     let small = pad(6000);
-    let (status, _) = exchange(a, &req("GET", "/health/live", &[("X-Pad", &small)], b"")).expect("answer");
+    let (status, _) =
+        exchange(a, &req("GET", "/health/live", &[("X-Pad", &small)], b"")).expect("answer");
     assert_eq!(status, 200, "a 6000-byte header is within 8192");
     let big = pad(9000);
     if let Some((status, _)) = exchange(a, &req("GET", "/health/live", &[("X-Pad", &big)], b"")) {
@@ -154,7 +159,10 @@ fn size_limits_come_from_flags() {
         (400..500).contains(&status) || (status == 200 && text.contains("ERR ")),
         "60 pkt-lines over a limit of 50: {status} {text}"
     );
-    assert!(!body.windows(4).any(|w| w == b"PACK"), "60 haves over the limit still got a pack");
+    assert!(
+        !body.windows(4).any(|w| w == b"PACK"),
+        "60 haves over the limit still got a pack"
+    );
 
     // Fetch body bytes: declared and chunked.
     let huge = fetch_body(&head, 200);
@@ -185,15 +193,43 @@ fn size_limits_come_from_flags() {
     git_ok(&wt, &["add", "noise.bin"]);
     git_ok(&wt, &["commit", "-q", "-m", "noise"]);
     let out = git_out(&wt, &["push", &url, "main"]);
-    assert!(!out.status.success(), "a push over the body limit succeeded");
+    assert!(
+        !out.status.success(),
+        "a push over the body limit succeeded"
+    );
     let remote = git_ok(&wt, &["ls-remote", &url, "refs/heads/main"]);
-    assert_eq!(remote.split('\t').next(), Some(pushed.as_str()), "refused push moved the branch");
+    assert_eq!(
+        remote.split('\t').next(),
+        Some(pushed.as_str()),
+        "refused push moved the branch"
+    );
 
     // API body bytes.
-    let body = format!("{{\"owner\": \"alice\", \"name\": \"pad\", \"x\": \"{}\"}}", "p".repeat(400));
-    let (status, _) = exchange(a, &req("POST", "/api/repos", &[("Content-Type", "application/json")], body.as_bytes())).expect("answer");
+    let body = format!(
+        "{{\"owner\": \"alice\", \"name\": \"pad\", \"x\": \"{}\"}}",
+        "p".repeat(400)
+    );
+    let (status, _) = exchange(
+        a,
+        &req(
+            "POST",
+            "/api/repos",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        ),
+    )
+    .expect("answer");
     assert_eq!(status, 413);
-    let (status, _) = exchange(a, &chunked("POST", "/api/repos", &[("Content-Type", "application/json")], body.as_bytes())).expect("answer");
+    let (status, _) = exchange(
+        a,
+        &chunked(
+            "POST",
+            "/api/repos",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        ),
+    )
+    .expect("answer");
     assert_eq!(status, 413);
     let (status, _) = http(a, "GET", "/api/repos/alice/pad", &[], b"").unwrap();
     assert_eq!(status, 404, "the refused repository exists");
@@ -201,7 +237,10 @@ fn size_limits_come_from_flags() {
     // Still serving.
     assert!(node.alive());
     let dst = tmp.path().join("clone");
-    git_ok(tmp.path(), &["clone", "--quiet", &url, dst.to_str().unwrap()]);
+    git_ok(
+        tmp.path(),
+        &["clone", "--quiet", &url, dst.to_str().unwrap()],
+    );
     fsck(&dst);
     assert!(node.alive(), "{}", node.log_text());
 }
@@ -231,10 +270,13 @@ fn time_limits_come_from_flags() {
     let mut idle = TcpStream::connect(a).unwrap();
     // Keep-alive after a request.
     let mut kept = TcpStream::connect(a).unwrap();
-    kept.write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    kept.write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     // Head never finished.
     let mut slow_head = TcpStream::connect(a).unwrap();
-    slow_head.write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Never: ").unwrap();
+    slow_head
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Never: ")
+        .unwrap();
     // A body fast enough for the rate limit, too long for the request limit:
     // 10 bytes every 100 ms (100 B/s over a 50 B/s minimum) of 100,000.
     let addr = a;
@@ -245,7 +287,8 @@ fn time_limits_come_from_flags() {
                 .as_bytes(),
         )
         .unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let start = Instant::now();
         let mut buf = [0u8; 1024];
         while start.elapsed() < Duration::from_secs(30) {
@@ -261,10 +304,22 @@ fn time_limits_come_from_flags() {
         }
         false
     });
-    assert!(closed_by_server(&mut idle, within), "idle connection not closed");
-    assert!(closed_by_server(&mut kept, within), "idle keep-alive connection not closed");
-    assert!(closed_by_server(&mut slow_head, within), "unfinished head not closed");
-    assert!(dripper.join().unwrap(), "request past the request timeout not closed");
+    assert!(
+        closed_by_server(&mut idle, within),
+        "idle connection not closed"
+    );
+    assert!(
+        closed_by_server(&mut kept, within),
+        "idle keep-alive connection not closed"
+    );
+    assert!(
+        closed_by_server(&mut slow_head, within),
+        "unfinished head not closed"
+    );
+    assert!(
+        dripper.join().unwrap(),
+        "request past the request timeout not closed"
+    );
 
     // Meanwhile and afterwards, real clients are served.
     let out = git_ok(tmp.path(), &["ls-remote", &url, "refs/heads/main"]);
@@ -283,16 +338,26 @@ fn connection_limit_comes_from_the_flag() {
     for i in 0..40 {
         let mut s = TcpStream::connect(a).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        s.write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
         let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).unwrap_or_else(|e| panic!("held connection {i}: {e}"));
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "held connection {i}: {}", String::from_utf8_lossy(&buf[..n]));
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("held connection {i}: {e}"));
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "held connection {i}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
         held.push(s);
     }
     // One more is closed at once, without an answer.
     let mut extra = TcpStream::connect(a).unwrap();
     let _ = extra.write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert!(closed_by_server(&mut extra, Duration::from_secs(10)), "connection over the limit was served");
+    assert!(
+        closed_by_server(&mut extra, Duration::from_secs(10)),
+        "connection over the limit was served"
+    );
     // Freed slots are reused: after the held connections go, requests succeed.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -300,7 +365,10 @@ fn connection_limit_comes_from_the_flag() {
         if let Ok((200, _)) = http(a, "GET", "/health/live", &[], b"") {
             break;
         }
-        assert!(Instant::now() < deadline, "the node never recovered its connection slots");
+        assert!(
+            Instant::now() < deadline,
+            "the node never recovered its connection slots"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = git_ok(tmp.path(), &["ls-remote", &url, "refs/heads/main"]);
@@ -318,13 +386,28 @@ fn limits_come_from_the_config_file_and_environment() {
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_guts-node"))
-        .args(["--config", file.to_str().unwrap(), "--header-max-bytes", "5555", "config"])
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--header-max-bytes",
+            "5555",
+            "config",
+        ])
         .env("GUTS_PUSH_BODY_MAX_BYTES", "999")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    for want in ["api_body_max_bytes: 1234", "request_pkts_max: 77", "header_max_bytes: 5555", "push_body_max_bytes: 999"] {
+    for want in [
+        "api_body_max_bytes: 1234",
+        "request_pkts_max: 77",
+        "header_max_bytes: 5555",
+        "push_body_max_bytes: 999",
+    ] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
     // And the shipped example parses.
@@ -333,5 +416,9 @@ fn limits_come_from_the_config_file_and_environment() {
         .args(["--config", example.to_str().unwrap(), "config"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

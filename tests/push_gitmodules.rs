@@ -16,7 +16,10 @@ fn commit_bytes(wt: &std::path::Path, file: &str, content: &[u8], msg: &str) -> 
 
 /// Push `rev` to `branch`; Ok(()) if git reports success, else its stderr.
 fn push(wt: &std::path::Path, rev: &str, branch: &str) -> Result<(), String> {
-    let out = git_out(wt, &["push", "origin", &format!("{rev}:refs/heads/{branch}")]);
+    let out = git_out(
+        wt,
+        &["push", "origin", &format!("{rev}:refs/heads/{branch}")],
+    );
     if out.status.success() {
         Ok(())
     } else {
@@ -44,14 +47,29 @@ fn malicious_gitmodules_push_is_rejected_and_benign_accepted() {
     // 1. the malicious .gitmodules comes in the push
     let bad = commit_bytes(&wt, ".gitmodules", evil, "evil submodule");
     let err = push(&wt, &bad, "evil").expect_err("push of a malicious .gitmodules succeeded");
-    assert!(err.contains("gitmodulesUrl"), "rejected, but not for the .gitmodules: {err}");
+    assert!(
+        err.contains("gitmodulesUrl"),
+        "rejected, but not for the .gitmodules: {err}"
+    );
     assert!(!has_branch(t, &url, "evil"), "branch created");
 
     // other problems: name, path, update, a long .gitattributes line
     let cases: [(&str, &[u8], &str); 4] = [
-        (".gitmodules", b"[submodule \"../../modules/evil\"]\n\tpath = x\n", "gitmodulesName"),
-        (".gitmodules", b"[submodule \"x\"]\n\tpath = -foo\n", "gitmodulesPath"),
-        (".gitmodules", b"[submodule \"x\"]\n\tupdate = !rm -rf /\n", "gitmodulesUpdate"),
+        (
+            ".gitmodules",
+            b"[submodule \"../../modules/evil\"]\n\tpath = x\n",
+            "gitmodulesName",
+        ),
+        (
+            ".gitmodules",
+            b"[submodule \"x\"]\n\tpath = -foo\n",
+            "gitmodulesPath",
+        ),
+        (
+            ".gitmodules",
+            b"[submodule \"x\"]\n\tupdate = !rm -rf /\n",
+            "gitmodulesUpdate",
+        ),
         (".gitattributes", &[b'a'; 3000], "gitattributesLineLength"),
     ];
     for (i, (file, content, id)) in cases.iter().enumerate() {
@@ -71,10 +89,14 @@ fn malicious_gitmodules_push_is_rejected_and_benign_accepted() {
     git_ok(&wt, &["mv", "notes.txt", ".gitmodules"]);
     git_ok(&wt, &["commit", "-q", "-m", "now it is .gitmodules"]);
     let renamed = rev_parse(&wt, "HEAD");
-    let err = push(&wt, &renamed, "notes").expect_err("renaming a stored blob to .gitmodules was accepted");
+    let err = push(&wt, &renamed, "notes")
+        .expect_err("renaming a stored blob to .gitmodules was accepted");
     assert!(err.contains("gitmodulesUrl"), "{err}");
     let refs = server_refs(t, &url);
-    assert!(refs.contains(&("refs/heads/notes".to_string(), plain.clone())), "{refs:?}");
+    assert!(
+        refs.contains(&("refs/heads/notes".to_string(), plain.clone())),
+        "{refs:?}"
+    );
 
     // 3. a benign .gitmodules (and .gitattributes) lands
     git_ok(&wt, &["reset", "-q", "--hard", &base]);

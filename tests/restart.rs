@@ -28,25 +28,47 @@ struct Attempt {
 }
 
 fn check_state(t: &Path, url: &str, attempts: &[Attempt], label: &str) {
-    let refs: std::collections::BTreeMap<String, String> = server_refs(t, url).into_iter().collect();
-    for a in attempts.iter().filter(|a| a.acked && a.branch != "refs/heads/main") {
-        assert_eq!(refs.get(&a.branch), Some(&a.commit), "{label}: acknowledged push of {} lost", a.branch);
+    let refs: std::collections::BTreeMap<String, String> =
+        server_refs(t, url).into_iter().collect();
+    for a in attempts
+        .iter()
+        .filter(|a| a.acked && a.branch != "refs/heads/main")
+    {
+        assert_eq!(
+            refs.get(&a.branch),
+            Some(&a.commit),
+            "{label}: acknowledged push of {} lost",
+            a.branch
+        );
     }
     // An unacknowledged push may or may not have landed, but never partly.
-    for a in attempts.iter().filter(|a| !a.acked && a.branch != "refs/heads/main") {
+    for a in attempts
+        .iter()
+        .filter(|a| !a.acked && a.branch != "refs/heads/main")
+    {
         if let Some(oid) = refs.get(&a.branch) {
-            assert_eq!(oid, &a.commit, "{label}: {} has a commit nobody pushed to it", a.branch);
+            assert_eq!(
+                oid, &a.commit,
+                "{label}: {} has a commit nobody pushed to it",
+                a.branch
+            );
         }
     }
     // main is at the last acknowledged push or a later attempt.
     let main = refs.get("refs/heads/main").expect("main exists");
-    let last_acked = attempts.iter().rposition(|a| a.acked).expect("some push acknowledged");
+    let last_acked = attempts
+        .iter()
+        .rposition(|a| a.acked)
+        .expect("some push acknowledged");
     assert!(
         attempts[last_acked..].iter().any(|a| &a.commit == main),
         "{label}: main is at {main}, before the last acknowledged push"
     );
     let dst = t.join(format!("check-{label}"));
-    git_ok(t, &["clone", "--quiet", "--mirror", url, dst.to_str().unwrap()]);
+    git_ok(
+        t,
+        &["clone", "--quiet", "--mirror", url, dst.to_str().unwrap()],
+    );
     fsck(&dst);
     let cloned: std::collections::BTreeMap<String, String> = refs_of(&dst).into_iter().collect();
     assert_eq!(cloned, refs, "{label}: clone refs vs ls-remote");
@@ -79,11 +101,29 @@ fn kill9_during_pushes_keeps_every_acknowledged_push() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let commit = commit_file(&wt, &format!("f{}", i % 7), &format!("round {round} push {i}\n"), &format!("r{round} p{i}"));
+                    let commit = commit_file(
+                        &wt,
+                        &format!("f{}", i % 7),
+                        &format!("round {round} push {i}\n"),
+                        &format!("r{round} p{i}"),
+                    );
                     let branch = format!("refs/heads/r{round}-{i}");
-                    let out = git_out(&wt, &["push", "--quiet", "origin", "main", &format!("HEAD:{branch}")]);
+                    let out = git_out(
+                        &wt,
+                        &[
+                            "push",
+                            "--quiet",
+                            "origin",
+                            "main",
+                            &format!("HEAD:{branch}"),
+                        ],
+                    );
                     let ok = out.status.success();
-                    log.push(Attempt { branch, commit, acked: ok });
+                    log.push(Attempt {
+                        branch,
+                        commit,
+                        acked: ok,
+                    });
                     if !ok {
                         break;
                     }
@@ -95,25 +135,36 @@ fn kill9_during_pushes_keeps_every_acknowledged_push() {
         // Let 1..=3 pushes be acknowledged, then kill at a random moment
         // (0..120 ms later: inside the next push or between two).
         let target = 1 + (rng.next() % 3) as usize;
-        let reached = wait_until(Duration::from_secs(60), || acked.load(Ordering::SeqCst) >= target || handle.is_finished());
+        let reached = wait_until(Duration::from_secs(60), || {
+            acked.load(Ordering::SeqCst) >= target || handle.is_finished()
+        });
         assert!(reached, "round {round}: pushes did not progress");
         std::thread::sleep(Duration::from_millis(rng.next() % 120));
         node.kill9();
         stop.store(true, Ordering::SeqCst);
         let log = handle.join().expect("pusher thread");
-        assert!(log.iter().filter(|a| a.acked).count() >= target, "round {round}: a push failed before the kill");
+        assert!(
+            log.iter().filter(|a| a.acked).count() >= target,
+            "round {round}: a push failed before the kill"
+        );
         attempts.extend(log);
         node.spawn();
         check_state(&t, &url, &attempts, &format!("round{round}"));
     }
     let acked = attempts.iter().filter(|a| a.acked).count();
-    eprintln!("{acked} pushes acknowledged, {} cut off by a kill", attempts.len() - acked);
+    eprintln!(
+        "{acked} pushes acknowledged, {} cut off by a kill",
+        attempts.len() - acked
+    );
     assert!(acked >= 10, "only {acked} pushes acknowledged");
     // Still serving pushes after all that.
     commit_file(&wt, "final", "final\n", "final");
     git_ok(&wt, &["push", "--quiet", "origin", "main"]);
     assert_eq!(
-        server_refs(&t, &url).into_iter().find(|(r, _)| r == "refs/heads/main").map(|(_, o)| o),
+        server_refs(&t, &url)
+            .into_iter()
+            .find(|(r, _)| r == "refs/heads/main")
+            .map(|(_, o)| o),
         Some(rev_parse(&wt, "main"))
     );
 }
@@ -153,23 +204,44 @@ fn kill9_during_a_large_push_leaves_a_clean_repository() {
     wait_until(Duration::from_secs(2), || tmp_pack_bytes(&data_dir) > 0);
     node.kill9();
     let status = child.wait().unwrap();
-    eprintln!("large push killed after {} bytes arrived; git push success: {}", tmp_pack_bytes(&data_dir), status.success());
+    eprintln!(
+        "large push killed after {} bytes arrived; git push success: {}",
+        tmp_pack_bytes(&data_dir),
+        status.success()
+    );
     node.spawn();
     let after = server_refs(&t, &url);
     if status.success() {
         // The push finished before the kill: it must be there.
-        assert!(after.iter().any(|(r, o)| r == "refs/heads/big" && *o == rev_parse(&wt, "main")));
+        assert!(after
+            .iter()
+            .any(|(r, o)| r == "refs/heads/big" && *o == rev_parse(&wt, "main")));
     } else {
-        assert!(after == before || after.iter().any(|(r, o)| r == "refs/heads/big" && *o == rev_parse(&wt, "main")));
+        assert!(
+            after == before
+                || after
+                    .iter()
+                    .any(|(r, o)| r == "refs/heads/big" && *o == rev_parse(&wt, "main"))
+        );
     }
     let dst = t.join("after");
-    git_ok(&t, &["clone", "--quiet", "--mirror", &url, dst.to_str().unwrap()]);
+    git_ok(
+        &t,
+        &["clone", "--quiet", "--mirror", &url, dst.to_str().unwrap()],
+    );
     fsck(&dst);
-    assert_eq!(tmp_pack_bytes(&data_dir), 0, "temporary pack files of the killed push left behind");
+    assert_eq!(
+        tmp_pack_bytes(&data_dir),
+        0,
+        "temporary pack files of the killed push left behind"
+    );
     // The push can be repeated.
     git_ok(&wt, &["push", "--quiet", "origin", "main:refs/heads/big"]);
     let dst2 = t.join("after2");
-    git_ok(&t, &["clone", "--quiet", "--mirror", &url, dst2.to_str().unwrap()]);
+    git_ok(
+        &t,
+        &["clone", "--quiet", "--mirror", &url, dst2.to_str().unwrap()],
+    );
     fsck(&dst2);
     assert_eq!(rev_parse(&dst2, "refs/heads/big"), rev_parse(&wt, "main"));
 }
@@ -179,7 +251,9 @@ fn tmp_pack_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {

@@ -13,9 +13,24 @@ fn push_then_clone_v0_v2() {
     git_ok(&src, &["push", "--quiet", "--mirror", &url]);
     for v in ["0", "1", "2"] {
         let dst = tmp.path().join(format!("clone-v{v}.git"));
-        git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "clone", "--quiet", "--bare", &url, dst.to_str().unwrap()]);
+        git_ok(
+            tmp.path(),
+            &[
+                "-c",
+                &format!("protocol.version={v}"),
+                "clone",
+                "--quiet",
+                "--bare",
+                &url,
+                dst.to_str().unwrap(),
+            ],
+        );
         fsck(&dst);
-        assert_eq!(refs_of(&dst), refs_of(&src), "refs differ after clone with protocol v{v}");
+        assert_eq!(
+            refs_of(&dst),
+            refs_of(&src),
+            "refs differ after clone with protocol v{v}"
+        );
     }
 }
 
@@ -26,7 +41,17 @@ fn empty_repository_clone() {
     let url = node.create_repo("bob", "empty");
     for v in ["0", "2"] {
         let dst = tmp.path().join(format!("e{v}"));
-        git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "clone", "--quiet", &url, dst.to_str().unwrap()]);
+        git_ok(
+            tmp.path(),
+            &[
+                "-c",
+                &format!("protocol.version={v}"),
+                "clone",
+                "--quiet",
+                &url,
+                dst.to_str().unwrap(),
+            ],
+        );
         assert!(refs_of(&dst).is_empty());
     }
 }
@@ -44,7 +69,10 @@ fn empty_tree_commit_round_trip() {
     git_ok(&wt, &["commit", "-q", "--allow-empty", "-m", "nothing yet"]);
     git_ok(&wt, &["push", "-q", &url, "main"]);
     let dst = tmp.path().join("clone.git");
-    git_ok(tmp.path(), &["clone", "-q", "--bare", &url, dst.to_str().unwrap()]);
+    git_ok(
+        tmp.path(),
+        &["clone", "-q", "--bare", &url, dst.to_str().unwrap()],
+    );
     fsck(&dst);
     assert_eq!(refs_of(&dst), refs_of(&wt));
 }
@@ -60,7 +88,10 @@ fn two_shards_serve_repositories_owned_by_either() {
         let url = node.create_repo(&format!("owner{i}"), "repo");
         git_ok(&src, &["push", "--quiet", "--mirror", &url]);
         let dst = tmp.path().join(format!("clone{i}.git"));
-        git_ok(tmp.path(), &["clone", "--quiet", "--bare", &url, dst.to_str().unwrap()]);
+        git_ok(
+            tmp.path(),
+            &["clone", "--quiet", "--bare", &url, dst.to_str().unwrap()],
+        );
         fsck(&dst);
         assert_eq!(refs_of(&dst), refs_of(&src));
     }
@@ -79,7 +110,10 @@ fn repositories_closed_for_space_reopen_intact() {
         node.create_repo("many", &format!("r{i}"));
     }
     let dst = tmp.path().join("clone.git");
-    git_ok(tmp.path(), &["clone", "-q", "--bare", &first, dst.to_str().unwrap()]);
+    git_ok(
+        tmp.path(),
+        &["clone", "-q", "--bare", &first, dst.to_str().unwrap()],
+    );
     fsck(&dst);
     assert_eq!(refs_of(&dst), refs_of(&wt));
     std::fs::write(wt.join("more"), "more\n").unwrap();
@@ -106,9 +140,26 @@ fn head_follows_the_first_pushed_branch() {
     git_ok(&wt, &["push", "-q", &url, "master"]);
     for v in ["0", "2"] {
         let dst = tmp.path().join(format!("clone-v{v}"));
-        git_ok(tmp.path(), &["-c", &format!("protocol.version={v}"), "clone", "-q", &url, dst.to_str().unwrap()]);
-        assert_eq!(std::fs::read_to_string(dst.join("hello.txt")).unwrap(), "hello\n", "v{v}");
-        assert_eq!(git_ok(&dst, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(), "master");
+        git_ok(
+            tmp.path(),
+            &[
+                "-c",
+                &format!("protocol.version={v}"),
+                "clone",
+                "-q",
+                &url,
+                dst.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            std::fs::read_to_string(dst.join("hello.txt")).unwrap(),
+            "hello\n",
+            "v{v}"
+        );
+        assert_eq!(
+            git_ok(&dst, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+            "master"
+        );
         fsck(&dst);
     }
     // Once HEAD's branch exists, later branches do not move it.

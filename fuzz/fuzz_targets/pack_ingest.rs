@@ -23,11 +23,16 @@ fuzz_target!(|data: &[u8]| {
         threads: 1,
         ..IngestLimits::default()
     };
-    let Ok(mut ingest) = Ingest::new(&dir, limits) else { return };
+    let Ok(mut ingest) = Ingest::new(&dir, limits) else {
+        return;
+    };
     if ingest.write(&body[..split]).is_err() || ingest.write(&body[split..]).is_err() {
         return;
     }
-    let checks = CheckOptions { strict: true, check_links: true };
+    let checks = CheckOptions {
+        strict: true,
+        check_links: true,
+    };
     if let Ok(pack) = ingest.finish(&NoObjects, &checks) {
         drop(pack); // uncommitted: temporary files are removed
     }

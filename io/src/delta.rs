@@ -11,8 +11,14 @@ pub enum DeltaError {
     BaseSizeMismatch { expected: u64, actual: u64 },
     #[error("delta result of {size} bytes exceeds the limit of {limit} bytes")]
     ResultTooLarge { size: u64, limit: u64 },
-    #[error("delta copy of {len} bytes at offset {offset} reads outside a base of {base_len} bytes")]
-    CopyOutOfBounds { offset: u64, len: u64, base_len: u64 },
+    #[error(
+        "delta copy of {len} bytes at offset {offset} reads outside a base of {base_len} bytes"
+    )]
+    CopyOutOfBounds {
+        offset: u64,
+        len: u64,
+        base_len: u64,
+    },
     #[error("delta writes past its declared result size of {size} bytes")]
     WriteOutOfBounds { size: u64 },
     #[error("delta instruction truncated")]

@@ -69,7 +69,11 @@ pub enum DmaError {
     #[error("opening {path} for direct I/O: {reason}")]
     Open { path: String, reason: String },
     #[error("reading {path} at {offset}: {reason}")]
-    Read { path: String, offset: u64, reason: String },
+    Read {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
     #[error("{path} ended at {offset}, before the expected end {end}")]
     ShortRead { path: String, offset: u64, end: u64 },
 }

@@ -274,7 +274,11 @@ pub struct LinkParseError {
 /// sees them: a commit's tree and parents, a tree's subtrees, blobs and
 /// symlinks (gitlinks and unknown modes are skipped, as git's canonical
 /// modes make them gitlinks), a tag's target. Appends to `out`.
-pub fn object_links(kind: ObjectKind, data: &[u8], out: &mut Vec<Link>) -> Result<(), LinkParseError> {
+pub fn object_links(
+    kind: ObjectKind,
+    data: &[u8],
+    out: &mut Vec<Link>,
+) -> Result<(), LinkParseError> {
     let bad = |reason| LinkParseError { kind, reason };
     match kind {
         ObjectKind::Blob => Ok(()),
@@ -379,7 +383,9 @@ fn parse_tree_entry(buf: &[u8]) -> Result<RawEntry<'_>, &'static str> {
         return Err("empty filename in tree entry");
     }
     let oid_start = pos + nul + 1;
-    let raw = buf.get(oid_start..oid_start + 20).ok_or("too-short tree file")?;
+    let raw = buf
+        .get(oid_start..oid_start + 20)
+        .ok_or("too-short tree file")?;
     let oid = ObjectId::from_bytes(raw).map_err(|_| "too-short tree file")?;
     Ok(RawEntry {
         mode: mode as u16,
@@ -497,7 +503,9 @@ fn check_ident(data: &[u8], start: usize) -> Result<usize, FsckProblem> {
     let digits_start = p;
     let mut value: u128 = 0;
     while at(p).is_ascii_digit() {
-        value = value.saturating_mul(10).saturating_add(u128::from(at(p) - b'0'));
+        value = value
+            .saturating_mul(10)
+            .saturating_add(u128::from(at(p) - b'0'));
         p += 1;
     }
     if p - digits_start > 23 || value > i64::MAX as u128 {
@@ -561,7 +569,10 @@ fn check_tag(data: &[u8]) -> Result<(), FsckProblem> {
         .or_else(|| rest.strip_prefix(b"gpgsig-sha256 "));
     if let Some(sig) = after_sig {
         let mut p = data.len() - sig.len();
-        let eol = data[p..].iter().position(|b| *b == b'\n').ok_or(FsckProblem::BadGpgsig)?;
+        let eol = data[p..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or(FsckProblem::BadGpgsig)?;
         p += eol + 1;
         while data[p..].starts_with(b" ") {
             let eol = data[p..]
@@ -575,7 +586,11 @@ fn check_tag(data: &[u8]) -> Result<(), FsckProblem> {
     Ok(())
 }
 
-fn check_tree(data: &[u8], opts: &FsckOptions, found: &mut Vec<SpecialBlob>) -> Result<(), FsckProblem> {
+fn check_tree(
+    data: &[u8],
+    opts: &FsckOptions,
+    found: &mut Vec<SpecialBlob>,
+) -> Result<(), FsckProblem> {
     let mut has_null_sha1 = false;
     let mut has_full_path = false;
     let mut has_empty_name = false;
@@ -634,7 +649,10 @@ fn check_tree(data: &[u8], opts: &FsckOptions, found: &mut Vec<SpecialBlob>) -> 
             // after a backslash git looks for NTFS spellings only
             gitmodules_entry(search, false);
         }
-        if !is_link && (is_hfs_dot(name, b"gitattributes") || is_ntfs_dot_generic(name, b"gitattributes", b"gi7d29")) {
+        if !is_link
+            && (is_hfs_dot(name, b"gitattributes")
+                || is_ntfs_dot_generic(name, b"gitattributes", b"gi7d29"))
+        {
             found.push(SpecialBlob {
                 oid: entry.oid,
                 file: SpecialFile::Gitattributes,
@@ -756,14 +774,27 @@ pub fn special_blob_max_bytes(file: SpecialFile) -> u64 {
 /// `index-pack --strict` gives them: a missing `.gitmodules` is only
 /// listed (`gitmodulesMissing` is not an error there: a connectivity check
 /// reports a missing object), a missing `.gitattributes` is an error.
-pub fn check_special_blob(special: &SpecialBlob, object: SpecialObject<'_>) -> Result<(), FsckError> {
+pub fn check_special_blob(
+    special: &SpecialBlob,
+    object: SpecialObject<'_>,
+) -> Result<(), FsckError> {
     let oid = &special.oid;
-    let fail = |kind, problem| FsckError { oid: *oid, kind, problem };
+    let fail = |kind, problem| FsckError {
+        oid: *oid,
+        kind,
+        problem,
+    };
     match (special.file, object) {
         (SpecialFile::Gitmodules, SpecialObject::Missing) => Ok(()),
-        (SpecialFile::Gitattributes, SpecialObject::Missing) => Err(fail(ObjectKind::Blob, FsckProblem::GitattributesMissing)),
-        (SpecialFile::Gitmodules, SpecialObject::NotBlob(kind)) => Err(fail(kind, FsckProblem::GitmodulesBlob)),
-        (SpecialFile::Gitattributes, SpecialObject::NotBlob(kind)) => Err(fail(kind, FsckProblem::GitattributesBlob)),
+        (SpecialFile::Gitattributes, SpecialObject::Missing) => {
+            Err(fail(ObjectKind::Blob, FsckProblem::GitattributesMissing))
+        }
+        (SpecialFile::Gitmodules, SpecialObject::NotBlob(kind)) => {
+            Err(fail(kind, FsckProblem::GitmodulesBlob))
+        }
+        (SpecialFile::Gitattributes, SpecialObject::NotBlob(kind)) => {
+            Err(fail(kind, FsckProblem::GitattributesBlob))
+        }
         (file, SpecialObject::TooLarge(size)) => Err(fail(ObjectKind::Blob, large(file, size))),
         (SpecialFile::Gitmodules, SpecialObject::Blob(data)) => check_gitmodules(oid, data),
         (SpecialFile::Gitattributes, SpecialObject::Blob(data)) => check_gitattributes(oid, data),
@@ -791,8 +822,15 @@ pub fn check_gitattributes(oid: &ObjectId, data: &[u8]) -> Result<(), FsckError>
     if data.len() as u64 > GITATTRIBUTES_MAX_BYTES {
         return Err(fail(large(SpecialFile::Gitattributes, data.len() as u64)));
     }
-    let text = data.iter().position(|b| *b == 0).map_or(data, |nul| &data[..nul]);
-    if let Some(len) = text.split(|b| *b == b'\n').map(<[u8]>::len).find(|len| *len >= GITATTRIBUTES_LINE_MAX_BYTES) {
+    let text = data
+        .iter()
+        .position(|b| *b == 0)
+        .map_or(data, |nul| &data[..nul]);
+    if let Some(len) = text
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::len)
+        .find(|len| *len >= GITATTRIBUTES_LINE_MAX_BYTES)
+    {
         return Err(fail(FsckProblem::GitattributesLineLength {
             len,
             limit: GITATTRIBUTES_LINE_MAX_BYTES,
@@ -854,8 +892,12 @@ fn gitmodules_entry(var: &[u8], value: Option<&[u8]>) -> Result<(), FsckProblem>
     };
     match key {
         b"url" if !submodule_url_ok(value) => Err(FsckProblem::GitmodulesUrl { url: lossy(value) }),
-        b"path" if value.first() == Some(&b'-') => Err(FsckProblem::GitmodulesPath { path: lossy(value) }),
-        b"update" if value.first() == Some(&b'!') => Err(FsckProblem::GitmodulesUpdate { value: lossy(value) }),
+        b"path" if value.first() == Some(&b'-') => {
+            Err(FsckProblem::GitmodulesPath { path: lossy(value) })
+        }
+        b"update" if value.first() == Some(&b'!') => Err(FsckProblem::GitmodulesUpdate {
+            value: lossy(value),
+        }),
         _ => Ok(()),
     }
 }
@@ -874,11 +916,16 @@ fn submodule_name_ok(name: &[u8]) -> bool {
     if name.is_empty() {
         return false;
     }
-    let dotdot_at = |i: usize| name.get(i..i + 2) == Some(b"..") && name.get(i + 2).is_none_or(|c| is_dir_sep(*c));
+    let dotdot_at = |i: usize| {
+        name.get(i..i + 2) == Some(b"..") && name.get(i + 2).is_none_or(|c| is_dir_sep(*c))
+    };
     if dotdot_at(0) {
         return false;
     }
-    !name.iter().enumerate().any(|(i, c)| is_dir_sep(*c) && dotdot_at(i + 1))
+    !name
+        .iter()
+        .enumerate()
+        .any(|(i, c)| is_dir_sep(*c) && dotdot_at(i + 1))
 }
 
 /// git's `check_submodule_url`.
@@ -887,7 +934,8 @@ fn submodule_url_ok(url: &[u8]) -> bool {
         return false;
     }
     let starts_dot_slash = |u: &[u8]| u.len() >= 2 && u[0] == b'.' && is_dir_sep(u[1]);
-    let starts_dot_dot_slash = |u: &[u8]| u.len() >= 3 && u[0] == b'.' && u[1] == b'.' && is_dir_sep(u[2]);
+    let starts_dot_dot_slash =
+        |u: &[u8]| u.len() >= 3 && u[0] == b'.' && u[1] == b'.' && is_dir_sep(u[2]);
     if starts_dot_slash(url) || starts_dot_dot_slash(url) || url.starts_with(b"git://") {
         // this could be appended to an http URL and url-decoded
         if url_decode(url).contains(&b'\n') {
@@ -960,8 +1008,10 @@ fn url_decode(url: &[u8]) -> Vec<u8> {
     out
 }
 
-const URL_SCHEME_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-";
-const URL_HOST_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_[:]";
+const URL_SCHEME_CHARS: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-";
+const URL_HOST_CHARS: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_[:]";
 const URL_UNSAFE_CHARS: &[u8] = b" <>\"%{}|\\^`";
 const URL_RESERVED: &[u8] = b":/?#[]@!$&'()*+,;=";
 
@@ -985,7 +1035,11 @@ fn append_normalized_escapes(out: &mut Vec<u8>, from: &[u8]) -> bool {
             i += 2;
             was_escaped = true;
         }
-        if ch <= 0x1f || ch >= 0x7f || URL_UNSAFE_CHARS.contains(&ch) || (was_escaped && URL_RESERVED.contains(&ch)) {
+        if ch <= 0x1f
+            || ch >= 0x7f
+            || URL_UNSAFE_CHARS.contains(&ch)
+            || (was_escaped && URL_RESERVED.contains(&ch))
+        {
             out.extend_from_slice(format!("%{ch:02X}").as_bytes());
         } else {
             out.push(ch);
@@ -999,9 +1053,18 @@ fn append_normalized_escapes(out: &mut Vec<u8>, from: &[u8]) -> bool {
 /// dropped, `.`/`..` path segments resolved. None where git gives NULL.
 fn url_normalize(url: &[u8]) -> Option<Vec<u8>> {
     let span = |from: usize, set: &[u8]| url[from..].iter().take_while(|b| set.contains(b)).count();
-    let find_any = |from: usize, set: &[u8]| from + url[from..].iter().position(|b| set.contains(b)).unwrap_or(url.len() - from);
+    let find_any = |from: usize, set: &[u8]| {
+        from + url[from..]
+            .iter()
+            .position(|b| set.contains(b))
+            .unwrap_or(url.len() - from)
+    };
     let scheme_len = span(0, URL_SCHEME_CHARS);
-    if scheme_len == 0 || !url[0].is_ascii_alphabetic() || scheme_len + 3 > url.len() || &url[scheme_len..scheme_len + 3] != b"://" {
+    if scheme_len == 0
+        || !url[0].is_ascii_alphabetic()
+        || scheme_len + 3 > url.len()
+        || &url[scheme_len..scheme_len + 3] != b"://"
+    {
         return None;
     }
     let mut norm: Vec<u8> = url[..scheme_len + 3].to_ascii_lowercase();
@@ -1009,7 +1072,12 @@ fn url_normalize(url: &[u8]) -> Option<Vec<u8>> {
 
     // user:password@, %-escapes normalized
     let slash = find_any(p, b"/?#");
-    if let Some(at) = url[p..].iter().position(|b| *b == b'@').map(|i| p + i).filter(|at| *at < slash) {
+    if let Some(at) = url[p..]
+        .iter()
+        .position(|b| *b == b'@')
+        .map(|i| p + i)
+        .filter(|at| *at < slash)
+    {
         if !append_normalized_escapes(&mut norm, &url[p..at]) {
             return None;
         }
@@ -1057,7 +1125,9 @@ fn url_normalize(url: &[u8]) -> Option<Vec<u8>> {
             q -= 1;
         }
         let port = &url[q..slash];
-        let default = port.is_empty() || (port == b"80" && norm.starts_with(b"http:")) || (port == b"443" && norm.starts_with(b"https:"));
+        let default = port.is_empty()
+            || (port == b"80" && norm.starts_with(b"http:"))
+            || (port == b"443" && norm.starts_with(b"https:"));
         if !default {
             if !port.iter().all(u8::is_ascii_digit) {
                 return None;
@@ -1436,7 +1506,13 @@ fn is_less_than_slash(c: u8) -> bool {
 /// git's `verify_ordered`: entries sort by name, directories as if they
 /// ended in '/'; a file and a directory with the same name are duplicates
 /// even when other entries sort between them (tracked in `candidates`).
-fn verify_ordered<'a>(mode1: u32, name1: &'a [u8], mode2: u32, name2: &'a [u8], candidates: &mut Vec<&'a [u8]>) -> Order {
+fn verify_ordered<'a>(
+    mode1: u32,
+    name1: &'a [u8],
+    mode2: u32,
+    name2: &'a [u8],
+    candidates: &mut Vec<&'a [u8]>,
+) -> Order {
     let len = name1.len().min(name2.len());
     match name1[..len].cmp(&name2[..len]) {
         std::cmp::Ordering::Less => return Order::Ok,
@@ -1539,12 +1615,19 @@ fn is_ntfs_dotgit(name: &[u8]) -> bool {
     let at = |i: usize| name.get(i).copied().unwrap_or(0);
     let mut i;
     if at(0) == b'.' {
-        if !at(1).eq_ignore_ascii_case(&b'g') || !at(2).eq_ignore_ascii_case(&b'i') || !at(3).eq_ignore_ascii_case(&b't') {
+        if !at(1).eq_ignore_ascii_case(&b'g')
+            || !at(2).eq_ignore_ascii_case(&b'i')
+            || !at(3).eq_ignore_ascii_case(&b't')
+        {
             return false;
         }
         i = 4;
     } else if at(0).eq_ignore_ascii_case(&b'g') {
-        if !at(1).eq_ignore_ascii_case(&b'i') || !at(2).eq_ignore_ascii_case(&b't') || at(3) != b'~' || at(4) != b'1' {
+        if !at(1).eq_ignore_ascii_case(&b'i')
+            || !at(2).eq_ignore_ascii_case(&b't')
+            || at(3) != b'~'
+            || at(4) != b'1'
+        {
             return false;
         }
         i = 5;
@@ -1581,7 +1664,11 @@ fn is_ntfs_dot_generic(name: &[u8], dotgit_name: &[u8], shortname_prefix: &[u8])
     if at(0) == b'.' && name.len() > len && name[1..=len].eq_ignore_ascii_case(dotgit_name) {
         return only_spaces_and_periods(len + 1);
     }
-    if name.len() >= 8 && name[..6].eq_ignore_ascii_case(&dotgit_name[..6]) && name[6] == b'~' && (b'1'..=b'4').contains(&name[7]) {
+    if name.len() >= 8
+        && name[..6].eq_ignore_ascii_case(&dotgit_name[..6])
+        && name[6] == b'~'
+        && (b'1'..=b'4').contains(&name[7])
+    {
         return only_spaces_and_periods(8);
     }
     let mut saw_tilde = false;
@@ -1625,7 +1712,8 @@ mod tests {
     }
 
     fn check(kind: ObjectKind, data: &[u8]) -> Result<(), FsckProblem> {
-        check_object(&ObjectId::NULL_SHA1, kind, data, &FsckOptions::default()).map_err(|e| e.problem)
+        check_object(&ObjectId::NULL_SHA1, kind, data, &FsckOptions::default())
+            .map_err(|e| e.problem)
     }
 
     const GOOD_COMMIT: &[u8] = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nparent e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\nauthor A U Thor <a@example.com> 1700000000 +0000\ncommitter C <c@example.com> 1700000001 -0130\nencoding ISO-8859-1\n\nmsg\n";
@@ -1634,52 +1722,135 @@ mod tests {
     fn commits() {
         assert_eq!(check(ObjectKind::Commit, GOOD_COMMIT), Ok(()));
         let bad = |from: &str, to: &str| {
-            let s = String::from_utf8(GOOD_COMMIT.to_vec()).unwrap().replacen(from, to, 1);
+            let s = String::from_utf8(GOOD_COMMIT.to_vec())
+                .unwrap()
+                .replacen(from, to, 1);
             check(ObjectKind::Commit, s.as_bytes())
         };
-        assert_eq!(bad("A U Thor <", "A U Thor<"), Err(FsckProblem::MissingSpaceBeforeEmail));
-        assert_eq!(bad("A U Thor ", ""), Err(FsckProblem::MissingNameBeforeEmail));
-        assert_eq!(bad("1700000000", "01700000000"), Err(FsckProblem::ZeroPaddedDate));
+        assert_eq!(
+            bad("A U Thor <", "A U Thor<"),
+            Err(FsckProblem::MissingSpaceBeforeEmail)
+        );
+        assert_eq!(
+            bad("A U Thor ", ""),
+            Err(FsckProblem::MissingNameBeforeEmail)
+        );
+        assert_eq!(
+            bad("1700000000", "01700000000"),
+            Err(FsckProblem::ZeroPaddedDate)
+        );
         assert_eq!(bad("+0000", "+000"), Err(FsckProblem::BadTimezone));
-        assert_eq!(bad("1700000000", "99999999999999999999"), Err(FsckProblem::BadDateOverflow));
-        assert_eq!(bad("> 1700000000", ">1700000000"), Err(FsckProblem::MissingSpaceBeforeDate));
+        assert_eq!(
+            bad("1700000000", "99999999999999999999"),
+            Err(FsckProblem::BadDateOverflow)
+        );
+        assert_eq!(
+            bad("> 1700000000", ">1700000000"),
+            Err(FsckProblem::MissingSpaceBeforeDate)
+        );
         assert_eq!(bad("tree 4b82", "tree 4x82"), Err(FsckProblem::BadTreeSha1));
-        assert_eq!(bad("parent e69d", "parent e6"), Err(FsckProblem::BadParentSha1));
-        assert_eq!(bad("committer", "commuter"), Err(FsckProblem::MissingCommitter));
-        assert_eq!(bad("author", "author A <a@b> 1 +0000\nauthor"), Err(FsckProblem::MultipleAuthors));
+        assert_eq!(
+            bad("parent e69d", "parent e6"),
+            Err(FsckProblem::BadParentSha1)
+        );
+        assert_eq!(
+            bad("committer", "commuter"),
+            Err(FsckProblem::MissingCommitter)
+        );
+        assert_eq!(
+            bad("author", "author A <a@b> 1 +0000\nauthor"),
+            Err(FsckProblem::MultipleAuthors)
+        );
         assert_eq!(bad("tree", "tee"), Err(FsckProblem::MissingTree));
-        assert_eq!(bad("\n\nmsg\n", "\n\nm\0sg\n"), Err(FsckProblem::NulInCommit));
+        assert_eq!(
+            bad("\n\nmsg\n", "\n\nm\0sg\n"),
+            Err(FsckProblem::NulInCommit)
+        );
         assert_eq!(bad("\n\nmsg\n", ""), Err(FsckProblem::UnterminatedHeader));
     }
 
     #[test]
     fn trees() {
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("100644", b"a"), ("40000", b"b")])), Ok(()));
+        assert_eq!(
+            check(
+                ObjectKind::Tree,
+                &tree(&[("100644", b"a"), ("40000", b"b")])
+            ),
+            Ok(())
+        );
         // a.c sorts before directory a ("a/")
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("100644", b"a.c"), ("40000", b"a")])), Ok(()));
+        assert_eq!(
+            check(
+                ObjectKind::Tree,
+                &tree(&[("100644", b"a.c"), ("40000", b"a")])
+            ),
+            Ok(())
+        );
         assert!(matches!(
-            check(ObjectKind::Tree, &tree(&[("40000", b"a"), ("100644", b"a.c")])),
+            check(
+                ObjectKind::Tree,
+                &tree(&[("40000", b"a"), ("100644", b"a.c")])
+            ),
             Err(FsckProblem::TreeNotSorted { .. })
         ));
         assert!(matches!(
-            check(ObjectKind::Tree, &tree(&[("100644", b"a"), ("100644", b"a.c"), ("40000", b"a")])),
+            check(
+                ObjectKind::Tree,
+                &tree(&[("100644", b"a"), ("100644", b"a.c"), ("40000", b"a")])
+            ),
             Err(FsckProblem::DuplicateEntries { .. })
         ));
-        for name in [&b".git"[..], b".GIT", b"git~1", b"GIT~1", b".git.", b".git ", b".g\xe2\x80\x8cit", b"x\\.git"] {
+        for name in [
+            &b".git"[..],
+            b".GIT",
+            b"git~1",
+            b"GIT~1",
+            b".git.",
+            b".git ",
+            b".g\xe2\x80\x8cit",
+            b"x\\.git",
+        ] {
             assert!(
-                matches!(check(ObjectKind::Tree, &tree(&[("40000", name)])), Err(FsckProblem::HasDotgit { .. })),
+                matches!(
+                    check(ObjectKind::Tree, &tree(&[("40000", name)])),
+                    Err(FsckProblem::HasDotgit { .. })
+                ),
                 "{name:?}"
             );
         }
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("40000", b".gitx")])), Ok(()));
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("40000", b"..")])), Err(FsckProblem::HasDotdot));
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("40000", b"a/b")])), Err(FsckProblem::FullPathname));
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("040000", b"a")])), Err(FsckProblem::ZeroPaddedFilemode));
+        assert_eq!(
+            check(ObjectKind::Tree, &tree(&[("40000", b".gitx")])),
+            Ok(())
+        );
+        assert_eq!(
+            check(ObjectKind::Tree, &tree(&[("40000", b"..")])),
+            Err(FsckProblem::HasDotdot)
+        );
+        assert_eq!(
+            check(ObjectKind::Tree, &tree(&[("40000", b"a/b")])),
+            Err(FsckProblem::FullPathname)
+        );
+        assert_eq!(
+            check(ObjectKind::Tree, &tree(&[("040000", b"a")])),
+            Err(FsckProblem::ZeroPaddedFilemode)
+        );
         assert_eq!(check(ObjectKind::Tree, &tree(&[("100664", b"a")])), Ok(()));
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("120000", b".gitmodules")])), Err(FsckProblem::GitmodulesSymlink));
-        assert_eq!(check(ObjectKind::Tree, &tree(&[("120000", b"GITMOD~1")])), Err(FsckProblem::GitmodulesSymlink));
-        assert!(matches!(check(ObjectKind::Tree, &tree(&[("40000", b"")])), Err(FsckProblem::BadTree { .. })));
-        assert!(matches!(check(ObjectKind::Tree, b"100644 a\0short"), Err(FsckProblem::BadTree { .. })));
+        assert_eq!(
+            check(ObjectKind::Tree, &tree(&[("120000", b".gitmodules")])),
+            Err(FsckProblem::GitmodulesSymlink)
+        );
+        assert_eq!(
+            check(ObjectKind::Tree, &tree(&[("120000", b"GITMOD~1")])),
+            Err(FsckProblem::GitmodulesSymlink)
+        );
+        assert!(matches!(
+            check(ObjectKind::Tree, &tree(&[("40000", b"")])),
+            Err(FsckProblem::BadTree { .. })
+        ));
+        assert!(matches!(
+            check(ObjectKind::Tree, b"100644 a\0short"),
+            Err(FsckProblem::BadTree { .. })
+        ));
         let mut null = tree(&[("100644", b"a")]);
         let n = null.len();
         null[n - 20..].fill(0);
@@ -1691,16 +1862,25 @@ mod tests {
         let good = b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntype blob\ntag v1\ntagger T <t@example.com> 1700000000 +0000\n\nmsg\n";
         assert_eq!(check(ObjectKind::Tag, good), Ok(()));
         assert_eq!(
-            check(ObjectKind::Tag, b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntype blub\ntag v1\n\n"),
+            check(
+                ObjectKind::Tag,
+                b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntype blub\ntag v1\n\n"
+            ),
             Err(FsckProblem::BadType)
         );
         // no tagger: only an info in git
         assert_eq!(
-            check(ObjectKind::Tag, b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntype blob\ntag v1\n\n"),
+            check(
+                ObjectKind::Tag,
+                b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntype blob\ntag v1\n\n"
+            ),
             Ok(())
         );
         assert_eq!(
-            check(ObjectKind::Tag, b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntag v1\n\n"),
+            check(
+                ObjectKind::Tag,
+                b"object e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\ntag v1\n\n"
+            ),
             Err(FsckProblem::MissingTypeEntry)
         );
     }
@@ -1715,9 +1895,23 @@ mod tests {
             ("100644", b"a\\.gitmodules"),
             ("100644", b"gitmodules"),
         ]);
-        check_object_collecting(&ObjectId::NULL_SHA1, ObjectKind::Tree, &data, &FsckOptions::default(), &mut found).unwrap();
+        check_object_collecting(
+            &ObjectId::NULL_SHA1,
+            ObjectKind::Tree,
+            &data,
+            &FsckOptions::default(),
+            &mut found,
+        )
+        .unwrap();
         let files: Vec<SpecialFile> = found.iter().map(|f| f.file).collect();
-        assert_eq!(files, [SpecialFile::Gitattributes, SpecialFile::Gitmodules, SpecialFile::Gitmodules]);
+        assert_eq!(
+            files,
+            [
+                SpecialFile::Gitattributes,
+                SpecialFile::Gitmodules,
+                SpecialFile::Gitmodules
+            ]
+        );
     }
 
     fn config_entries(data: &[u8], bytes: ConfigBytes) -> Vec<(String, Option<String>)> {
@@ -1742,7 +1936,10 @@ mod tests {
             ("sub.A.b.flag", None),
             ("s.t.v", Some("a b\t")),
         ];
-        let want: Vec<(String, Option<String>)> = want.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect();
+        let want: Vec<(String, Option<String>)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
         assert_eq!(entries, want);
         // 0xff ends a blob for git; a file goes on
         let data = b"[a]\nx = 1\xff\ny = 2\n";
@@ -1750,15 +1947,24 @@ mod tests {
         assert_eq!(config_entries(data, ConfigBytes::File).len(), 2);
         // a byte order mark is skipped in files only
         assert!(config_entries(b"\xef\xbb\xbf[a]\nx = 1\n", ConfigBytes::Blob).is_empty());
-        assert_eq!(config_entries(b"\xef\xbb\xbf[a]\nx = 1\n", ConfigBytes::File).len(), 1);
+        assert_eq!(
+            config_entries(b"\xef\xbb\xbf[a]\nx = 1\n", ConfigBytes::File).len(),
+            1
+        );
     }
 
     #[test]
     fn urls_normalize_like_git() {
         let norm = |u: &str| url_normalize(u.as_bytes()).map(|n| String::from_utf8(n).unwrap());
-        assert_eq!(norm("HTTP://User%41@Example.COM:0080/a/./b/../c%7e?x=%41&y=%2f#f").as_deref(), Some("http://UserA@example.com/a/c~?x=A&y=%2F#f"));
+        assert_eq!(
+            norm("HTTP://User%41@Example.COM:0080/a/./b/../c%7e?x=%41&y=%2f#f").as_deref(),
+            Some("http://UserA@example.com/a/c~?x=A&y=%2F#f")
+        );
         assert_eq!(norm("https://h:443").as_deref(), Some("https://h/"));
-        assert_eq!(norm("https://h/a b\n").as_deref(), Some("https://h/a%20b%0A"));
+        assert_eq!(
+            norm("https://h/a b\n").as_deref(),
+            Some("https://h/a%20b%0A")
+        );
         assert_eq!(norm("https://h/.."), None);
         assert_eq!(norm("https://h:65536/"), None);
         assert_eq!(norm("file://:1/"), None);
@@ -1779,11 +1985,19 @@ mod tests {
         out.clear();
         object_links(
             ObjectKind::Tree,
-            &tree(&[("100644", b"a"), ("160000", b"sub"), ("40000", b"t"), ("120000", b"z")]),
+            &tree(&[
+                ("100644", b"a"),
+                ("160000", b"sub"),
+                ("40000", b"t"),
+                ("120000", b"z"),
+            ]),
             &mut out,
         )
         .unwrap();
         let kinds: Vec<_> = out.iter().map(|l| l.kind).collect();
-        assert_eq!(kinds, [ObjectKind::Blob, ObjectKind::Tree, ObjectKind::Blob]);
+        assert_eq!(
+            kinds,
+            [ObjectKind::Blob, ObjectKind::Tree, ObjectKind::Blob]
+        );
     }
 }

@@ -151,7 +151,10 @@ pub fn hash_object_checked(kind: ObjectKind, data: &[u8]) -> Result<ObjectId, Ha
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
     #[error("malformed {kind} object: {reason}")]
-    Malformed { kind: &'static str, reason: &'static str },
+    Malformed {
+        kind: &'static str,
+        reason: &'static str,
+    },
 }
 
 fn malformed(kind: &'static str, reason: &'static str) -> ParseError {
@@ -182,7 +185,8 @@ pub fn parse_commit(data: &[u8]) -> Result<CommitInfo, ParseError> {
             break;
         }
         if let Some(hex) = line.strip_prefix(b"parent ") {
-            parents.push(ObjectId::from_hex(hex).map_err(|_| malformed("commit", "bad parent id"))?);
+            parents
+                .push(ObjectId::from_hex(hex).map_err(|_| malformed("commit", "bad parent id"))?);
         } else if let Some(rest) = line.strip_prefix(b"committer ") {
             commit_time = parse_ident_time(rest).unwrap_or(0);
         }
@@ -218,12 +222,18 @@ pub fn parse_tag(data: &[u8]) -> Result<TagInfo, ParseError> {
         .strip_prefix(b"object ")
         .ok_or_else(|| malformed("tag", "missing object line"))?;
     let object = ObjectId::from_hex(hex).map_err(|_| malformed("tag", "bad object id"))?;
-    let second = lines.next().ok_or_else(|| malformed("tag", "missing type line"))?;
+    let second = lines
+        .next()
+        .ok_or_else(|| malformed("tag", "missing type line"))?;
     let kind = second
         .strip_prefix(b"type ")
         .ok_or_else(|| malformed("tag", "missing type line"))?;
-    let target_kind = ObjectKind::from_name(kind).ok_or_else(|| malformed("tag", "unknown type"))?;
-    Ok(TagInfo { object, target_kind })
+    let target_kind =
+        ObjectKind::from_name(kind).ok_or_else(|| malformed("tag", "unknown type"))?;
+    Ok(TagInfo {
+        object,
+        target_kind,
+    })
 }
 
 /// One entry of a tree object.

@@ -14,9 +14,9 @@
 use crate::delta::{self, DeltaError};
 use crate::object::{self, CommitInfo, ObjectKind, ParseError};
 use crate::oid::ObjectId;
-use crate::pack::ingest::EMPTY_TREE;
 use crate::pack::entry::{decode_header, EntryError, EntryKind};
 use crate::pack::idx::{IdxError, PackIndex};
+use crate::pack::ingest::EMPTY_TREE;
 use crate::pack::{PACK_HEADER_BYTES, PACK_SIGNATURE};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -139,7 +139,9 @@ pub enum StoreError {
     },
     /// An object declares a size beyond [`OBJECT_MAX_BYTES`] or beyond what
     /// its compressed bytes can hold.
-    #[error("{path} at offset {offset}: object of {size} bytes exceeds the limit of {limit} bytes")]
+    #[error(
+        "{path} at offset {offset}: object of {size} bytes exceeds the limit of {limit} bytes"
+    )]
     ObjectTooLarge {
         /// The pack file.
         path: PathBuf,
@@ -226,9 +228,11 @@ impl Pack {
     /// trailer, and that every indexed offset lies inside the pack body.
     pub fn open(pack_path: &Path, idx_path: &Path) -> Result<Pack, StoreError> {
         let idx_bytes = std::fs::read(idx_path).map_err(|e| io_err(idx_path, e))?;
-        let index = PackIndex::parse(Bytes::from(idx_bytes), true).map_err(|source| StoreError::BadIndex {
-            path: idx_path.to_path_buf(),
-            source,
+        let index = PackIndex::parse(Bytes::from(idx_bytes), true).map_err(|source| {
+            StoreError::BadIndex {
+                path: idx_path.to_path_buf(),
+                source,
+            }
         })?;
         let file = File::open(pack_path).map_err(|e| io_err(pack_path, e))?;
         let file: Box<dyn RandomRead> = Box::new(StdFile(file));
@@ -240,7 +244,8 @@ impl Pack {
             return Err(bad_header());
         }
         let mut header = [0u8; PACK_HEADER_BYTES];
-        file.read_exact_at(&mut header, 0).map_err(|e| io_err(pack_path, e))?;
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| io_err(pack_path, e))?;
         let version = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         if &header[..4] != PACK_SIGNATURE || !(version == 2 || version == 3) {
             return Err(bad_header());
@@ -254,11 +259,13 @@ impl Pack {
             return Err(mismatch("object count differs"));
         }
         let mut checksum = [0u8; 20];
-        file.read_exact_at(&mut checksum, len - 20).map_err(|e| io_err(pack_path, e))?;
+        file.read_exact_at(&mut checksum, len - 20)
+            .map_err(|e| io_err(pack_path, e))?;
         if checksum != index.pack_checksum() {
             return Err(mismatch("pack checksum differs from the index's"));
         }
-        let mut by_offset: Vec<(u64, u32)> = (0..index.len()).map(|i| (index.offset_at(i), i)).collect();
+        let mut by_offset: Vec<(u64, u32)> =
+            (0..index.len()).map(|i| (index.offset_at(i), i)).collect();
         by_offset.sort_unstable();
         let body_end = len - 20;
         for pair in by_offset.windows(2) {
@@ -332,7 +339,8 @@ impl Pack {
 
     /// The byte range `(start, end)` of the entry at `offset`.
     pub fn entry_range(&self, offset: u64) -> Option<(u64, u64)> {
-        self.entry_position(offset).map(|pos| (offset, self.end_of(pos)))
+        self.entry_position(offset)
+            .map(|pos| (offset, self.end_of(pos)))
     }
 
     /// The id of the object whose entry starts at `offset`.
@@ -354,18 +362,25 @@ impl Pack {
         if end.is_none_or(|end| end > self.len) {
             return Err(io_err(
                 &self.path,
-                io::Error::new(io::ErrorKind::UnexpectedEof, format!("read of {} bytes at {offset} past end", buf.len())),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("read of {} bytes at {offset} past end", buf.len()),
+                ),
             ));
         }
-        self.file.read_exact_at(buf, offset).map_err(|e| io_err(&self.path, e))
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| io_err(&self.path, e))
     }
 
     /// The raw bytes of the entry at `offset`: header plus compressed data.
     pub fn raw_entry(&self, offset: u64) -> Result<Bytes, StoreError> {
-        let (start, end) = self.entry_range(offset).ok_or_else(|| StoreError::BadBaseOffset {
-            path: self.path.clone(),
-            offset,
-        })?;
+        let (start, end) = self
+            .entry_range(offset)
+            .ok_or_else(|| StoreError::BadBaseOffset {
+                path: self.path.clone(),
+                offset,
+            })?;
         self.read_at(start, (end - start) as usize)
     }
 
@@ -390,7 +405,9 @@ impl Pack {
     }
 
     fn check_size(&self, offset: u64, size: u64, compressed_len: usize) -> Result<(), StoreError> {
-        let ratio_limit = (compressed_len as u64).saturating_mul(ZLIB_MAX_RATIO).saturating_add(64);
+        let ratio_limit = (compressed_len as u64)
+            .saturating_mul(ZLIB_MAX_RATIO)
+            .saturating_add(64);
         let limit = OBJECT_MAX_BYTES.min(ratio_limit);
         if size > limit {
             return Err(StoreError::ObjectTooLarge {
@@ -485,7 +502,9 @@ impl BaseCache {
         }
         self.order.push_back((key, tick));
         while self.bytes > DELTA_BASE_CACHE_MAX_BYTES {
-            let Some((k, t)) = self.order.pop_front() else { break };
+            let Some((k, t)) = self.order.pop_front() else {
+                break;
+            };
             if self.map.get(&k).is_some_and(|slot| slot.2 == t) {
                 if let Some(old) = self.map.remove(&k) {
                     self.bytes -= old.1.len();
@@ -499,7 +518,8 @@ impl BaseCache {
     fn compact(&mut self) {
         if self.order.len() > 4 * self.map.len() + 1024 {
             let map = &self.map;
-            self.order.retain(|(k, t)| map.get(k).is_some_and(|slot| slot.2 == *t));
+            self.order
+                .retain(|(k, t)| map.get(k).is_some_and(|slot| slot.2 == *t));
         }
     }
 }
@@ -553,7 +573,10 @@ impl ObjectStore {
                 std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
                 continue;
             }
-            if let Some(stem) = name.strip_prefix("pack-").and_then(|n| n.strip_suffix(".idx")) {
+            if let Some(stem) = name
+                .strip_prefix("pack-")
+                .and_then(|n| n.strip_suffix(".idx"))
+            {
                 let pack_path = pack_dir.join(format!("pack-{stem}.pack"));
                 if !pack_path.exists() {
                     continue;
@@ -642,7 +665,11 @@ impl ObjectStore {
 
     /// Resolve the entry at `loc`. `cache_result` also caches the final
     /// object (bases met on the way are always cached).
-    fn resolve(&self, loc: Location, cache_result: bool) -> Result<(ObjectKind, Bytes), StoreError> {
+    fn resolve(
+        &self,
+        loc: Location,
+        cache_result: bool,
+    ) -> Result<(ObjectKind, Bytes), StoreError> {
         // (pack, offset, inflated delta) from the wanted object down to the base.
         let mut chain: Vec<(u32, u64, Vec<u8>)> = Vec::new();
         let (mut pack_i, mut offset) = (loc.pack, loc.offset);
@@ -659,10 +686,12 @@ impl ObjectStore {
                     limit: DELTA_CHAIN_MAX_DEPTH,
                 });
             }
-            let pos = pack.entry_position(offset).ok_or_else(|| StoreError::BadBaseOffset {
-                path: pack.path.clone(),
-                offset,
-            })?;
+            let pos = pack
+                .entry_position(offset)
+                .ok_or_else(|| StoreError::BadBaseOffset {
+                    path: pack.path.clone(),
+                    offset,
+                })?;
             let end = pack.end_of(pos);
             raw.resize((end - offset) as usize, 0);
             pack.read_into(offset, &mut raw)?;
@@ -692,7 +721,10 @@ impl ObjectStore {
                     chain.push((pack_i, offset, delta));
                     // Prefer the base in the same pack, as git does.
                     let next = match pack.index.lookup(&base) {
-                        Some(o) => Location { pack: pack_i, offset: o },
+                        Some(o) => Location {
+                            pack: pack_i,
+                            offset: o,
+                        },
                         None => self.locate(&base).ok_or_else(|| StoreError::MissingBase {
                             path: pack.path.clone(),
                             offset,
@@ -759,10 +791,12 @@ impl ObjectStore {
         let mut size = None;
         for _ in 0..=DELTA_CHAIN_MAX_DEPTH {
             let pack = &self.packs[pack_i as usize];
-            let (start, end) = pack.entry_range(offset).ok_or_else(|| StoreError::BadBaseOffset {
-                path: pack.path.clone(),
-                offset,
-            })?;
+            let (start, end) =
+                pack.entry_range(offset)
+                    .ok_or_else(|| StoreError::BadBaseOffset {
+                        path: pack.path.clone(),
+                        offset,
+                    })?;
             let prefix_len = ((end - start) as usize).min(HEADER_PREFIX_BYTES);
             let mut prefix = [0u8; HEADER_PREFIX_BYTES];
             pack.read_into(start, &mut prefix[..prefix_len])?;
@@ -778,11 +812,12 @@ impl ObjectStore {
                     let raw = pack.raw_entry(offset)?;
                     head = inflate_prefix(&raw[header.header_len..], 32);
                 }
-                let (_, result) = delta::delta_sizes(&head).map_err(|source| StoreError::BadDelta {
-                    path: pack.path.clone(),
-                    offset,
-                    source,
-                })?;
+                let (_, result) =
+                    delta::delta_sizes(&head).map_err(|source| StoreError::BadDelta {
+                        path: pack.path.clone(),
+                        offset,
+                        source,
+                    })?;
                 size = Some(result);
             }
             match header.kind {
@@ -797,7 +832,10 @@ impl ObjectStore {
                 }
                 EntryKind::RefDelta { base } => {
                     let next = match pack.index.lookup(&base) {
-                        Some(o) => Location { pack: pack_i, offset: o },
+                        Some(o) => Location {
+                            pack: pack_i,
+                            offset: o,
+                        },
                         None => self.locate(&base).ok_or_else(|| StoreError::MissingBase {
                             path: pack.path.clone(),
                             offset,
@@ -826,13 +864,18 @@ impl ObjectStore {
                 return Ok(Some(info.clone()));
             }
         }
-        let Some(loc) = self.locate(oid) else { return Ok(None) };
+        let Some(loc) = self.locate(oid) else {
+            return Ok(None);
+        };
         // Commits are rarely delta bases worth keeping; do not cache the body.
         let (kind, data) = self.resolve(loc, false)?;
         if kind != ObjectKind::Commit {
             return Err(StoreError::NotACommit { oid: *oid, kind });
         }
-        let info = Arc::new(object::parse_commit(&data).map_err(|source| StoreError::Malformed { oid: *oid, source })?);
+        let info = Arc::new(
+            object::parse_commit(&data)
+                .map_err(|source| StoreError::Malformed { oid: *oid, source })?,
+        );
         if let Ok(mut cache) = self.shared.commits.lock() {
             if cache.len() >= COMMIT_CACHE_MAX_ENTRIES {
                 cache.clear();
@@ -849,8 +892,16 @@ mod tests {
     use std::process::Command;
 
     fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -861,11 +912,25 @@ mod tests {
         std::fs::create_dir(&repo).unwrap();
         git(&repo, &["init", "-q"]);
         for i in 0..30 {
-            let body: String = (0..200).map(|j| format!("line {j} {}\n", if j == i { "changed" } else { "" })).collect();
+            let body: String = (0..200)
+                .map(|j| format!("line {j} {}\n", if j == i { "changed" } else { "" }))
+                .collect();
             std::fs::write(repo.join("file.txt"), body).unwrap();
             std::fs::write(repo.join(format!("f{}.txt", i % 3)), format!("{i}\n")).unwrap();
             git(&repo, &["add", "-A"]);
-            git(&repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", &format!("c{i}")]);
+            git(
+                &repo,
+                &[
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "commit",
+                    "-q",
+                    "-m",
+                    &format!("c{i}"),
+                ],
+            );
         }
         git(&repo, &["repack", "-adfq"]);
         let store = tmp.path().join("objects");
@@ -887,7 +952,14 @@ mod tests {
         let store = ObjectStore::open(&tmp.path().join("objects")).unwrap();
         assert!(!tmp.path().join("objects/pack/tmp_pack_abc").exists());
         assert_eq!(store.packs().len(), 1);
-        let all = git(&repo, &["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype) %(objectsize)"]);
+        let all = git(
+            &repo,
+            &[
+                "cat-file",
+                "--batch-all-objects",
+                "--batch-check=%(objectname) %(objecttype) %(objectsize)",
+            ],
+        );
         let mut n = 0;
         for line in all.lines() {
             let mut parts = line.split(' ');
@@ -955,7 +1027,11 @@ mod tests {
         assert!(errors > 0);
 
         // A truncated pack no longer matches its index.
-        std::fs::write(corrupt_dir.join(pack.file_name().unwrap()), &bytes[..bytes.len() - 7]).unwrap();
+        std::fs::write(
+            corrupt_dir.join(pack.file_name().unwrap()),
+            &bytes[..bytes.len() - 7],
+        )
+        .unwrap();
         assert!(ObjectStore::open(&tmp.path().join("corrupt")).is_err());
     }
 }

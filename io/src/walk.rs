@@ -46,7 +46,8 @@ impl Hasher for OidHasher {
         let mut word = [0u8; 8];
         let n = bytes.len().min(8);
         word[..n].copy_from_slice(&bytes[..n]);
-        self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 =
+            (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     fn write_usize(&mut self, _len: usize) {
         // The length prefix of the id's byte array carries no information.
@@ -168,12 +169,20 @@ pub enum WalkError {
 
 /// Which of `haves` the store holds (the common objects for negotiation).
 pub fn find_common(store: &ObjectStore, haves: &[ObjectId]) -> Vec<ObjectId> {
-    haves.iter().filter(|h| store.contains(h)).copied().collect()
+    haves
+        .iter()
+        .filter(|h| store.contains(h))
+        .copied()
+        .collect()
 }
 
 /// True if `ancestor` is reachable from `descendant` through parents
 /// (a commit is its own ancestor): the fast-forward check for pushes.
-pub fn is_ancestor(store: &ObjectStore, ancestor: &ObjectId, descendant: &ObjectId) -> Result<bool, WalkError> {
+pub fn is_ancestor(
+    store: &ObjectStore,
+    ancestor: &ObjectId,
+    descendant: &ObjectId,
+) -> Result<bool, WalkError> {
     if ancestor == descendant {
         return Ok(true);
     }
@@ -200,8 +209,14 @@ pub fn is_ancestor(store: &ObjectStore, ancestor: &ObjectId, descendant: &Object
     Ok(false)
 }
 
-fn commit(store: &ObjectStore, oid: &ObjectId, role: &'static str) -> Result<Arc<CommitInfo>, WalkError> {
-    store.commit_info(oid)?.ok_or(WalkError::Missing { oid: *oid, role })
+fn commit(
+    store: &ObjectStore,
+    oid: &ObjectId,
+    role: &'static str,
+) -> Result<Arc<CommitInfo>, WalkError> {
+    store
+        .commit_info(oid)?
+        .ok_or(WalkError::Missing { oid: *oid, role })
 }
 
 const SEEN: u8 = 1;
@@ -242,7 +257,12 @@ impl<'a> CommitWalk<'a> {
 
     /// Queue `oid`; an uninteresting push of a commit already seen marks it
     /// (and what it already reached) uninteresting.
-    fn push(&mut self, oid: ObjectId, uninteresting: bool, role: &'static str) -> Result<(), WalkError> {
+    fn push(
+        &mut self,
+        oid: ObjectId,
+        uninteresting: bool,
+        role: &'static str,
+    ) -> Result<(), WalkError> {
         if let Some((flags, _)) = self.nodes.get(&oid) {
             if uninteresting && flags & UNINTERESTING == 0 {
                 self.mark_uninteresting(oid);
@@ -268,7 +288,9 @@ impl<'a> CommitWalk<'a> {
     fn mark_uninteresting(&mut self, oid: ObjectId) {
         let mut stack = vec![oid];
         while let Some(c) = stack.pop() {
-            let Some((flags, info)) = self.nodes.get_mut(&c) else { continue };
+            let Some((flags, info)) = self.nodes.get_mut(&c) else {
+                continue;
+            };
             if *flags & UNINTERESTING != 0 {
                 continue;
             }
@@ -289,8 +311,12 @@ impl<'a> CommitWalk<'a> {
     /// `max_age` become uninteresting, as with `rev-list --max-age`.
     fn run(&mut self, max_age: Option<i64>) -> Result<(), WalkError> {
         while self.interesting_queued > 0 {
-            let Some((time, oid)) = self.queue.pop() else { break };
-            let Some((flags, info)) = self.nodes.get_mut(&oid) else { continue };
+            let Some((time, oid)) = self.queue.pop() else {
+                break;
+            };
+            let Some((flags, info)) = self.nodes.get_mut(&oid) else {
+                continue;
+            };
             if *flags & PROCESSED != 0 {
                 continue;
             }
@@ -362,7 +388,9 @@ impl ObjectWalk<'_> {
                 continue;
             }
             *f |= UNINTERESTING;
-            let Some(data) = self.read_tree(&tree)? else { continue };
+            let Some(data) = self.read_tree(&tree)? else {
+                continue;
+            };
             for entry in object::tree_entries(&data) {
                 let entry = entry.map_err(|source| WalkError::Malformed { oid: tree, source })?;
                 if entry.is_gitlink() {
@@ -432,7 +460,10 @@ impl ObjectWalk<'_> {
                 // Nothing below can be sent; do not even read the tree.
                 continue;
             }
-            let data = self.read_tree(&tree)?.ok_or(WalkError::Missing { oid: tree, role: "tree" })?;
+            let data = self.read_tree(&tree)?.ok_or(WalkError::Missing {
+                oid: tree,
+                role: "tree",
+            })?;
             for entry in object::tree_entries(&data) {
                 let entry = entry.map_err(|source| WalkError::Malformed { oid: tree, source })?;
                 if entry.is_gitlink() {
@@ -457,14 +488,24 @@ impl ObjectWalk<'_> {
 }
 
 /// Whether a blob met at `depth` passes the filter.
-fn blob_wanted(store: &ObjectStore, filter: Option<Filter>, oid: &ObjectId, depth: u64) -> Result<bool, WalkError> {
+fn blob_wanted(
+    store: &ObjectStore,
+    filter: Option<Filter>,
+    oid: &ObjectId,
+    depth: u64,
+) -> Result<bool, WalkError> {
     Ok(match filter {
         None => true,
         Some(Filter::BlobNone) => false,
         Some(Filter::TreeDepth(limit)) => depth < limit,
         Some(Filter::BlobLimit(limit)) => match store.read_header(oid)? {
             Some((_, size)) => size < limit,
-            None => return Err(WalkError::Missing { oid: *oid, role: "blob" }),
+            None => {
+                return Err(WalkError::Missing {
+                    oid: *oid,
+                    role: "blob",
+                })
+            }
         },
     })
 }
@@ -478,12 +519,17 @@ fn peel(
 ) -> Result<Option<(ObjectId, ObjectKind)>, WalkError> {
     let mut cur = oid;
     for _ in 0..TAG_CHAIN_MAX_DEPTH {
-        let Some((kind, _)) = store.read_header(&cur)? else { return Ok(None) };
+        let Some((kind, _)) = store.read_header(&cur)? else {
+            return Ok(None);
+        };
         if kind != ObjectKind::Tag {
             return Ok(Some((cur, kind)));
         }
-        let Some((_, data)) = store.read(&cur)? else { return Ok(None) };
-        let tag = object::parse_tag(&data).map_err(|source| WalkError::Malformed { oid: cur, source })?;
+        let Some((_, data)) = store.read(&cur)? else {
+            return Ok(None);
+        };
+        let tag =
+            object::parse_tag(&data).map_err(|source| WalkError::Malformed { oid: cur, source })?;
         on_tag(cur);
         cur = tag.object;
     }
@@ -549,7 +595,12 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
             Some((oid, ObjectKind::Tree)) => want_trees.push(oid),
             Some((oid, ObjectKind::Blob)) => want_blobs.push(oid),
             Some((_, ObjectKind::Tag)) => {}
-            None => return Err(WalkError::Missing { oid: *want, role: "want" }),
+            None => {
+                return Err(WalkError::Missing {
+                    oid: *want,
+                    role: "want",
+                })
+            }
         }
     }
     let mut have_commits = Vec::new();

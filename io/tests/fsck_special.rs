@@ -6,7 +6,9 @@
 
 use guts_io::fsck::{check_gitattributes, check_gitmodules, GITATTRIBUTES_MAX_BYTES};
 use guts_io::object::ObjectKind;
-use guts_io::pack::ingest::{CheckOptions, Ingest, IngestError, IngestLimits, NoObjects, ObjectSource};
+use guts_io::pack::ingest::{
+    CheckOptions, Ingest, IngestError, IngestLimits, NoObjects, ObjectSource,
+};
 use guts_io::ObjectId;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,7 +50,11 @@ fn git_run(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
 
 fn git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> String {
     let out = git_run(dir, args, input);
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -96,8 +102,16 @@ impl Repo {
 
     /// A pack of what `revs` (rev-list arguments, one a line) reaches.
     fn pack(&self, revs: &str) -> Vec<u8> {
-        let out = git_run(&self.dir, &["pack-objects", "--revs", "--stdout", "-q"], Some(revs.as_bytes()));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = git_run(
+            &self.dir,
+            &["pack-objects", "--revs", "--stdout", "-q"],
+            Some(revs.as_bytes()),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 }
@@ -128,10 +142,18 @@ impl ObjectSource for GitObjects {
 fn git_verdict(pack: &[u8], base: Option<&Path>) -> Result<(), String> {
     let tmp = tempfile::tempdir().unwrap();
     match base {
-        Some(b) => git(tmp.path(), &["clone", "-q", "--bare", b.to_str().unwrap(), "r.git"], None),
+        Some(b) => git(
+            tmp.path(),
+            &["clone", "-q", "--bare", b.to_str().unwrap(), "r.git"],
+            None,
+        ),
         None => git(tmp.path(), &["init", "-q", "--bare", "r.git"], None),
     };
-    let out = git_run(&tmp.path().join("r.git"), &["index-pack", "--strict", "--stdin"], Some(pack));
+    let out = git_run(
+        &tmp.path().join("r.git"),
+        &["index-pack", "--strict", "--stdin"],
+        Some(pack),
+    );
     if out.status.success() {
         Ok(())
     } else {
@@ -167,14 +189,23 @@ fn our_verdict(pack: &[u8], repo: &dyn ObjectSource) -> Result<(), IngestError> 
 }
 
 /// Both verdicts agree; on rejection both name `expected`.
-fn assert_agree(name: &str, pack: &[u8], base: Option<&Path>, repo: &dyn ObjectSource, expected: Option<&str>) {
+fn assert_agree(
+    name: &str,
+    pack: &[u8],
+    base: Option<&Path>,
+    repo: &dyn ObjectSource,
+    expected: Option<&str>,
+) {
     let git_says = git_verdict(pack, base);
     let ours = our_verdict(pack, repo);
     match (expected, &git_says, &ours) {
         (None, Ok(()), Ok(())) => {}
         (Some(id), Err(stderr), Err(IngestError::Fsck(e))) => {
             assert_eq!(e.problem.msg_id(), id, "{name}: our error {e}");
-            assert!(stderr.contains(&format!("{id}:")), "{name}: git rejected for another reason: {stderr}");
+            assert!(
+                stderr.contains(&format!("{id}:")),
+                "{name}: git rejected for another reason: {stderr}"
+            );
         }
         _ => panic!("{name}: expected {expected:?}; git: {git_says:?}; ours: {ours:?}"),
     }
@@ -185,7 +216,8 @@ fn one_file_case(name: &[u8], data: &[u8]) -> (Repo, Vec<u8>) {
     let repo = Repo::new();
     let blob = repo.blob(data);
     let readme = repo.blob(b"hello\n");
-    let mut entries: Vec<(&str, &str, &[u8])> = vec![("100644", &blob, name), ("100644", &readme, b"README")];
+    let mut entries: Vec<(&str, &str, &[u8])> =
+        vec![("100644", &blob, name), ("100644", &readme, b"README")];
     entries.sort_by(|a, b| a.2.cmp(b.2));
     let tree = repo.tree(&entries);
     let commit = repo.commit(&tree, &[]);
@@ -193,66 +225,227 @@ fn one_file_case(name: &[u8], data: &[u8]) -> (Repo, Vec<u8>) {
     (repo, pack)
 }
 
-const GOOD_GITMODULES: &str = "[submodule \"lib\"]\n\tpath = lib\n\turl = https://example.com/lib.git\n";
+const GOOD_GITMODULES: &str =
+    "[submodule \"lib\"]\n\tpath = lib\n\turl = https://example.com/lib.git\n";
 
 #[test]
 fn gitmodules_contents_agree_with_git() {
     let sub = |body: &str| format!("[submodule \"s\"]\n\tpath = s\n{body}\n");
     let cases: Vec<(&str, String, Option<&str>)> = vec![
         ("good", GOOD_GITMODULES.into(), None),
-        ("url option", sub("\turl = --upload-pack=touch /tmp/pwned"), Some("gitmodulesUrl")),
+        (
+            "url option",
+            sub("\turl = --upload-pack=touch /tmp/pwned"),
+            Some("gitmodulesUrl"),
+        ),
         ("url -x", sub("\turl = -x"), Some("gitmodulesUrl")),
-        ("quoted url option", sub("\turl = \"-x\""), Some("gitmodulesUrl")),
-        ("continued url option", sub("\turl = \\\n-x"), Some("gitmodulesUrl")),
-        ("url option, upper-case key", sub("\tURL = -x"), Some("gitmodulesUrl")),
-        ("url option, same line as header", "[submodule \"x\"] url = -x\n".into(), Some("gitmodulesUrl")),
-        ("url option, CRLF", "[submodule \"x\"]\r\n\turl = -x\r\n".into(), Some("gitmodulesUrl")),
-        ("url comment is no option", sub("\turl = https://example.com/x ; -x"), None),
-        ("name ../../modules/evil", "[submodule \"../../modules/evil\"]\n\tpath = x\n".into(), Some("gitmodulesName")),
-        ("name a/../b", "[submodule \"a/../b\"]\n\tpath = x\n".into(), Some("gitmodulesName")),
-        ("name with backslashes", "[submodule \"a\\\\..\\\\b\"]\n\tpath = x\n".into(), Some("gitmodulesName")),
-        ("name ..", "[submodule \"..\"]\n\tpath = x\n".into(), Some("gitmodulesName")),
-        ("name ..foo", "[submodule \"..foo\"]\n\tpath = x\n".into(), None),
-        ("empty name", "[submodule \"\"]\n\tpath = x\n".into(), Some("gitmodulesName")),
-        ("old-style section", "[submodule.Lib]\n\turl = -x\n".into(), Some("gitmodulesUrl")),
-        ("upper-case section", "[SUBMODULE \"x\"]\n\turl = -x\n".into(), Some("gitmodulesUrl")),
+        (
+            "quoted url option",
+            sub("\turl = \"-x\""),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "continued url option",
+            sub("\turl = \\\n-x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "url option, upper-case key",
+            sub("\tURL = -x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "url option, same line as header",
+            "[submodule \"x\"] url = -x\n".into(),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "url option, CRLF",
+            "[submodule \"x\"]\r\n\turl = -x\r\n".into(),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "url comment is no option",
+            sub("\turl = https://example.com/x ; -x"),
+            None,
+        ),
+        (
+            "name ../../modules/evil",
+            "[submodule \"../../modules/evil\"]\n\tpath = x\n".into(),
+            Some("gitmodulesName"),
+        ),
+        (
+            "name a/../b",
+            "[submodule \"a/../b\"]\n\tpath = x\n".into(),
+            Some("gitmodulesName"),
+        ),
+        (
+            "name with backslashes",
+            "[submodule \"a\\\\..\\\\b\"]\n\tpath = x\n".into(),
+            Some("gitmodulesName"),
+        ),
+        (
+            "name ..",
+            "[submodule \"..\"]\n\tpath = x\n".into(),
+            Some("gitmodulesName"),
+        ),
+        (
+            "name ..foo",
+            "[submodule \"..foo\"]\n\tpath = x\n".into(),
+            None,
+        ),
+        (
+            "empty name",
+            "[submodule \"\"]\n\tpath = x\n".into(),
+            Some("gitmodulesName"),
+        ),
+        (
+            "old-style section",
+            "[submodule.Lib]\n\turl = -x\n".into(),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "upper-case section",
+            "[SUBMODULE \"x\"]\n\turl = -x\n".into(),
+            Some("gitmodulesUrl"),
+        ),
         ("no subsection", "[submodule]\n\turl = -x\n".into(), None),
         ("other section", "[core]\n\turl = -x\n".into(), None),
         ("path -foo", sub("\tpath = -foo"), Some("gitmodulesPath")),
         ("path after NUL", sub("\tpath = a\0-b"), None),
-        ("update !command", sub("\tupdate = !rm -rf /"), Some("gitmodulesUpdate")),
+        (
+            "update !command",
+            sub("\tupdate = !rm -rf /"),
+            Some("gitmodulesUpdate"),
+        ),
         ("update none", sub("\tupdate = none"), None),
         ("update quoted space", sub("\tupdate = \" !x\""), None),
         ("boolean url", sub("\turl"), None),
-        ("parse error after bad entry", format!("{}[broken\n", sub("\turl = -x")), Some("gitmodulesUrl")),
-        ("parse error before bad entry", format!("[broken\n{}", sub("\turl = -x")), None),
-        ("bad escape before bad entry", format!("[a]\n\tb = \\q\n{}", sub("\turl = -x")), None),
+        (
+            "parse error after bad entry",
+            format!("{}[broken\n", sub("\turl = -x")),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "parse error before bad entry",
+            format!("[broken\n{}", sub("\turl = -x")),
+            None,
+        ),
+        (
+            "bad escape before bad entry",
+            format!("[a]\n\tb = \\q\n{}", sub("\turl = -x")),
+            None,
+        ),
         // check_submodule_url
         ("relative url", sub("\turl = ../lib.git"), None),
-        ("relative url with encoded newline", sub("\turl = ./%0ahost"), Some("gitmodulesUrl")),
-        ("relative url with escaped newline", sub("\turl = \"./a\\nb\""), Some("gitmodulesUrl")),
-        ("relative url escaping to a colon", sub("\turl = ../../:evil.com/x"), Some("gitmodulesUrl")),
-        ("relative url escaping to a slash", sub("\turl = ..//evil.com/x"), Some("gitmodulesUrl")),
-        ("relative url, backslashes", sub("\turl = ..\\\\:x"), Some("gitmodulesUrl")),
-        ("git:// with encoded newline", sub("\turl = git://host/%0a"), Some("gitmodulesUrl")),
-        ("https with encoded newline", sub("\turl = https://example.com/%0a"), Some("gitmodulesUrl")),
-        ("https with escaped newline", sub("\turl = \"https://example.com/\\n\""), Some("gitmodulesUrl")),
-        ("https with %-sign in host", sub("\turl = https://ex%41mple.com/"), Some("gitmodulesUrl")),
-        ("https with bad escape", sub("\turl = https://example.com/%zz"), Some("gitmodulesUrl")),
-        ("https with bad user escape", sub("\turl = https://u:p%zz@example.com/"), Some("gitmodulesUrl")),
-        ("https bad port", sub("\turl = http://example.com:99999/"), Some("gitmodulesUrl")),
-        ("https zero port", sub("\turl = http://example.com:0/"), Some("gitmodulesUrl")),
-        ("https padded port", sub("\turl = http://example.com:0080/x"), None),
-        ("https .. above root", sub("\turl = https://example.com/../x"), Some("gitmodulesUrl")),
-        ("https .. inside", sub("\turl = https://example.com/a/../b/./c"), None),
+        (
+            "relative url with encoded newline",
+            sub("\turl = ./%0ahost"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "relative url with escaped newline",
+            sub("\turl = \"./a\\nb\""),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "relative url escaping to a colon",
+            sub("\turl = ../../:evil.com/x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "relative url escaping to a slash",
+            sub("\turl = ..//evil.com/x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "relative url, backslashes",
+            sub("\turl = ..\\\\:x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "git:// with encoded newline",
+            sub("\turl = git://host/%0a"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https with encoded newline",
+            sub("\turl = https://example.com/%0a"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https with escaped newline",
+            sub("\turl = \"https://example.com/\\n\""),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https with %-sign in host",
+            sub("\turl = https://ex%41mple.com/"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https with bad escape",
+            sub("\turl = https://example.com/%zz"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https with bad user escape",
+            sub("\turl = https://u:p%zz@example.com/"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https bad port",
+            sub("\turl = http://example.com:99999/"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https zero port",
+            sub("\turl = http://example.com:0/"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https padded port",
+            sub("\turl = http://example.com:0080/x"),
+            None,
+        ),
+        (
+            "https .. above root",
+            sub("\turl = https://example.com/../x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "https .. inside",
+            sub("\turl = https://example.com/a/../b/./c"),
+            None,
+        ),
         ("https ipv6", sub("\turl = http://[::1]:8080/x"), None),
-        ("https no host", sub("\turl = https:///x"), Some("gitmodulesUrl")),
-        ("http:: without scheme", sub("\turl = http::example.com/x"), Some("gitmodulesUrl")),
-        ("http:: file with port", sub("\turl = http::file://:80/x"), Some("gitmodulesUrl")),
+        (
+            "https no host",
+            sub("\turl = https:///x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "http:: without scheme",
+            sub("\turl = http::example.com/x"),
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "http:: file with port",
+            sub("\turl = http::file://:80/x"),
+            Some("gitmodulesUrl"),
+        ),
         ("http:: file", sub("\turl = http::file:///x"), None),
-        ("ftp encoded newline in query", sub("\turl = ftp://h/x?a=%0A"), Some("gitmodulesUrl")),
+        (
+            "ftp encoded newline in query",
+            sub("\turl = ftp://h/x?a=%0A"),
+            Some("gitmodulesUrl"),
+        ),
         ("https encoded NUL", sub("\turl = https://h/%00"), None),
-        ("ssh lookalike", sub("\turl = ssh://-oProxyCommand=x/y"), None),
+        (
+            "ssh lookalike",
+            sub("\turl = ssh://-oProxyCommand=x/y"),
+            None,
+        ),
         ("scp-like", sub("\turl = git@example.com:x/y.git"), None),
     ];
     for (name, content, expected) in cases {
@@ -277,7 +470,13 @@ fn gitmodules_spellings_agree_with_git() {
         (b"gitmodules", None),
     ] {
         let (_repo, pack) = one_file_case(name, bad.as_bytes());
-        assert_agree(&String::from_utf8_lossy(name), &pack, None, &NoObjects, expected);
+        assert_agree(
+            &String::from_utf8_lossy(name),
+            &pack,
+            None,
+            &NoObjects,
+            expected,
+        );
     }
 }
 
@@ -289,27 +488,57 @@ fn gitmodules_of_other_kinds_agree_with_git() {
     let inner = repo.tree(&[("100644", &inner_blob, b"x")]);
     let tree = repo.tree(&[("040000", &inner, b".gitmodules")]);
     let commit = repo.commit(&tree, &[]);
-    assert_agree("tree .gitmodules", &repo.pack(&format!("{commit}\n")), None, &NoObjects, Some("gitmodulesBlob"));
+    assert_agree(
+        "tree .gitmodules",
+        &repo.pack(&format!("{commit}\n")),
+        None,
+        &NoObjects,
+        Some("gitmodulesBlob"),
+    );
     // the empty tree, which git always has
     let empty = repo.tree(&[]);
     let tree = repo.tree(&[("040000", &empty, b".gitmodules")]);
     let commit = repo.commit(&tree, &[]);
     let pack = repo.pack(&format!("{commit}\n^{empty}\n"));
-    assert_agree("empty tree .gitmodules", &pack, None, &NoObjects, Some("gitmodulesBlob"));
+    assert_agree(
+        "empty tree .gitmodules",
+        &pack,
+        None,
+        &NoObjects,
+        Some("gitmodulesBlob"),
+    );
     // a gitlink to a commit nobody has: only listed by index-pack
     let missing = "1234567890123456789012345678901234567890";
     let tree = repo.tree(&[("160000", missing, b".gitmodules")]);
     let commit = repo.commit(&tree, &[]);
-    assert_agree("gitlink .gitmodules", &repo.pack(&format!("{commit}\n")), None, &NoObjects, None);
+    assert_agree(
+        "gitlink .gitmodules",
+        &repo.pack(&format!("{commit}\n")),
+        None,
+        &NoObjects,
+        None,
+    );
     // a gitlink to a commit in the pack: not a blob
     let tree = repo.tree(&[("160000", &commit, b".gitmodules")]);
     let top = repo.commit(&tree, &[&commit]);
-    assert_agree("gitlink .gitmodules to a present commit", &repo.pack(&format!("{top}\n")), None, &NoObjects, Some("gitmodulesBlob"));
+    assert_agree(
+        "gitlink .gitmodules to a present commit",
+        &repo.pack(&format!("{top}\n")),
+        None,
+        &NoObjects,
+        Some("gitmodulesBlob"),
+    );
     // a symlink
     let target = repo.blob(b"elsewhere");
     let tree = repo.tree(&[("120000", &target, b".gitmodules")]);
     let commit = repo.commit(&tree, &[]);
-    assert_agree("symlink .gitmodules", &repo.pack(&format!("{commit}\n")), None, &NoObjects, Some("gitmodulesSymlink"));
+    assert_agree(
+        "symlink .gitmodules",
+        &repo.pack(&format!("{commit}\n")),
+        None,
+        &NoObjects,
+        Some("gitmodulesSymlink"),
+    );
 }
 
 #[test]
@@ -317,36 +546,86 @@ fn gitattributes_agree_with_git() {
     let line = |n: usize| format!("{} text\n", "a".repeat(n - 5));
     for (name, content, expected) in [
         ("good", b"*.txt text\n*.png binary\n".to_vec(), None),
-        ("3000-byte line", line(3000).into_bytes(), Some("gitattributesLineLength")),
+        (
+            "3000-byte line",
+            line(3000).into_bytes(),
+            Some("gitattributesLineLength"),
+        ),
         ("2047-byte line", line(2047).into_bytes(), None),
-        ("2048-byte line", line(2048).into_bytes(), Some("gitattributesLineLength")),
-        ("2048-byte last line without newline", "b".repeat(2048).into_bytes(), Some("gitattributesLineLength")),
-        ("long line after a NUL", [b"x\0".to_vec(), line(3000).into_bytes()].concat(), None),
+        (
+            "2048-byte line",
+            line(2048).into_bytes(),
+            Some("gitattributesLineLength"),
+        ),
+        (
+            "2048-byte last line without newline",
+            "b".repeat(2048).into_bytes(),
+            Some("gitattributesLineLength"),
+        ),
+        (
+            "long line after a NUL",
+            [b"x\0".to_vec(), line(3000).into_bytes()].concat(),
+            None,
+        ),
     ] {
         let (_repo, pack) = one_file_case(b".gitattributes", &content);
         assert_agree(name, &pack, None, &NoObjects, expected);
     }
     let (_repo, pack) = one_file_case(b".GITATTRIBUTES", line(3000).as_bytes());
-    assert_agree(".GITATTRIBUTES", &pack, None, &NoObjects, Some("gitattributesLineLength"));
+    assert_agree(
+        ".GITATTRIBUTES",
+        &pack,
+        None,
+        &NoObjects,
+        Some("gitattributesLineLength"),
+    );
     let (_repo, pack) = one_file_case(b"gi7d29~1", line(3000).as_bytes());
-    assert_agree("gi7d29~1", &pack, None, &NoObjects, Some("gitattributesLineLength"));
+    assert_agree(
+        "gi7d29~1",
+        &pack,
+        None,
+        &NoObjects,
+        Some("gitattributesLineLength"),
+    );
 
     let repo = Repo::new();
     // symlinked .gitattributes: an info only
     let target = repo.blob(b"elsewhere");
     let tree = repo.tree(&[("120000", &target, b".gitattributes")]);
     let commit = repo.commit(&tree, &[]);
-    assert_agree("symlink .gitattributes", &repo.pack(&format!("{commit}\n")), None, &NoObjects, None);
+    assert_agree(
+        "symlink .gitattributes",
+        &repo.pack(&format!("{commit}\n")),
+        None,
+        &NoObjects,
+        None,
+    );
     // a tree named .gitattributes
     let inner_blob = repo.blob(b"x\n");
     let inner = repo.tree(&[("100644", &inner_blob, b"x")]);
     let tree = repo.tree(&[("040000", &inner, b".gitattributes")]);
     let commit = repo.commit(&tree, &[]);
-    assert_agree("tree .gitattributes", &repo.pack(&format!("{commit}\n")), None, &NoObjects, Some("gitattributesBlob"));
+    assert_agree(
+        "tree .gitattributes",
+        &repo.pack(&format!("{commit}\n")),
+        None,
+        &NoObjects,
+        Some("gitattributesBlob"),
+    );
     // a gitlink to a missing commit: unlike .gitmodules, an error
-    let tree = repo.tree(&[("160000", "1234567890123456789012345678901234567890", b".gitattributes")]);
+    let tree = repo.tree(&[(
+        "160000",
+        "1234567890123456789012345678901234567890",
+        b".gitattributes",
+    )]);
     let commit = repo.commit(&tree, &[]);
-    assert_agree("gitlink .gitattributes", &repo.pack(&format!("{commit}\n")), None, &NoObjects, Some("gitattributesMissing"));
+    assert_agree(
+        "gitlink .gitattributes",
+        &repo.pack(&format!("{commit}\n")),
+        None,
+        &NoObjects,
+        Some("gitattributesMissing"),
+    );
 }
 
 /// The blob a new tree names `.gitmodules` may already be in the
@@ -358,20 +637,38 @@ fn special_blobs_already_in_the_repository_are_checked() {
     let bad = repo.blob(b"[submodule \"s\"]\n\turl = -x\n");
     let good = repo.blob(GOOD_GITMODULES.as_bytes());
     let long = repo.blob(format!("{}\n", "x".repeat(3000)).as_bytes());
-    let base_tree = repo.tree(&[("100644", &good, b"a.txt"), ("100644", &bad, b"b.txt"), ("100644", &long, b"c.txt")]);
+    let base_tree = repo.tree(&[
+        ("100644", &good, b"a.txt"),
+        ("100644", &bad, b"b.txt"),
+        ("100644", &long, b"c.txt"),
+    ]);
     let base = repo.commit(&base_tree, &[]);
     git(&repo.dir, &["update-ref", "refs/heads/main", &base], None);
     let source = GitObjects(repo.dir.clone());
     for (name, blob, file, expected) in [
         ("good .gitmodules", &good, &b".gitmodules"[..], None),
-        ("bad .gitmodules", &bad, b".gitmodules", Some("gitmodulesUrl")),
-        ("long-lined .gitattributes", &long, b".gitattributes", Some("gitattributesLineLength")),
+        (
+            "bad .gitmodules",
+            &bad,
+            b".gitmodules",
+            Some("gitmodulesUrl"),
+        ),
+        (
+            "long-lined .gitattributes",
+            &long,
+            b".gitattributes",
+            Some("gitattributesLineLength"),
+        ),
     ] {
         let tree = repo.tree(&[("100644", blob, file)]);
         let commit = repo.commit(&tree, &[&base]);
         let pack = repo.pack(&format!("{commit}\n^{base}\n"));
         // the pack holds the new commit and tree only
-        assert_eq!(u32::from_be_bytes(pack[8..12].try_into().unwrap()), 2, "{name}");
+        assert_eq!(
+            u32::from_be_bytes(pack[8..12].try_into().unwrap()),
+            2,
+            "{name}"
+        );
         assert_agree(name, &pack, Some(&repo.dir), &source, expected);
     }
 }
@@ -382,11 +679,16 @@ fn deltified_gitmodules_are_checked() {
     let repo = Repo::new();
     let mut body = String::new();
     for i in 0..200 {
-        body.push_str(&format!("[submodule \"lib{i}\"]\n\tpath = lib{i}\n\turl = https://example.com/lib{i}.git\n"));
+        body.push_str(&format!(
+            "[submodule \"lib{i}\"]\n\tpath = lib{i}\n\turl = https://example.com/lib{i}.git\n"
+        ));
     }
     let good = repo.blob(body.as_bytes());
     let c1 = repo.commit(&repo.tree(&[("100644", &good, b".gitmodules")]), &[]);
-    let evil = body.replace("url = https://example.com/lib150.git", "url = --upload-pack=touch /tmp/pwned");
+    let evil = body.replace(
+        "url = https://example.com/lib150.git",
+        "url = --upload-pack=touch /tmp/pwned",
+    );
     let bad = repo.blob(evil.as_bytes());
     let c2 = repo.commit(&repo.tree(&[("100644", &bad, b".gitmodules")]), &[&c1]);
     let pack = repo.pack(&format!("{c2}\n"));
@@ -394,8 +696,19 @@ fn deltified_gitmodules_are_checked() {
     std::fs::write(verify_tmp.path().join("p.pack"), &pack).unwrap();
     git(verify_tmp.path(), &["index-pack", "p.pack"], None);
     let listing = git(verify_tmp.path(), &["verify-pack", "-v", "p.idx"], None);
-    assert!(listing.lines().any(|l| l.contains(" blob ") && l.split_whitespace().count() >= 7), "no blob delta in the pack:\n{listing}");
-    assert_agree("deltified bad .gitmodules", &pack, None, &NoObjects, Some("gitmodulesUrl"));
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains(" blob ") && l.split_whitespace().count() >= 7),
+        "no blob delta in the pack:\n{listing}"
+    );
+    assert_agree(
+        "deltified bad .gitmodules",
+        &pack,
+        None,
+        &NoObjects,
+        Some("gitmodulesUrl"),
+    );
     let pack = repo.pack(&format!("{c1}\n"));
     assert_agree("good .gitmodules", &pack, None, &NoObjects, None);
 }
@@ -407,18 +720,30 @@ fn deltified_gitmodules_are_checked() {
 #[test]
 fn entries_hidden_from_gits_blob_parser_are_rejected() {
     for (name, content) in [
-        ("behind 0xff", b"[submodule \"s\"]\n\tpath = s\xff\n\turl = --upload-pack=touch /tmp/pwned\n".to_vec()),
-        ("behind a BOM", b"\xef\xbb\xbf[submodule \"s\"]\n\turl = --upload-pack=touch /tmp/pwned\n".to_vec()),
+        (
+            "behind 0xff",
+            b"[submodule \"s\"]\n\tpath = s\xff\n\turl = --upload-pack=touch /tmp/pwned\n".to_vec(),
+        ),
+        (
+            "behind a BOM",
+            b"\xef\xbb\xbf[submodule \"s\"]\n\turl = --upload-pack=touch /tmp/pwned\n".to_vec(),
+        ),
     ] {
         let (_repo, pack) = one_file_case(b".gitmodules", &content);
-        assert!(git_verdict(&pack, None).is_ok(), "{name}: git now rejects it; drop the difference");
+        assert!(
+            git_verdict(&pack, None).is_ok(),
+            "{name}: git now rejects it; drop the difference"
+        );
         match our_verdict(&pack, &NoObjects) {
             Err(IngestError::Fsck(e)) => assert_eq!(e.problem.msg_id(), "gitmodulesUrl", "{name}"),
             r => panic!("{name}: {r:?}"),
         }
     }
     // a BOM before harmless entries is fine
-    let (_repo, pack) = one_file_case(b".gitmodules", format!("\u{feff}{GOOD_GITMODULES}").as_bytes());
+    let (_repo, pack) = one_file_case(
+        b".gitmodules",
+        format!("\u{feff}{GOOD_GITMODULES}").as_bytes(),
+    );
     assert!(git_verdict(&pack, None).is_ok());
     our_verdict(&pack, &NoObjects).unwrap();
 }
@@ -429,17 +754,31 @@ fn pure_checks_name_the_object_and_limits() {
     let e = check_gitmodules(&oid, b"[submodule \"a\"]\nurl = -x\n").unwrap_err();
     assert_eq!(e.oid, oid);
     assert_eq!(e.problem.msg_id(), "gitmodulesUrl");
-    assert!(e.to_string().contains("gitmodulesUrl") && e.to_string().contains(&oid.to_hex()), "{e}");
+    assert!(
+        e.to_string().contains("gitmodulesUrl") && e.to_string().contains(&oid.to_hex()),
+        "{e}"
+    );
     let big = vec![b'\n'; GITATTRIBUTES_MAX_BYTES as usize + 1];
-    assert_eq!(check_gitattributes(&oid, &big).unwrap_err().problem.msg_id(), "gitattributesLarge");
+    assert_eq!(
+        check_gitattributes(&oid, &big)
+            .unwrap_err()
+            .problem
+            .msg_id(),
+        "gitattributesLarge"
+    );
     check_gitattributes(&oid, &big[1..]).unwrap();
 }
 
 #[test]
 fn too_many_special_blobs_is_a_named_limit() {
     let repo = Repo::new();
-    let blobs: Vec<String> = (0..3).map(|i| repo.blob(format!("*.x{i} text\n").as_bytes())).collect();
-    let trees: Vec<String> = blobs.iter().map(|b| repo.tree(&[("100644", b, b".gitattributes")])).collect();
+    let blobs: Vec<String> = (0..3)
+        .map(|i| repo.blob(format!("*.x{i} text\n").as_bytes()))
+        .collect();
+    let trees: Vec<String> = blobs
+        .iter()
+        .map(|b| repo.tree(&[("100644", b, b".gitattributes")]))
+        .collect();
     let mut parent: Option<String> = None;
     for t in &trees {
         let parents: Vec<&str> = parent.iter().map(String::as_str).collect();
@@ -448,10 +787,13 @@ fn too_many_special_blobs_is_a_named_limit() {
     let pack = repo.pack(&format!("{}\n", parent.unwrap()));
     for (max, ok) in [(3, true), (2, false)] {
         let dir = tempfile::tempdir().unwrap();
-        let mut ingest = Ingest::new(dir.path(), IngestLimits {
-            special_blobs_max: max,
-            ..IngestLimits::default()
-        })
+        let mut ingest = Ingest::new(
+            dir.path(),
+            IngestLimits {
+                special_blobs_max: max,
+                ..IngestLimits::default()
+            },
+        )
         .unwrap();
         ingest.write(&pack).unwrap();
         match ingest.finish(&NoObjects, &STRICT) {

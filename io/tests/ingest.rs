@@ -6,7 +6,9 @@
 use guts_io::fsck::FsckProblem;
 use guts_io::object::{hash_object, ObjectKind};
 use guts_io::pack::entry::encode_type_size;
-use guts_io::pack::ingest::{CheckOptions, Ingest, IngestError, IngestLimits, IngestedPack, NoObjects, ObjectSource};
+use guts_io::pack::ingest::{
+    CheckOptions, Ingest, IngestError, IngestLimits, IngestedPack, NoObjects, ObjectSource,
+};
 use guts_io::ObjectId;
 use sha1::Digest;
 use std::collections::HashMap;
@@ -62,7 +64,16 @@ fn corpus() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let tmp = tempfile::tempdir().expect("tempdir").keep();
-        git(&tmp, &["clone", "-q", "--mirror", "/work/shared/corpus/guts.bundle", "guts.git"]);
+        git(
+            &tmp,
+            &[
+                "clone",
+                "-q",
+                "--mirror",
+                "/work/shared/corpus/guts.bundle",
+                "guts.git",
+            ],
+        );
         tmp.join("guts.git")
     })
 }
@@ -77,14 +88,21 @@ impl GitRepo {
     fn open(dir: &Path) -> GitRepo {
         let listing = git(
             dir,
-            &["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"],
+            &[
+                "cat-file",
+                "--batch-all-objects",
+                "--batch-check=%(objectname) %(objecttype)",
+            ],
         );
         let kinds = String::from_utf8(listing)
             .unwrap()
             .lines()
             .map(|l| {
                 let (oid, kind) = l.split_once(' ').unwrap();
-                (oid.parse().unwrap(), ObjectKind::from_name(kind.as_bytes()).unwrap())
+                (
+                    oid.parse().unwrap(),
+                    ObjectKind::from_name(kind.as_bytes()).unwrap(),
+                )
             })
             .collect();
         GitRepo {
@@ -100,14 +118,24 @@ impl ObjectSource for GitRepo {
     }
     fn read_object(&self, oid: &ObjectId) -> Option<(ObjectKind, Vec<u8>)> {
         let kind = *self.kinds.get(oid)?;
-        Some((kind, git(&self.dir, &["cat-file", kind.name(), &oid.to_hex()])))
+        Some((
+            kind,
+            git(&self.dir, &["cat-file", kind.name(), &oid.to_hex()]),
+        ))
     }
     fn object_kind(&self, oid: &ObjectId) -> Option<ObjectKind> {
         self.kinds.get(oid).copied()
     }
 }
 
-fn ingest(dir: &Path, pack: &[u8], chunk: usize, repo: &dyn ObjectSource, checks: &CheckOptions, limits: IngestLimits) -> Result<IngestedPack, IngestError> {
+fn ingest(
+    dir: &Path,
+    pack: &[u8],
+    chunk: usize,
+    repo: &dyn ObjectSource,
+    checks: &CheckOptions,
+    limits: IngestLimits,
+) -> Result<IngestedPack, IngestError> {
     let mut ingest = Ingest::new(dir, limits)?;
     for c in pack.chunks(chunk.max(1)) {
         ingest.write(c)?;
@@ -144,9 +172,19 @@ fn commit_and_fsck(ingested: IngestedPack) -> tempfile::TempDir {
     let idx_name = idx.file_name().unwrap().to_owned();
     std::fs::copy(&pack, pack_dir.join(&pack_name)).unwrap();
     std::fs::copy(&idx, pack_dir.join(&idx_name)).unwrap();
-    let verify = git(repo.path(), &["verify-pack", "-v", pack_dir.join(&pack_name).to_str().unwrap()]);
+    let verify = git(
+        repo.path(),
+        &[
+            "verify-pack",
+            "-v",
+            pack_dir.join(&pack_name).to_str().unwrap(),
+        ],
+    );
     assert!(String::from_utf8_lossy(&verify).contains(": ok"));
-    git(&repo.path().join("r.git"), &["fsck", "--strict", "--no-dangling"]);
+    git(
+        &repo.path().join("r.git"),
+        &["fsck", "--strict", "--no-dangling"],
+    );
     repo
 }
 
@@ -165,7 +203,11 @@ fn full_pack_any_chunking_matches_git() {
         assert!(ingested.stats().deltas > 0, "pack should contain deltas");
         let ours = std::fs::read(ingested.temp_idx_path()).unwrap();
         assert_eq!(std::fs::read(ingested.temp_pack_path()).unwrap(), pack);
-        assert_eq!(ours, git_index_pack(ingested.temp_pack_path()), "chunk {chunk}");
+        assert_eq!(
+            ours,
+            git_index_pack(ingested.temp_pack_path()),
+            "chunk {chunk}"
+        );
         assert_eq!(&pack[pack.len() - 20..], &ingested.checksum());
         if chunk == 4096 {
             // every object reads back as git has it
@@ -183,9 +225,28 @@ fn full_pack_any_chunking_matches_git() {
 #[test]
 fn pack_without_deltas_matches_git() {
     let src = corpus();
-    let pack = git_stdin(src, &["pack-objects", "--all", "--stdout", "-q", "--window=0", "--no-reuse-delta"], Some(b""));
+    let pack = git_stdin(
+        src,
+        &[
+            "pack-objects",
+            "--all",
+            "--stdout",
+            "-q",
+            "--window=0",
+            "--no-reuse-delta",
+        ],
+        Some(b""),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let ingested = ingest(dir.path(), &pack, 4096, &NoObjects, &STRICT, IngestLimits::default()).unwrap();
+    let ingested = ingest(
+        dir.path(),
+        &pack,
+        4096,
+        &NoObjects,
+        &STRICT,
+        IngestLimits::default(),
+    )
+    .unwrap();
     assert_eq!(ingested.stats().deltas, 0);
     let ours = std::fs::read(ingested.temp_idx_path()).unwrap();
     assert_eq!(ours, git_index_pack(ingested.temp_pack_path()));
@@ -201,23 +262,50 @@ fn thin_pack_is_completed_like_fix_thin() {
     let src = corpus();
     let head = String::from_utf8(git(
         src,
-        &["for-each-ref", "--count=1", "--sort=-committerdate", "--format=%(objectname)"],
+        &[
+            "for-each-ref",
+            "--count=1",
+            "--sort=-committerdate",
+            "--format=%(objectname)",
+        ],
     ))
     .unwrap();
     let old = String::from_utf8(git(src, &["rev-parse", &format!("{}~3", head.trim())])).unwrap();
     let revs = format!("{}\n^{}\n", head.trim(), old.trim());
-    let pack = git_stdin(src, &["pack-objects", "--revs", "--thin", "--stdout", "-q"], Some(revs.as_bytes()));
+    let pack = git_stdin(
+        src,
+        &["pack-objects", "--revs", "--thin", "--stdout", "-q"],
+        Some(revs.as_bytes()),
+    );
     let repo = GitRepo::open(src);
     let dir = tempfile::tempdir().unwrap();
     // a thin pack without the repository fails, naming a base
-    match ingest(dir.path(), &pack, 4096, &NoObjects, &STRICT, IngestLimits::default()) {
+    match ingest(
+        dir.path(),
+        &pack,
+        4096,
+        &NoObjects,
+        &STRICT,
+        IngestLimits::default(),
+    ) {
         Err(IngestError::MissingBase { base, .. }) => assert!(repo.contains(&base)),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("thin pack accepted without bases"),
     }
     assert!(dir_entries(dir.path()).is_empty());
-    let ingested = ingest(dir.path(), &pack, 7, &repo, &STRICT, IngestLimits::default()).unwrap();
-    assert!(ingested.stats().thin_bases_appended > 0, "pack was not thin");
+    let ingested = ingest(
+        dir.path(),
+        &pack,
+        7,
+        &repo,
+        &STRICT,
+        IngestLimits::default(),
+    )
+    .unwrap();
+    assert!(
+        ingested.stats().thin_bases_appended > 0,
+        "pack was not thin"
+    );
     let ours = std::fs::read(ingested.temp_idx_path()).unwrap();
     assert_eq!(ours, git_index_pack(ingested.temp_pack_path()));
     // same objects as git's own --fix-thin inside a repository with the bases
@@ -229,11 +317,19 @@ fn thin_pack_is_completed_like_fix_thin() {
         format!("{}\n", src.join("objects").display()),
     )
     .unwrap();
-    let fixed = git_stdin(&other_git, &["index-pack", "--fix-thin", "--stdin", "--strict"], Some(&pack));
+    let fixed = git_stdin(
+        &other_git,
+        &["index-pack", "--fix-thin", "--stdin", "--strict"],
+        Some(&pack),
+    );
     let name = String::from_utf8(fixed).unwrap();
     let name = name.trim().trim_start_matches("pack\t");
     let git_idx = other_git.join(format!("objects/pack/pack-{name}.idx"));
-    let listing = git_stdin(src, &["show-index"], Some(&std::fs::read(&git_idx).unwrap()));
+    let listing = git_stdin(
+        src,
+        &["show-index"],
+        Some(&std::fs::read(&git_idx).unwrap()),
+    );
     let mut theirs: Vec<String> = String::from_utf8(listing)
         .unwrap()
         .lines()
@@ -260,7 +356,13 @@ fn commit_and_fsck_with_alternates(ingested: IngestedPack, base_repo: &Path) {
     let pack_dir = git_dir.join("objects/pack");
     std::fs::copy(&pack, pack_dir.join(pack.file_name().unwrap())).unwrap();
     std::fs::copy(&idx, pack_dir.join(idx.file_name().unwrap())).unwrap();
-    git(repo.path(), &["verify-pack", pack_dir.join(pack.file_name().unwrap()).to_str().unwrap()]);
+    git(
+        repo.path(),
+        &[
+            "verify-pack",
+            pack_dir.join(pack.file_name().unwrap()).to_str().unwrap(),
+        ],
+    );
     git(&git_dir, &["fsck", "--strict", "--no-dangling"]);
 }
 
@@ -268,7 +370,15 @@ fn commit_and_fsck_with_alternates(ingested: IngestedPack, base_repo: &Path) {
 fn empty_pack_is_accepted_and_dropped() {
     let pack = PackBuilder::new().finish();
     let dir = tempfile::tempdir().unwrap();
-    let ingested = ingest(dir.path(), &pack, 3, &NoObjects, &STRICT, IngestLimits::default()).unwrap();
+    let ingested = ingest(
+        dir.path(),
+        &pack,
+        3,
+        &NoObjects,
+        &STRICT,
+        IngestLimits::default(),
+    )
+    .unwrap();
     assert_eq!(ingested.object_count(), 0);
     assert_eq!(ingested.commit().unwrap(), None);
     assert!(dir_entries(dir.path()).is_empty());
@@ -291,14 +401,28 @@ fn large_random_blob_streams_through_bounded_buffers() {
     let oid = hash_object(ObjectKind::Blob, &data);
     drop(data);
     let dir = tempfile::tempdir().unwrap();
-    let ingested = ingest(dir.path(), &pack, 65536, &NoObjects, &STRICT, IngestLimits::default()).unwrap();
-    assert_eq!(ingested.objects().collect::<Vec<_>>(), [(oid, ObjectKind::Blob)]);
+    let ingested = ingest(
+        dir.path(),
+        &pack,
+        65536,
+        &NoObjects,
+        &STRICT,
+        IngestLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        ingested.objects().collect::<Vec<_>>(),
+        [(oid, ObjectKind::Blob)]
+    );
     assert!(
         ingested.stats().largest_object_buffer_bytes < 1 << 20,
         "largest buffer {}",
         ingested.stats().largest_object_buffer_bytes
     );
-    assert_eq!(std::fs::read(ingested.temp_idx_path()).unwrap(), git_index_pack(ingested.temp_pack_path()));
+    assert_eq!(
+        std::fs::read(ingested.temp_idx_path()).unwrap(),
+        git_index_pack(ingested.temp_pack_path())
+    );
 }
 
 // ---- hand-made packs -------------------------------------------------
@@ -371,7 +495,8 @@ impl PackBuilder {
     }
     fn whole_level(&mut self, kind: ObjectKind, data: &[u8], level: flate2::Compression) -> u64 {
         let at = self.offset();
-        self.body.extend(type_size(kind.pack_code(), data.len() as u64));
+        self.body
+            .extend(type_size(kind.pack_code(), data.len() as u64));
         self.body.extend(zlib(data, level));
         self.count += 1;
         at
@@ -380,7 +505,8 @@ impl PackBuilder {
         let at = self.offset();
         self.body.extend(type_size(6, delta.len() as u64));
         self.body.extend(ofs_encoding(at - base_offset));
-        self.body.extend(zlib(delta, flate2::Compression::default()));
+        self.body
+            .extend(zlib(delta, flate2::Compression::default()));
         self.count += 1;
         at
     }
@@ -388,7 +514,8 @@ impl PackBuilder {
         let at = self.offset();
         self.body.extend(type_size(7, delta.len() as u64));
         self.body.extend_from_slice(base.as_bytes());
-        self.body.extend(zlib(delta, flate2::Compression::default()));
+        self.body
+            .extend(zlib(delta, flate2::Compression::default()));
         self.count += 1;
         at
     }
@@ -431,9 +558,16 @@ fn reject_with(pack: &[u8], limits: IngestLimits, repo: &dyn ObjectSource) -> In
             Ok(_) => panic!("pack accepted (chunk {chunk})"),
             Err(e) => e,
         };
-        assert!(dir_entries(dir.path()).is_empty(), "temporary files left behind");
+        assert!(
+            dir_entries(dir.path()).is_empty(),
+            "temporary files left behind"
+        );
         if let Some(prev) = &last {
-            assert_eq!(format!("{prev}"), format!("{err}"), "error depends on chunking");
+            assert_eq!(
+                format!("{prev}"),
+                format!("{err}"),
+                "error depends on chunking"
+            );
         }
         last = Some(err);
     }
@@ -454,9 +588,20 @@ fn sample_pack_is_fine() {
     let (b, _) = sample();
     let pack = b.finish();
     let dir = tempfile::tempdir().unwrap();
-    let ingested = ingest(dir.path(), &pack, 1, &NoObjects, &STRICT, IngestLimits::default()).unwrap();
+    let ingested = ingest(
+        dir.path(),
+        &pack,
+        1,
+        &NoObjects,
+        &STRICT,
+        IngestLimits::default(),
+    )
+    .unwrap();
     assert_eq!(ingested.object_count(), 3);
-    assert_eq!(std::fs::read(ingested.temp_idx_path()).unwrap(), git_index_pack(ingested.temp_pack_path()));
+    assert_eq!(
+        std::fs::read(ingested.temp_idx_path()).unwrap(),
+        git_index_pack(ingested.temp_pack_path())
+    );
 }
 
 #[test]
@@ -464,7 +609,10 @@ fn bad_signature_and_version() {
     let (b, _) = sample();
     let mut pack = b.finish();
     pack[0] = b'K';
-    assert!(matches!(reject(&pack, IngestLimits::default()), IngestError::NotAPack { .. }));
+    assert!(matches!(
+        reject(&pack, IngestLimits::default()),
+        IngestError::NotAPack { .. }
+    ));
     let mut pack = b.finish();
     pack[7] = 4;
     assert!(matches!(
@@ -486,7 +634,9 @@ fn truncated_everywhere() {
     ];
     for (len, section) in cases {
         match reject(&pack[..len], IngestLimits::default()) {
-            IngestError::Truncated { section: s, .. } => assert_eq!(format!("{s:?}"), section, "len {len}"),
+            IngestError::Truncated { section: s, .. } => {
+                assert_eq!(format!("{s:?}"), section, "len {len}")
+            }
             e => panic!("len {len}: {e}"),
         }
     }
@@ -498,10 +648,16 @@ fn wrong_trailer_and_trailing_data() {
     let mut pack = b.finish();
     let n = pack.len();
     pack[n - 1] ^= 1;
-    assert!(matches!(reject(&pack, IngestLimits::default()), IngestError::ChecksumMismatch { .. }));
+    assert!(matches!(
+        reject(&pack, IngestLimits::default()),
+        IngestError::ChecksumMismatch { .. }
+    ));
     let mut pack = b.finish();
     pack.push(0);
-    assert!(matches!(reject(&pack, IngestLimits::default()), IngestError::TrailingData));
+    assert!(matches!(
+        reject(&pack, IngestLimits::default()),
+        IngestError::TrailingData
+    ));
 }
 
 #[test]
@@ -519,9 +675,16 @@ fn corrupt_zlib_and_size_mismatch() {
     for declared in [11u64, 13] {
         let mut b = PackBuilder::new();
         b.raw(&type_size(3, declared), false);
-        b.raw(&zlib(b"hello world\n", flate2::Compression::default()), true);
+        b.raw(
+            &zlib(b"hello world\n", flate2::Compression::default()),
+            true,
+        );
         match reject(&b.finish(), IngestLimits::default()) {
-            IngestError::SizeMismatch { declared: d, actual, .. } => {
+            IngestError::SizeMismatch {
+                declared: d,
+                actual,
+                ..
+            } => {
                 assert_eq!(d, declared);
                 assert!(actual >= 12 || actual == 12);
             }
@@ -536,7 +699,10 @@ fn object_count_mismatch() {
     let pack = b.finish_with_count(4);
     assert!(matches!(
         reject(&pack, IngestLimits::default()),
-        IngestError::ObjectCountTooLarge { declared: 4, found: 3 }
+        IngestError::ObjectCountTooLarge {
+            declared: 4,
+            found: 3
+        }
     ));
     let pack = b.finish_with_count(2);
     assert!(matches!(
@@ -581,12 +747,21 @@ fn bad_deltas() {
     let at = b.offset();
     b.raw(&type_size(6, 3), false);
     b.raw(&ofs_encoding(at + 5), false);
-    b.raw(&zlib(&delta(12, None, b"a", 1), flate2::Compression::default()), true);
-    assert!(matches!(reject(&b.finish(), IngestLimits::default()), IngestError::OfsBaseOutOfRange { .. }));
+    b.raw(
+        &zlib(&delta(12, None, b"a", 1), flate2::Compression::default()),
+        true,
+    );
+    assert!(matches!(
+        reject(&b.finish(), IngestLimits::default()),
+        IngestError::OfsBaseOutOfRange { .. }
+    ));
     // OFS_DELTA into the middle of an entry
     let (mut b, offsets) = sample();
     b.ofs_delta(offsets[1] + 1, &delta(12, None, b"a", 1));
-    assert!(matches!(reject(&b.finish(), IngestLimits::default()), IngestError::OfsBaseNotEntry { .. }));
+    assert!(matches!(
+        reject(&b.finish(), IngestLimits::default()),
+        IngestError::OfsBaseNotEntry { .. }
+    ));
     // chain deeper than the limit
     let mut b = PackBuilder::new();
     let mut prev = b.whole(ObjectKind::Blob, b"0123456789");
@@ -599,7 +774,11 @@ fn bad_deltas() {
     };
     assert!(matches!(
         reject(&b.finish(), limits),
-        IngestError::DeltaChainTooDeep { depth: 3, limit: 2, .. }
+        IngestError::DeltaChainTooDeep {
+            depth: 3,
+            limit: 2,
+            ..
+        }
     ));
     // a cycle of REF_DELTAs: each names the other's (unknowable) id
     let mut b = PackBuilder::new();
@@ -607,7 +786,10 @@ fn bad_deltas() {
     let c = hash_object(ObjectKind::Blob, b"cccc");
     b.ref_delta(c, &delta(4, None, b"aaaa", 4));
     b.ref_delta(a, &delta(4, None, b"cccc", 4));
-    assert!(matches!(reject(&b.finish(), IngestLimits::default()), IngestError::MissingBase { .. }));
+    assert!(matches!(
+        reject(&b.finish(), IngestLimits::default()),
+        IngestError::MissingBase { .. }
+    ));
 }
 
 #[test]
@@ -645,7 +827,10 @@ fn limits() {
     // a delta whose result would exceed the object limit
     let (mut b, offsets) = sample();
     b.ofs_delta(offsets[1], &delta(12, Some((0, 12)), b"", 1 << 40));
-    assert!(matches!(reject(&b.finish(), IngestLimits::default()), IngestError::ObjectTooLarge { .. }));
+    assert!(matches!(
+        reject(&b.finish(), IngestLimits::default()),
+        IngestError::ObjectTooLarge { .. }
+    ));
 }
 
 #[test]
@@ -653,7 +838,10 @@ fn duplicate_objects() {
     let mut b = PackBuilder::new();
     b.whole(ObjectKind::Blob, b"same");
     b.whole(ObjectKind::Blob, b"same");
-    assert!(matches!(reject(&b.finish(), IngestLimits::default()), IngestError::DuplicateObject { .. }));
+    assert!(matches!(
+        reject(&b.finish(), IngestLimits::default()),
+        IngestError::DuplicateObject { .. }
+    ));
 }
 
 // ---- object checks, with git index-pack --strict as the oracle -------
@@ -674,9 +862,13 @@ fn tree(entries: &[(&str, &[u8], ObjectId)]) -> Vec<u8> {
 fn git_accepts(pack: &[u8]) -> bool {
     let tmp = tempfile::tempdir().unwrap();
     git(tmp.path(), &["init", "-q", "--bare", "r.git"]);
-    git_run(&tmp.path().join("r.git"), &["index-pack", "--strict", "--stdin"], Some(pack))
-        .status
-        .success()
+    git_run(
+        &tmp.path().join("r.git"),
+        &["index-pack", "--strict", "--stdin"],
+        Some(pack),
+    )
+    .status
+    .success()
 }
 
 fn fsck_case(objects: &[(ObjectKind, Vec<u8>)]) -> (Vec<u8>, Result<(), IngestError>) {
@@ -686,7 +878,15 @@ fn fsck_case(objects: &[(ObjectKind, Vec<u8>)]) -> (Vec<u8>, Result<(), IngestEr
     }
     let pack = b.finish();
     let dir = tempfile::tempdir().unwrap();
-    let result = ingest(dir.path(), &pack, 4096, &NoObjects, &STRICT, IngestLimits::default()).map(|_| ());
+    let result = ingest(
+        dir.path(),
+        &pack,
+        4096,
+        &NoObjects,
+        &STRICT,
+        IngestLimits::default(),
+    )
+    .map(|_| ());
     (pack, result)
 }
 
@@ -706,7 +906,10 @@ fn object_checks_agree_with_git() {
             vec![
                 (ObjectKind::Blob, blob.clone()),
                 (ObjectKind::Tree, good_tree.clone()),
-                (ObjectKind::Commit, commit(good_tree_id, "A <a@example.com> 1700000000 +0000")),
+                (
+                    ObjectKind::Commit,
+                    commit(good_tree_id, "A <a@example.com> 1700000000 +0000"),
+                ),
             ],
             None,
         ),
@@ -720,12 +923,18 @@ fn object_checks_agree_with_git() {
         ),
         (
             "zero-padded mode",
-            vec![(ObjectKind::Tree, good_tree.clone()), (ObjectKind::Tree, tree(&[("040000", b"d", good_tree_id)]))],
+            vec![
+                (ObjectKind::Tree, good_tree.clone()),
+                (ObjectKind::Tree, tree(&[("040000", b"d", good_tree_id)])),
+            ],
             Some("zeroPaddedFilemode"),
         ),
         (
             "odd mode (info only)",
-            vec![(ObjectKind::Blob, blob.clone()), (ObjectKind::Tree, tree(&[("100666", b"f", blob_id)]))],
+            vec![
+                (ObjectKind::Blob, blob.clone()),
+                (ObjectKind::Tree, tree(&[("100666", b"f", blob_id)])),
+            ],
             None,
         ),
         (
@@ -733,14 +942,21 @@ fn object_checks_agree_with_git() {
             vec![
                 (ObjectKind::Blob, blob.clone()),
                 (ObjectKind::Tree, good_tree.clone()),
-                (ObjectKind::Commit, commit(good_tree_id, "A <a@example.com 1700000000 +0000")),
+                (
+                    ObjectKind::Commit,
+                    commit(good_tree_id, "A <a@example.com 1700000000 +0000"),
+                ),
             ],
             Some("badEmail"),
         ),
     ];
     for (name, objects, expected) in cases {
         let (pack, result) = fsck_case(&objects);
-        assert_eq!(git_accepts(&pack), expected.is_none(), "git disagrees on {name}");
+        assert_eq!(
+            git_accepts(&pack),
+            expected.is_none(),
+            "git disagrees on {name}"
+        );
         match (result, expected) {
             (Ok(()), None) => {}
             (Err(IngestError::Fsck(e)), Some(id)) => assert_eq!(e.problem.msg_id(), id, "{name}"),
@@ -752,8 +968,14 @@ fn object_checks_agree_with_git() {
 #[test]
 fn missing_link_is_rejected() {
     // (not the empty tree: git treats that one as always present)
-    let missing_tree = hash_object(ObjectKind::Tree, &tree(&[("100644", b"x", hash_object(ObjectKind::Blob, b"x"))]));
-    let commit = format!("tree {missing_tree}\nauthor A <a@b.c> 1 +0000\ncommitter A <a@b.c> 1 +0000\n\nm\n").into_bytes();
+    let missing_tree = hash_object(
+        ObjectKind::Tree,
+        &tree(&[("100644", b"x", hash_object(ObjectKind::Blob, b"x"))]),
+    );
+    let commit = format!(
+        "tree {missing_tree}\nauthor A <a@b.c> 1 +0000\ncommitter A <a@b.c> 1 +0000\n\nm\n"
+    )
+    .into_bytes();
     let commit_id = hash_object(ObjectKind::Commit, &commit);
     let (pack, result) = fsck_case(&[(ObjectKind::Commit, commit)]);
     assert!(!git_accepts(&pack));
@@ -770,7 +992,10 @@ fn missing_link_is_rejected() {
     let top = tree(&[("100644", b"f", sub_id)]);
     let (pack, result) = fsck_case(&[(ObjectKind::Tree, sub), (ObjectKind::Tree, top)]);
     assert!(!git_accepts(&pack));
-    assert!(matches!(result, Err(IngestError::LinkKindMismatch { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(IngestError::LinkKindMismatch { .. })),
+        "{result:?}"
+    );
     let _ = FsckProblem::HasDot;
 }
 
@@ -780,7 +1005,16 @@ fn missing_link_is_rejected() {
 #[ignore]
 fn tokio_throughput() {
     let tmp = tempfile::tempdir().unwrap();
-    git(tmp.path(), &["clone", "-q", "--mirror", "/work/shared/corpus/tokio.bundle", "tokio.git"]);
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            "/work/shared/corpus/tokio.bundle",
+            "tokio.git",
+        ],
+    );
     let pack_dir = tmp.path().join("tokio.git/objects/pack");
     let pack_path = std::fs::read_dir(&pack_dir)
         .unwrap()
@@ -802,7 +1036,11 @@ fn tokio_throughput() {
         let streamed = start.elapsed();
         let ingested = ing.finish(&NoObjects, &STRICT).unwrap();
         let ours = start.elapsed();
-        println!("  stream phase {:.3}s, resolve+checks+idx {:.3}s", streamed.as_secs_f64(), (ours - streamed).as_secs_f64());
+        println!(
+            "  stream phase {:.3}s, resolve+checks+idx {:.3}s",
+            streamed.as_secs_f64(),
+            (ours - streamed).as_secs_f64()
+        );
         let mb = pack.len() as f64 / (1 << 20) as f64;
         println!(
             "guts ingest threads={threads}: {:.3}s, {:.1} MiB/s, {} objects, {} deltas",
@@ -812,7 +1050,10 @@ fn tokio_throughput() {
             ingested.stats().deltas
         );
         if threads == 2 {
-            assert_eq!(std::fs::read(ingested.temp_idx_path()).unwrap(), git_index_pack(&pack_path));
+            assert_eq!(
+                std::fs::read(ingested.temp_idx_path()).unwrap(),
+                git_index_pack(&pack_path)
+            );
         }
     }
     let work = tempfile::tempdir().unwrap();

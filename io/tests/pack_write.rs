@@ -16,7 +16,11 @@ use std::process::{Command, Stdio};
 const CORPUS: &str = "/work/shared/corpus";
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "git {args:?} in {}: {}",
@@ -42,7 +46,11 @@ fn git_stdin(dir: &Path, args: &[&str], input: &[u8]) -> String {
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -68,7 +76,13 @@ fn fixture(name: &str) -> Fixture {
     let mirror = root.join("mirror.git");
     git(
         &root,
-        &["clone", "-q", "--mirror", &format!("{CORPUS}/{name}.bundle"), mirror.to_str().unwrap()],
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &format!("{CORPUS}/{name}.bundle"),
+            mirror.to_str().unwrap(),
+        ],
     );
     let store_dir = root.join("store");
     copy_packs(&mirror.join("objects/pack"), &store_dir.join("pack"));
@@ -93,18 +107,29 @@ fn copy_packs(from: &Path, to: &Path) {
 }
 
 fn ref_tips(repo: &Path) -> Vec<ObjectId> {
-    let mut v: Vec<ObjectId> = oids(&git(repo, &["for-each-ref", "--format=%(objectname)"])).into_iter().collect();
+    let mut v: Vec<ObjectId> = oids(&git(repo, &["for-each-ref", "--format=%(objectname)"]))
+        .into_iter()
+        .collect();
     v.dedup();
     v
 }
 
-fn write_pack(store: &ObjectStore, objects: &[ObjectId], opts: PackWriteOptions, path: &Path) -> bool {
+fn write_pack(
+    store: &ObjectStore,
+    objects: &[ObjectId],
+    opts: PackWriteOptions,
+    path: &Path,
+) -> bool {
     let stream = pack_stream(store, objects, opts).unwrap();
     let verbatim = stream.is_verbatim();
     let mut f = std::fs::File::create(path).unwrap();
     for chunk in stream {
         let chunk = chunk.unwrap();
-        assert!(chunk.len() <= opts.chunk_bytes * 2 + 64, "chunk of {} bytes", chunk.len());
+        assert!(
+            chunk.len() <= opts.chunk_bytes * 2 + 64,
+            "chunk of {} bytes",
+            chunk.len()
+        );
         f.write_all(&chunk).unwrap();
     }
     verbatim
@@ -130,7 +155,14 @@ fn check_pack(repo: &Path, pack: &Path, tips: &[ObjectId]) -> BTreeSet<ObjectId>
 /// Annotated tags and their peeled targets (what upload-pack offers to
 /// `include-tag`).
 fn tag_candidates(repo: &Path) -> Vec<(ObjectId, ObjectId)> {
-    let tags = git(repo, &["for-each-ref", "refs/tags", "--format=%(objectname) %(objecttype) %(*objectname)"]);
+    let tags = git(
+        repo,
+        &[
+            "for-each-ref",
+            "refs/tags",
+            "--format=%(objectname) %(objecttype) %(*objectname)",
+        ],
+    );
     let mut candidates = Vec::new();
     for line in tags.lines() {
         let parts: Vec<&str> = line.split(' ').collect();
@@ -178,13 +210,22 @@ fn full_enumeration_and_packs_match_git() {
         };
         let res = enumerate(&fx.store, &req).unwrap();
         let expected = oids(&git(&fx.mirror, &["rev-list", "--objects", "--all"]));
-        assert_eq!(res.objects.len(), expected.len(), "{name}: duplicates or size mismatch");
+        assert_eq!(
+            res.objects.len(),
+            expected.len(),
+            "{name}: duplicates or size mismatch"
+        );
         same(&set(&res.objects), &expected, name);
         assert!(res.shallow.is_empty() && res.unshallow.is_empty());
 
         // Verbatim: the stored pack itself.
         let pack = fx.root.join("full.pack");
-        assert!(write_pack(&fx.store, &res.objects, PackWriteOptions::default(), &pack));
+        assert!(write_pack(
+            &fx.store,
+            &res.objects,
+            PackWriteOptions::default(),
+            &pack
+        ));
         let repo = empty_repo(&fx.root, "full");
         assert_eq!(check_pack(&repo, &pack, &tips), expected);
 
@@ -205,13 +246,21 @@ fn incremental_fetch_is_complete() {
     let fx = fixture("ripgrep");
     let tips = ref_tips(&fx.mirror);
     let head = git(&fx.mirror, &["rev-parse", "HEAD"]).trim().to_string();
-    let haves: Vec<ObjectId> = [format!("{head}~40"), format!("{head}~120^2"), format!("{head}~300")]
-        .iter()
-        .filter_map(|r| {
-            let out = Command::new("git").args(["rev-parse", "--verify", "-q", r]).current_dir(&fx.mirror).output().unwrap();
-            String::from_utf8(out.stdout).unwrap().trim().parse().ok()
-        })
-        .collect();
+    let haves: Vec<ObjectId> = [
+        format!("{head}~40"),
+        format!("{head}~120^2"),
+        format!("{head}~300"),
+    ]
+    .iter()
+    .filter_map(|r| {
+        let out = Command::new("git")
+            .args(["rev-parse", "--verify", "-q", r])
+            .current_dir(&fx.mirror)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().parse().ok()
+    })
+    .collect();
     assert!(!haves.is_empty());
     let req = WalkRequest {
         wants: tips.clone(),
@@ -219,12 +268,21 @@ fn incremental_fetch_is_complete() {
         ..Default::default()
     };
     let res = enumerate(&fx.store, &req).unwrap();
-    let mut args = vec!["rev-list".to_string(), "--objects".into(), "--all".into(), "--not".into()];
+    let mut args = vec![
+        "rev-list".to_string(),
+        "--objects".into(),
+        "--all".into(),
+        "--not".into(),
+    ];
     args.extend(haves.iter().map(|h| h.to_string()));
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let expected = oids(&git(&fx.mirror, &args));
     let ours = set(&res.objects);
-    assert!(ours.is_superset(&expected), "missing {:?}", expected.difference(&ours).take(5).collect::<Vec<_>>());
+    assert!(
+        ours.is_superset(&expected),
+        "missing {:?}",
+        expected.difference(&ours).take(5).collect::<Vec<_>>()
+    );
     assert_eq!(ours, expected);
 
     // The client: a repository holding exactly what the haves reach.
@@ -234,10 +292,13 @@ fn incremental_fetch_is_complete() {
     let out = Command::new("git")
         .args(["pack-objects", "--revs", "--stdout"])
         .current_dir(&fx.mirror)
-        .stdin(std::fs::File::open({
-            std::fs::write(fx.root.join("haves.txt"), &have_list).unwrap();
-            fx.root.join("haves.txt")
-        }).unwrap())
+        .stdin(
+            std::fs::File::open({
+                std::fs::write(fx.root.join("haves.txt"), &have_list).unwrap();
+                fx.root.join("haves.txt")
+            })
+            .unwrap(),
+        )
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -273,16 +334,36 @@ fn shallow_depths_match_git_clone() {
     let url = format!("file://{}", fx.mirror.display());
     for depth in [1u32, 3] {
         let clone = fx.root.join(format!("depth{depth}.git"));
-        git(&fx.root, &["clone", "-q", "--mirror", "--no-single-branch", "--depth", &depth.to_string(), &url, clone.to_str().unwrap()]);
+        git(
+            &fx.root,
+            &[
+                "clone",
+                "-q",
+                "--mirror",
+                "--no-single-branch",
+                "--depth",
+                &depth.to_string(),
+                &url,
+                clone.to_str().unwrap(),
+            ],
+        );
         let req = WalkRequest {
             wants: tips.clone(),
             deepen: Some(Deepen::Depth(depth)),
             ..Default::default()
         };
         let res = enumerate(&fx.store, &req).unwrap();
-        same(&set(&res.shallow), &shallow_file(&clone), &format!("shallow depth {depth}"));
+        same(
+            &set(&res.shallow),
+            &shallow_file(&clone),
+            &format!("shallow depth {depth}"),
+        );
         let expected = oids(&git(&clone, &["rev-list", "--objects", "--all"]));
-        same(&set(&res.objects), &expected, &format!("objects depth {depth}"));
+        same(
+            &set(&res.objects),
+            &expected,
+            &format!("objects depth {depth}"),
+        );
 
         // The pack itself is acceptable to a shallow repository.
         let repo = empty_repo(&fx.root, &format!("shallow{depth}"));
@@ -295,7 +376,19 @@ fn shallow_depths_match_git_clone() {
 
     // Deepen an existing depth-1 clone to depth 3, as `git fetch --depth 3`.
     let clone = fx.root.join("deepen.git");
-    git(&fx.root, &["clone", "-q", "--mirror", "--no-single-branch", "--depth", "1", &url, clone.to_str().unwrap()]);
+    git(
+        &fx.root,
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            "--no-single-branch",
+            "--depth",
+            "1",
+            &url,
+            clone.to_str().unwrap(),
+        ],
+    );
     let before_shallow: Vec<ObjectId> = shallow_file(&clone).into_iter().collect();
     let before_objects = oids(&git(&clone, &["rev-list", "--objects", "--all"]));
     let client_tips = ref_tips(&clone);
@@ -316,7 +409,10 @@ fn shallow_depths_match_git_clone() {
     assert_eq!(after, shallow_file(&clone));
     let mut union = before_objects.clone();
     union.extend(res.objects.iter().copied());
-    assert_eq!(union, oids(&git(&clone, &["rev-list", "--objects", "--all"])));
+    assert_eq!(
+        union,
+        oids(&git(&clone, &["rev-list", "--objects", "--all"]))
+    );
 
     // --unshallow sends everything missing.
     let req = WalkRequest {
@@ -331,7 +427,10 @@ fn shallow_depths_match_git_clone() {
     assert_eq!(set(&res.unshallow), shallow_file(&clone));
     let mut union = oids(&git(&clone, &["rev-list", "--objects", "--all"]));
     union.extend(res.objects.iter().copied());
-    assert_eq!(union, oids(&git(&fx.mirror, &["rev-list", "--objects", "--all"])));
+    assert_eq!(
+        union,
+        oids(&git(&fx.mirror, &["rev-list", "--objects", "--all"]))
+    );
 }
 
 #[test]
@@ -339,11 +438,25 @@ fn deepen_since_and_not_match_git_clone() {
     let fx = fixture("ripgrep");
     let url = format!("file://{}", fx.mirror.display());
     let head = git(&fx.mirror, &["rev-parse", "HEAD"]).trim().to_string();
-    let since: i64 = git(&fx.mirror, &["log", "-1", "--format=%ct", &format!("{head}~25")]).trim().parse().unwrap();
+    let since: i64 = git(
+        &fx.mirror,
+        &["log", "-1", "--format=%ct", &format!("{head}~25")],
+    )
+    .trim()
+    .parse()
+    .unwrap();
     let clone = fx.root.join("since.git");
     git(
         &fx.root,
-        &["clone", "-q", "--bare", "--single-branch", &format!("--shallow-since={since}"), &url, clone.to_str().unwrap()],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--single-branch",
+            &format!("--shallow-since={since}"),
+            &url,
+            clone.to_str().unwrap(),
+        ],
     );
     let wants = vec![head.parse::<ObjectId>().unwrap()];
     let req = WalkRequest {
@@ -355,15 +468,29 @@ fn deepen_since_and_not_match_git_clone() {
     };
     let res = enumerate(&fx.store, &req).unwrap();
     same(&set(&res.shallow), &shallow_file(&clone), "shallow");
-    same(&set(&res.objects), &oids(&git(&clone, &["rev-list", "--objects", "--all"])), "objects");
+    same(
+        &set(&res.objects),
+        &oids(&git(&clone, &["rev-list", "--objects", "--all"])),
+        "objects",
+    );
 
-    let not = git(&fx.mirror, &["rev-parse", &format!("{head}~30")]).trim().to_string();
+    let not = git(&fx.mirror, &["rev-parse", &format!("{head}~30")])
+        .trim()
+        .to_string();
     let clone = fx.root.join("not.git");
     // deepen-not takes a ref name on the wire; the walk gets it resolved.
     git(&fx.mirror, &["update-ref", "refs/exclude/here", &not]);
     git(
         &fx.root,
-        &["clone", "-q", "--bare", "--single-branch", "--shallow-exclude=refs/exclude/here", &url, clone.to_str().unwrap()],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--single-branch",
+            "--shallow-exclude=refs/exclude/here",
+            &url,
+            clone.to_str().unwrap(),
+        ],
     );
     let req = WalkRequest {
         wants,
@@ -373,7 +500,11 @@ fn deepen_since_and_not_match_git_clone() {
     };
     let res = enumerate(&fx.store, &req).unwrap();
     same(&set(&res.shallow), &shallow_file(&clone), "shallow");
-    same(&set(&res.objects), &oids(&git(&clone, &["rev-list", "--objects", "--all"])), "objects");
+    same(
+        &set(&res.objects),
+        &oids(&git(&clone, &["rev-list", "--objects", "--all"])),
+        "objects",
+    );
 }
 
 #[test]
@@ -392,12 +523,28 @@ fn filters_match_rev_list() {
             ..Default::default()
         };
         let res = enumerate(&fx.store, &req).unwrap();
-        let expected = oids(&git(&fx.mirror, &["rev-list", "--objects", "--all", &format!("--filter={spec}")]));
+        let expected = oids(&git(
+            &fx.mirror,
+            &[
+                "rev-list",
+                "--objects",
+                "--all",
+                &format!("--filter={spec}"),
+            ],
+        ));
         same(&set(&res.objects), &expected, spec);
     }
     // A directly wanted blob is sent despite blob:none.
     let listing = git(&fx.mirror, &["ls-tree", "-r", &tips[0].to_string()]);
-    let blob: ObjectId = listing.lines().next().unwrap().split(['\t', ' ']).nth(2).unwrap().parse().unwrap();
+    let blob: ObjectId = listing
+        .lines()
+        .next()
+        .unwrap()
+        .split(['\t', ' '])
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
     let req = WalkRequest {
         wants: vec![blob],
         filter: Some(Filter::BlobNone),
@@ -409,7 +556,10 @@ fn filters_match_rev_list() {
 #[test]
 fn include_tag_and_ancestry() {
     let fx = fixture("ripgrep");
-    let head: ObjectId = git(&fx.mirror, &["rev-parse", "HEAD"]).trim().parse().unwrap();
+    let head: ObjectId = git(&fx.mirror, &["rev-parse", "HEAD"])
+        .trim()
+        .parse()
+        .unwrap();
     let candidates = tag_candidates(&fx.mirror);
     assert!(!candidates.is_empty());
     let req = WalkRequest {
@@ -421,9 +571,16 @@ fn include_tag_and_ancestry() {
     let objects = set(&res.objects);
     let reachable = oids(&git(&fx.mirror, &["rev-list", "HEAD"]));
     for (tag, target) in &candidates {
-        assert_eq!(objects.contains(tag), reachable.contains(target), "tag {tag}");
+        assert_eq!(
+            objects.contains(tag),
+            reachable.contains(target),
+            "tag {tag}"
+        );
     }
-    let old: ObjectId = git(&fx.mirror, &["rev-parse", "HEAD~50"]).trim().parse().unwrap();
+    let old: ObjectId = git(&fx.mirror, &["rev-parse", "HEAD~50"])
+        .trim()
+        .parse()
+        .unwrap();
     assert!(is_ancestor(&fx.store, &old, &head).unwrap());
     assert!(!is_ancestor(&fx.store, &head, &old).unwrap());
     assert!(is_ancestor(&fx.store, &head, &head).unwrap());
@@ -438,30 +595,72 @@ fn several_packs_stream_verbatim() {
     let pack_dir = two.join("pack");
     std::fs::create_dir_all(&pack_dir).unwrap();
     let head = git(&fx.mirror, &["rev-parse", "HEAD"]).trim().to_string();
-    let old = git(&fx.mirror, &["rev-parse", &format!("{head}~10")]).trim().to_string();
-    git_stdin(&fx.mirror, &["pack-objects", "--revs", pack_dir.join("pack").to_str().unwrap()], format!("{old}\n").as_bytes());
-    let rest: String = tips.iter().map(|t| format!("{t}\n")).collect::<String>() + &format!("^{old}\n");
-    git_stdin(&fx.mirror, &["pack-objects", "--revs", pack_dir.join("pack").to_str().unwrap()], rest.as_bytes());
+    let old = git(&fx.mirror, &["rev-parse", &format!("{head}~10")])
+        .trim()
+        .to_string();
+    git_stdin(
+        &fx.mirror,
+        &[
+            "pack-objects",
+            "--revs",
+            pack_dir.join("pack").to_str().unwrap(),
+        ],
+        format!("{old}\n").as_bytes(),
+    );
+    let rest: String =
+        tips.iter().map(|t| format!("{t}\n")).collect::<String>() + &format!("^{old}\n");
+    git_stdin(
+        &fx.mirror,
+        &[
+            "pack-objects",
+            "--revs",
+            pack_dir.join("pack").to_str().unwrap(),
+        ],
+        rest.as_bytes(),
+    );
     let store = ObjectStore::open(&two).unwrap();
     assert_eq!(store.packs().len(), 2);
-    let res = enumerate(&store, &WalkRequest { wants: tips.clone(), ..Default::default() }).unwrap();
+    let res = enumerate(
+        &store,
+        &WalkRequest {
+            wants: tips.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let expected = oids(&git(&fx.mirror, &["rev-list", "--objects", "--all"]));
     assert_eq!(set(&res.objects), expected);
     if store.object_count() == expected.len() as u64 {
         let pack = fx.root.join("two.pack");
-        assert!(write_pack(&store, &res.objects, PackWriteOptions::default(), &pack));
+        assert!(write_pack(
+            &store,
+            &res.objects,
+            PackWriteOptions::default(),
+            &pack
+        ));
         let repo = empty_repo(&fx.root, "two-repo");
         assert_eq!(check_pack(&repo, &pack, &tips), expected);
     }
     // A subset spanning both packs re-encodes.
     let subset: Vec<ObjectId> = res.objects.iter().step_by(3).copied().collect();
     let pack = fx.root.join("subset.pack");
-    assert!(!write_pack(&store, &subset, PackWriteOptions::default(), &pack));
+    assert!(!write_pack(
+        &store,
+        &subset,
+        PackWriteOptions::default(),
+        &pack
+    ));
     let repo = empty_repo(&fx.root, "subset-repo");
     let data = std::fs::read(&pack).unwrap();
     let out = git_stdin(&repo, &["index-pack", "--stdin"], &data);
-    let idx = repo.join(format!(".git/objects/pack/pack-{}.idx", out.trim().trim_start_matches("pack\t")));
-    assert_eq!(oids(&git(&repo, &["verify-pack", "-v", idx.to_str().unwrap()])), set(&subset));
+    let idx = repo.join(format!(
+        ".git/objects/pack/pack-{}.idx",
+        out.trim().trim_start_matches("pack\t")
+    ));
+    assert_eq!(
+        oids(&git(&repo, &["verify-pack", "-v", idx.to_str().unwrap()])),
+        set(&subset)
+    );
 }
 
 /// Release-mode timing of a full tokio clone (walk + pack), against
@@ -473,11 +672,21 @@ fn tokio_full_clone_timing() {
     let fx = fixture("tokio");
     let tips = ref_tips(&fx.mirror);
     let cpu = thread_cpu_seconds;
-    let rounds: usize = std::env::var("GUTS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let rounds: usize = std::env::var("GUTS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     for round in 0..rounds {
         let t0 = std::time::Instant::now();
         let c0 = cpu();
-        let res = enumerate(&fx.store, &WalkRequest { wants: tips.clone(), ..Default::default() }).unwrap();
+        let res = enumerate(
+            &fx.store,
+            &WalkRequest {
+                wants: tips.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let walked = t0.elapsed();
         let mut bytes = 0;
         let stream = pack_stream(&fx.store, &res.objects, PackWriteOptions::default()).unwrap();
@@ -496,17 +705,36 @@ fn tokio_full_clone_timing() {
         );
     }
     for ofs_delta in [true, false] {
-        let res = enumerate(&fx.store, &WalkRequest { wants: tips.clone(), ..Default::default() }).unwrap();
+        let res = enumerate(
+            &fx.store,
+            &WalkRequest {
+                wants: tips.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut objects = res.objects.clone();
         if ofs_delta {
             objects.pop();
         }
         let t0 = std::time::Instant::now();
         let mut bytes = 0;
-        for chunk in pack_stream(&fx.store, &objects, PackWriteOptions { ofs_delta, chunk_bytes: 64 << 10 }).unwrap() {
+        for chunk in pack_stream(
+            &fx.store,
+            &objects,
+            PackWriteOptions {
+                ofs_delta,
+                chunk_bytes: 64 << 10,
+            },
+        )
+        .unwrap()
+        {
             bytes += chunk.unwrap().len();
         }
-        eprintln!("re-encoded (ofs_delta {ofs_delta}): {:?}, {bytes} bytes", t0.elapsed());
+        eprintln!(
+            "re-encoded (ofs_delta {ofs_delta}): {:?}, {bytes} bytes",
+            t0.elapsed()
+        );
     }
     let t0 = std::time::Instant::now();
     let out = Command::new("git")
@@ -515,12 +743,19 @@ fn tokio_full_clone_timing() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    eprintln!("git pack-objects --all --stdout: {:?} wall, {} bytes", t0.elapsed(), out.stdout.len());
+    eprintln!(
+        "git pack-objects --all --stdout: {:?} wall, {} bytes",
+        t0.elapsed(),
+        out.stdout.len()
+    );
 }
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
@@ -538,13 +773,19 @@ fn tokio_read_costs() {
         let raw = pack.raw_entry(off).unwrap();
         total += raw.len();
     }
-    eprintln!("pread all {} entries: {:?} ({total} bytes)", entries.len(), t0.elapsed());
+    eprintln!(
+        "pread all {} entries: {:?} ({total} bytes)",
+        entries.len(),
+        t0.elapsed()
+    );
     let t0 = std::time::Instant::now();
     let mut n = 0;
     for &(_, i) in &entries {
         let oid = pack.index().oid_at(i);
         let (k, _) = fx.store.read_header(&oid).unwrap().unwrap();
-        if k != guts_io::ObjectKind::Blob { n += 1; }
+        if k != guts_io::ObjectKind::Blob {
+            n += 1;
+        }
     }
     eprintln!("read_header all: {:?} ({n} non-blobs)", t0.elapsed());
     let t0 = std::time::Instant::now();
@@ -552,7 +793,12 @@ fn tokio_read_costs() {
     for &(_, i) in &entries {
         let oid = pack.index().oid_at(i);
         let (k, d) = fx.store.read(&oid).unwrap().unwrap();
-        if k == guts_io::ObjectKind::Tree { bytes += d.len(); }
+        if k == guts_io::ObjectKind::Tree {
+            bytes += d.len();
+        }
     }
-    eprintln!("read all in pack order: {:?} ({bytes} tree bytes)", t0.elapsed());
+    eprintln!(
+        "read all in pack order: {:?} ({bytes} tree bytes)",
+        t0.elapsed()
+    );
 }

@@ -171,8 +171,11 @@ impl RequestBody {
             if let Decoder::Gzip(d) = &mut self.decoder {
                 if !self.pending.is_empty() {
                     while !self.pending.is_empty() && d.get_ref().len() < GZIP_OUTPUT_CHUNK_BYTES {
-                        let step = self.pending.split_to(self.pending.len().min(GZIP_INPUT_STEP_BYTES));
-                        d.write_all(&step).map_err(|e| BodyError::BadGzip(e.to_string()))?;
+                        let step = self
+                            .pending
+                            .split_to(self.pending.len().min(GZIP_INPUT_STEP_BYTES));
+                        d.write_all(&step)
+                            .map_err(|e| BodyError::BadGzip(e.to_string()))?;
                         if self.seen + d.get_ref().len() as u64 > self.limit {
                             return Err(BodyError::TooLarge { limit: self.limit });
                         }
@@ -192,7 +195,8 @@ impl RequestBody {
                     self.done = true;
                     self.state.set_phase(Phase::Responding);
                     if let Decoder::Gzip(d) = &mut self.decoder {
-                        d.try_finish().map_err(|e| BodyError::BadGzip(e.to_string()))?;
+                        d.try_finish()
+                            .map_err(|e| BodyError::BadGzip(e.to_string()))?;
                         let rest = std::mem::take(d.get_mut());
                         if !rest.is_empty() {
                             return self.account(Bytes::from(rest)).map(Some);
@@ -203,7 +207,9 @@ impl RequestBody {
                 Some(Err(e)) => return Err(BodyError::Transport(e.to_string())),
                 Some(Ok(frame)) => frame,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             if data.is_empty() {
                 continue;
             }

@@ -74,7 +74,9 @@ impl ConnState {
     pub fn verdict(&self, limits: &Limits, now: Instant) -> Option<&'static str> {
         let since = now.saturating_duration_since(self.phase_since.get());
         match self.phase.get() {
-            Phase::Idle if since > Duration::from_millis(limits.idle_timeout_ms) => Some("idle timeout"),
+            Phase::Idle if since > Duration::from_millis(limits.idle_timeout_ms) => {
+                Some("idle timeout")
+            }
             Phase::Head if since > Duration::from_millis(limits.header_timeout_ms) => {
                 Some("request head not received in time")
             }
@@ -150,7 +152,11 @@ impl hyper::rt::Read for HyperStream {
 }
 
 impl hyper::rt::Write for HyperStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

@@ -10,14 +10,18 @@
 use bytes::Bytes;
 use futures_channel::mpsc;
 use guts_io::object::ObjectKind;
-use guts_io::pack::ingest::{CheckOptions, Ingest, IngestError, IngestLimits, IngestedPack, ObjectSource};
+use guts_io::pack::ingest::{
+    CheckOptions, Ingest, IngestError, IngestLimits, IngestedPack, ObjectSource,
+};
 use guts_io::pack::write::{pack_stream, PackWriteOptions};
 use guts_io::refname::check_ref_name;
 use guts_io::refs::RefUpdate;
 use guts_io::store::ObjectStore;
 use guts_io::walk::{self, Deepen as WalkDeepen, Filter, WalkRequest, WalkResult};
 use guts_io::ObjectId;
-use guts_net::advertise::{self, AdvertisedRef as WireRef, LsRefsEntry, ProtocolVersion, Service, V2Capabilities};
+use guts_net::advertise::{
+    self, AdvertisedRef as WireRef, LsRefsEntry, ProtocolVersion, Service, V2Capabilities,
+};
 use guts_net::negotiate;
 use guts_net::pktline;
 use guts_net::receive::{PushParser, PushRequest, PushStep, RefReport, ReportStatusVersion};
@@ -39,10 +43,18 @@ const SIDEBAND_64K_PAYLOAD_BYTES: usize = 65515;
 const SIDEBAND_PAYLOAD_BYTES: usize = 995;
 
 /// Route a `/git/OWNER/NAME[.git]/...` request (`rest` is after `/git/`).
-pub async fn route(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>, rest: String) -> Response<ResponseBody> {
+pub async fn route(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    req: Request<Incoming>,
+    rest: String,
+) -> Response<ResponseBody> {
     let mut parts = rest.splitn(3, '/');
     let (Some(owner), Some(name), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
-        return text(StatusCode::NOT_FOUND, "not found: expected /git/OWNER/NAME.git/...");
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: expected /git/OWNER/NAME.git/...",
+        );
     };
     let name = name.strip_suffix(".git").unwrap_or(name);
     if let Err(e) = check_name("owner", owner).and_then(|_| check_name("repository name", name)) {
@@ -57,7 +69,10 @@ pub async fn route(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incomi
         (_, "info/refs" | "git-upload-pack" | "git-receive-pack") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found (only the smart HTTP protocol is served)"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found (only the smart HTTP protocol is served)",
+        ),
     }
 }
 
@@ -68,12 +83,19 @@ fn protocol_version(headers: &HeaderMap) -> ProtocolVersion {
         .unwrap_or(ProtocolVersion::V0)
 }
 
-fn git_response(service: Service, content_type: &str, body: ResponseBody) -> Response<ResponseBody> {
+fn git_response(
+    service: Service,
+    content_type: &str,
+    body: ResponseBody,
+) -> Response<ResponseBody> {
     let _ = service;
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, content_type)
-        .header(header::CACHE_CONTROL, "no-cache, max-age=0, must-revalidate")
+        .header(
+            header::CACHE_CONTROL,
+            "no-cache, max-age=0, must-revalidate",
+        )
         .header(header::PRAGMA, "no-cache")
         .header(header::EXPIRES, "Fri, 01 Jan 1980 00:00:00 GMT")
         .body(body)
@@ -83,7 +105,11 @@ fn git_response(service: Service, content_type: &str, body: ResponseBody) -> Res
 /// A git `ERR` answer inside a 200 response, as git's own services send.
 fn git_error(service: Service, msg: &str) -> Response<ResponseBody> {
     tracing::debug!(service = service.name(), error = msg, "git request refused");
-    git_response(service, service.result_content_type(), ResponseBody::full(pktline::err_pkt(msg)))
+    git_response(
+        service,
+        service.result_content_type(),
+        ResponseBody::full(pktline::err_pkt(msg)),
+    )
 }
 
 fn bad_request(msg: impl std::fmt::Display) -> Response<ResponseBody> {
@@ -92,29 +118,44 @@ fn bad_request(msg: impl std::fmt::Display) -> Response<ResponseBody> {
 
 fn body_error_response(e: &BodyError) -> Response<ResponseBody> {
     match e {
-        BodyError::TooLarge { limit } => text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes")),
-        BodyError::UnsupportedEncoding(enc) => text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Encoding {enc:?}")),
+        BodyError::TooLarge { limit } => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes"),
+        ),
+        BodyError::UnsupportedEncoding(enc) => text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported Content-Encoding {enc:?}"),
+        ),
         other => bad_request(other),
     }
 }
 
 #[allow(clippy::result_large_err)] // the error is the response to send
 fn check_content_type(headers: &HeaderMap, service: Service) -> Result<(), Response<ResponseBody>> {
-    let got = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = got.split(';').next().unwrap_or("").trim();
     if mime.eq_ignore_ascii_case(service.request_content_type()) {
         Ok(())
     } else {
         Err(text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected Content-Type {}, got {got:?}", service.request_content_type()),
+            format!(
+                "expected Content-Type {}, got {got:?}",
+                service.request_content_type()
+            ),
         ))
     }
 }
 
 /// Refuse a declared body larger than the limit before reading any of it.
 #[allow(clippy::result_large_err)] // the error is the response to send
-pub(crate) fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), Response<ResponseBody>> {
+pub(crate) fn check_declared_length(
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<(), Response<ResponseBody>> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -127,7 +168,11 @@ pub(crate) fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(
     // its framing (stored blocks: 5 bytes per 64 KiB, plus header and
     // trailer), so a gzip body declared well past the limit decodes past
     // it too; allow that framing, refuse anything beyond at once.
-    let allowed = if gzip { limit.saturating_add(limit / 1024 + 1024) } else { limit };
+    let allowed = if gzip {
+        limit.saturating_add(limit / 1024 + 1024)
+    } else {
+        limit
+    };
     match declared {
         Some(len) if len > allowed => Err(text(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,8 +182,15 @@ pub(crate) fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(
     }
 }
 
-async fn snapshot_or_404(shard: &Rc<Shard>, owner: &str, name: &str) -> Result<RefSnapshot, Response<ResponseBody>> {
-    shard.snapshot(owner, name).await.map_err(|e| shard_error_response(&e))
+async fn snapshot_or_404(
+    shard: &Rc<Shard>,
+    owner: &str,
+    name: &str,
+) -> Result<RefSnapshot, Response<ResponseBody>> {
+    shard
+        .snapshot(owner, name)
+        .await
+        .map_err(|e| shard_error_response(&e))
 }
 
 fn wire_refs(snap: &RefSnapshot) -> Vec<WireRef<'_>> {
@@ -152,7 +204,12 @@ fn wire_refs(snap: &RefSnapshot) -> Vec<WireRef<'_>> {
         .collect()
 }
 
-async fn info_refs(shard: &Rc<Shard>, req: Request<Incoming>, owner: &str, name: &str) -> Response<ResponseBody> {
+async fn info_refs(
+    shard: &Rc<Shard>,
+    req: Request<Incoming>,
+    owner: &str,
+    name: &str,
+) -> Response<ResponseBody> {
     let query = req.uri().query().unwrap_or("");
     let service = query
         .split('&')
@@ -183,12 +240,24 @@ async fn info_refs(shard: &Rc<Shard>, req: Request<Incoming>, owner: &str, name:
             }
             Service::ReceivePack => advertise::receive_pack_capabilities(agent, true),
         };
-        let head = if service == Service::UploadPack { snap.head } else { None };
-        if let Err(e) = advertise::write_v0_refs(&mut out, version, head, &wire_refs(&snap), &caps) {
-            return text(StatusCode::INTERNAL_SERVER_ERROR, format!("advertisement: {e}"));
+        let head = if service == Service::UploadPack {
+            snap.head
+        } else {
+            None
+        };
+        if let Err(e) = advertise::write_v0_refs(&mut out, version, head, &wire_refs(&snap), &caps)
+        {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("advertisement: {e}"),
+            );
         }
     }
-    git_response(service, service.advertisement_content_type(), ResponseBody::full(out))
+    git_response(
+        service,
+        service.advertisement_content_type(),
+        ResponseBody::full(out),
+    )
 }
 
 // ---------------------------------------------------------------- upload-pack
@@ -203,13 +272,23 @@ async fn read_small_body(
     check_content_type(&parts.headers, service)?;
     let limit = shard.config.limits.upload_body_max_bytes;
     check_declared_length(&parts.headers, limit)?;
-    let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
-    let body = RequestBody::new(incoming, encoding, limit, state.clone()).map_err(|e| body_error_response(&e))?;
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let body = RequestBody::new(incoming, encoding, limit, state.clone())
+        .map_err(|e| body_error_response(&e))?;
     let data = body.collect().await.map_err(|e| body_error_response(&e))?;
     Ok((parts.headers, data))
 }
 
-async fn upload_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>, owner: &str, name: &str) -> Response<ResponseBody> {
+async fn upload_pack(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    req: Request<Incoming>,
+    owner: &str,
+    name: &str,
+) -> Response<ResponseBody> {
     let service = Service::UploadPack;
     // Refuse unknown repositories before reading a body.
     let snap = match snapshot_or_404(shard, owner, name).await {
@@ -256,7 +335,11 @@ fn ls_refs(snap: &RefSnapshot, req: &LsRefsRequest) -> Response<ResponseBody> {
     if let Err(e) = advertise::write_ls_refs(&mut out, req, &entries) {
         return text(StatusCode::INTERNAL_SERVER_ERROR, format!("ls-refs: {e}"));
     }
-    git_response(Service::UploadPack, Service::UploadPack.result_content_type(), ResponseBody::full(out))
+    git_response(
+        Service::UploadPack,
+        Service::UploadPack.result_content_type(),
+        ResponseBody::full(out),
+    )
 }
 
 /// What a fetch asks for, in terms the object walk understands.
@@ -268,7 +351,10 @@ struct FetchPlan {
     deepen: bool,
 }
 
-fn resolve_deepen(snap: &RefSnapshot, depth: &Option<Deepen>) -> Result<Option<WalkDeepen>, String> {
+fn resolve_deepen(
+    snap: &RefSnapshot,
+    depth: &Option<Deepen>,
+) -> Result<Option<WalkDeepen>, String> {
     match depth {
         None => Ok(None),
         Some(Deepen::Depth(n)) => Ok(Some(WalkDeepen::Depth(*n))),
@@ -276,9 +362,19 @@ fn resolve_deepen(snap: &RefSnapshot, depth: &Option<Deepen>) -> Result<Option<W
             if !not.is_empty() {
                 let mut oids = Vec::with_capacity(not.len());
                 for r in not {
-                    let found = [r.clone(), format!("refs/{r}"), format!("refs/tags/{r}"), format!("refs/heads/{r}")]
-                        .iter()
-                        .find_map(|cand| snap.refs.iter().find(|x| &x.name == cand).map(|x| x.peeled.unwrap_or(x.oid)));
+                    let found = [
+                        r.clone(),
+                        format!("refs/{r}"),
+                        format!("refs/tags/{r}"),
+                        format!("refs/heads/{r}"),
+                    ]
+                    .iter()
+                    .find_map(|cand| {
+                        snap.refs
+                            .iter()
+                            .find(|x| &x.name == cand)
+                            .map(|x| x.peeled.unwrap_or(x.oid))
+                    });
                     match found {
                         Some(oid) => oids.push(oid),
                         None => return Err(format!("deepen-not is not a ref: {r}")),
@@ -330,7 +426,11 @@ async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBod
         // A client that wants nothing sends only a flush (git's own
         // upload-pack then ends without a word); answer with a flush so the
         // response is a well-formed, non-empty pkt stream.
-        return git_response(service, service.result_content_type(), ResponseBody::full(&pktline::FLUSH_PKT[..]));
+        return git_response(
+            service,
+            service.result_content_type(),
+            ResponseBody::full(&pktline::FLUSH_PKT[..]),
+        );
     }
     if let Err(msg) = check_wants(&snap.store, &req.wants) {
         return git_error(service, &msg);
@@ -349,14 +449,22 @@ async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBod
             deepen: deepen.clone(),
             deepen_relative: req.caps.deepen_relative,
             filter: walk_filter(&req.filter),
-            include_tag_candidates: if req.caps.include_tag { tag_candidates(&snap) } else { Vec::new() },
+            include_tag_candidates: if req.caps.include_tag {
+                tag_candidates(&snap)
+            } else {
+                Vec::new()
+            },
         },
         sideband: req.caps.sideband_mode(),
         progress: !req.caps.no_progress,
         ofs_delta: req.caps.ofs_delta,
         deepen: deepen.is_some(),
     };
-    let negotiation = negotiate::negotiate_v0_request(&req, |oid| store.contains(oid), |common| !common.is_empty());
+    let negotiation = negotiate::negotiate_v0_request(
+        &req,
+        |oid| store.contains(oid),
+        |common| !common.is_empty(),
+    );
     let mut plan = plan;
     plan.walk.haves = negotiation.common.clone();
     if plan.deepen {
@@ -373,7 +481,11 @@ async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBod
     }
     preamble.extend_from_slice(&negotiation.bytes);
     if !negotiation.pack_follows {
-        return git_response(service, service.result_content_type(), ResponseBody::full(preamble));
+        return git_response(
+            service,
+            service.result_content_type(),
+            ResponseBody::full(preamble),
+        );
     }
     stream_pack(snap, plan, preamble, None).await
 }
@@ -399,7 +511,13 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
         Err(msg) => return git_error(service, &msg),
     };
     let store = snap.store.clone();
-    let acks = negotiate::acknowledge_v2(&req.haves, req.done, req.wait_for_done, |oid| store.contains(oid), |common| !common.is_empty());
+    let acks = negotiate::acknowledge_v2(
+        &req.haves,
+        req.done,
+        req.wait_for_done,
+        |oid| store.contains(oid),
+        |common| !common.is_empty(),
+    );
     let plan = FetchPlan {
         walk: WalkRequest {
             wants,
@@ -408,7 +526,11 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
             deepen: deepen.clone(),
             deepen_relative: req.deepen_relative,
             filter: walk_filter(&req.filter),
-            include_tag_candidates: if req.include_tag { tag_candidates(&snap) } else { Vec::new() },
+            include_tag_candidates: if req.include_tag {
+                tag_candidates(&snap)
+            } else {
+                Vec::new()
+            },
         },
         sideband: Some(SidebandMode::SideBand64k),
         progress: !req.no_progress,
@@ -417,12 +539,17 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
     };
     let preamble = acks.bytes;
     if !acks.pack_follows {
-        return git_response(service, service.result_content_type(), ResponseBody::full(preamble));
+        return git_response(
+            service,
+            service.result_content_type(),
+            ResponseBody::full(preamble),
+        );
     }
     // wanted-refs comes after shallow-info, which stream_pack writes.
     let mut wanted_section = Vec::new();
     if !wanted_refs.is_empty() {
-        let refs: Vec<(ObjectId, &str)> = wanted_refs.iter().map(|(o, n)| (*o, n.as_str())).collect();
+        let refs: Vec<(ObjectId, &str)> =
+            wanted_refs.iter().map(|(o, n)| (*o, n.as_str())).collect();
         if let Err(e) = negotiate::write_wanted_refs(&mut wanted_section, &refs) {
             return git_error(service, &e.to_string());
         }
@@ -432,14 +559,23 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
 
 async fn run_walk(store: ObjectStore, req: WalkRequest) -> Result<WalkResult, String> {
     glommio::executor()
-        .spawn_blocking(move || contained(move || walk::enumerate(&store, &req).map_err(|e| format!("upload-pack: {e}"))))
+        .spawn_blocking(move || {
+            contained(move || {
+                walk::enumerate(&store, &req).map_err(|e| format!("upload-pack: {e}"))
+            })
+        })
         .await
 }
 
 /// Enumerate, then stream the pack (side-band framed) behind `preamble`.
 /// `v2` is `Some(wanted-refs section, possibly empty)` for protocol v2: the
 /// sections then follow in protocol order (shallow-info, wanted-refs, packfile).
-async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, v2: Option<Vec<u8>>) -> Response<ResponseBody> {
+async fn stream_pack(
+    snap: RefSnapshot,
+    plan: FetchPlan,
+    mut preamble: Vec<u8>,
+    v2: Option<Vec<u8>>,
+) -> Response<ResponseBody> {
     let service = Service::UploadPack;
     let store = snap.store.clone();
     let walked = match run_walk(store.clone(), plan.walk.clone()).await {
@@ -464,7 +600,9 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
     let count = objects.len();
     crate::metrics::record_pack_sent(0, count as u64);
     let stream = match glommio::executor()
-        .spawn_blocking(move || contained(move || pack_stream(&store, &objects, opts).map_err(|e| e.to_string())))
+        .spawn_blocking(move || {
+            contained(move || pack_stream(&store, &objects, opts).map_err(|e| e.to_string()))
+        })
         .await
     {
         Ok(s) => s,
@@ -474,7 +612,11 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
     let sideband = plan.sideband;
     if plan.progress {
         if let Some(mode) = sideband {
-            sideband::write_progress(&mut preamble, mode, &format!("Enumerating objects: {count}, done.\n"));
+            sideband::write_progress(
+                &mut preamble,
+                mode,
+                &format!("Enumerating objects: {count}, done.\n"),
+            );
         }
     }
     glommio::spawn_local(async move {
@@ -515,7 +657,11 @@ async fn stream_pack(snap: RefSnapshot, plan: FetchPlan, mut preamble: Vec<u8>, 
                     tracing::error!(repo = %snap.key, error = %e, "pack stream failed");
                     if let Some(mode) = sideband {
                         let mut out = Vec::new();
-                        sideband::write_error(&mut out, mode, &format!("pack generation failed: {e}"));
+                        sideband::write_error(
+                            &mut out,
+                            mode,
+                            &format!("pack generation failed: {e}"),
+                        );
                         let _ = send(&mut tx, Bytes::from(out)).await;
                     }
                     // Without side-band there is no way to signal the error:
@@ -569,7 +715,11 @@ async fn stream_verbatim_dma(
     // Open every file before sending a byte, so a failure can fall back.
     let mut readers = Vec::with_capacity(plan.ranges.len());
     for (path, start, end) in &plan.ranges {
-        readers.push(DmaRangeReader::open(path, *start, *end).await.map_err(DmaStreamError::Unavailable)?);
+        readers.push(
+            DmaRangeReader::open(path, *start, *end)
+                .await
+                .map_err(DmaStreamError::Unavailable)?,
+        );
     }
     let max = match sideband {
         Some(SidebandMode::SideBand) => SIDEBAND_PAYLOAD_BYTES * 16,
@@ -583,7 +733,11 @@ async fn stream_verbatim_dma(
         crate::metrics::record_pack_sent(chunk.len() as u64, 0);
         chunk
     };
-    async fn out(tx: &mut mpsc::Sender<Bytes>, sideband: Option<SidebandMode>, chunk: Bytes) -> Result<(), DmaStreamError> {
+    async fn out(
+        tx: &mut mpsc::Sender<Bytes>,
+        sideband: Option<SidebandMode>,
+        chunk: Bytes,
+    ) -> Result<(), DmaStreamError> {
         let sent = match sideband {
             None => send(tx, chunk).await,
             Some(mode) => send_framed(tx, mode, Band::Data, chunk).await,
@@ -601,7 +755,9 @@ async fn stream_verbatim_dma(
                 Ok(c) => c,
                 // The very first read failing (e.g. O_DIRECT refused at read
                 // time) is still a clean fallback if no header went out.
-                Err(e) if first_read && plan.header.is_none() => return Err(DmaStreamError::Unavailable(e)),
+                Err(e) if first_read && plan.header.is_none() => {
+                    return Err(DmaStreamError::Unavailable(e))
+                }
                 Err(e) => return Err(DmaStreamError::Failed(e)),
             };
             first_read = false;
@@ -635,11 +791,18 @@ fn contained<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
 }
 
 async fn send(tx: &mut mpsc::Sender<Bytes>, data: Bytes) -> Result<(), ()> {
-    futures_lite::future::poll_fn(|cx| tx.poll_ready(cx)).await.map_err(|_| ())?;
+    futures_lite::future::poll_fn(|cx| tx.poll_ready(cx))
+        .await
+        .map_err(|_| ())?;
     tx.start_send(data).map_err(|_| ())
 }
 
-async fn send_framed(tx: &mut mpsc::Sender<Bytes>, mode: SidebandMode, band: Band, data: Bytes) -> Result<(), ()> {
+async fn send_framed(
+    tx: &mut mpsc::Sender<Bytes>,
+    mode: SidebandMode,
+    band: Band,
+    data: Bytes,
+) -> Result<(), ()> {
     let max = match mode {
         SidebandMode::SideBand64k => SIDEBAND_64K_PAYLOAD_BYTES,
         SidebandMode::SideBand => SIDEBAND_PAYLOAD_BYTES,
@@ -664,7 +827,11 @@ impl ObjectSource for StoreSource {
         self.0.contains(oid)
     }
     fn read_object(&self, oid: &ObjectId) -> Option<(ObjectKind, Vec<u8>)> {
-        self.0.read(oid).ok().flatten().map(|(k, b)| (k, b.to_vec()))
+        self.0
+            .read(oid)
+            .ok()
+            .flatten()
+            .map(|(k, b)| (k, b.to_vec()))
     }
     fn object_kind(&self, oid: &ObjectId) -> Option<ObjectKind> {
         self.0.read_header(oid).ok().flatten().map(|(k, _)| k)
@@ -686,7 +853,12 @@ impl PushReply {
         }
     }
 
-    fn render(&self, progress: &[String], unpack: Result<(), &str>, refs: &[RefReport<'_>]) -> Vec<u8> {
+    fn render(
+        &self,
+        progress: &[String],
+        unpack: Result<(), &str>,
+        refs: &[RefReport<'_>],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         if let (Some(mode), false) = (self.sideband, self.quiet) {
             for msg in progress {
@@ -694,7 +866,9 @@ impl PushReply {
             }
         }
         match self.version {
-            Some(v) => guts_net::receive::write_report_status(&mut out, v, unpack, refs, self.sideband),
+            Some(v) => {
+                guts_net::receive::write_report_status(&mut out, v, unpack, refs, self.sideband)
+            }
             None => {
                 if let Some(mode) = self.sideband {
                     // No report requested: still end the multiplexed stream.
@@ -709,10 +883,20 @@ impl PushReply {
 
 fn receive_response(out: Vec<u8>) -> Response<ResponseBody> {
     let service = Service::ReceivePack;
-    git_response(service, service.result_content_type(), ResponseBody::full(out))
+    git_response(
+        service,
+        service.result_content_type(),
+        ResponseBody::full(out),
+    )
 }
 
-async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>, owner: &str, name: &str) -> Response<ResponseBody> {
+async fn receive_pack(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    req: Request<Incoming>,
+    owner: &str,
+    name: &str,
+) -> Response<ResponseBody> {
     let service = Service::ReceivePack;
     let (parts, incoming) = req.into_parts();
     // Unknown repository: answer before reading any of the body.
@@ -727,7 +911,10 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
     if let Err(r) = check_declared_length(&parts.headers, limit) {
         return r;
     }
-    let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
     let mut body = match RequestBody::new(incoming, encoding, limit, state.clone()) {
         Ok(b) => b,
         Err(e) => return body_error_response(&e),
@@ -783,7 +970,10 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
                 let refs: Vec<RefReport<'_>> = request
                     .commands
                     .iter()
-                    .map(|c| RefReport { name: &c.name, result: Err("unpacker error") })
+                    .map(|c| RefReport {
+                        name: &c.name,
+                        result: Err("unpacker error"),
+                    })
                     .collect();
                 return receive_response(reply.render(&[], Err(&msg), &refs));
             }
@@ -843,7 +1033,9 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
     let (o, n) = (owner.to_string(), name.to_string());
     let update_list: Vec<RefUpdate> = updates.iter().map(|(_, u)| u.clone()).collect();
     let outcome = shard
-        .on_owner(&key.clone(), move |s| async move { apply_push(s, &o, &n, ingested, update_list, atomic).await })
+        .on_owner(&key.clone(), move |s| async move {
+            apply_push(s, &o, &n, ingested, update_list, atomic).await
+        })
         .await;
     let outcomes: Vec<UpdateOutcome> = match outcome {
         Ok(Ok(o)) => o,
@@ -881,7 +1073,11 @@ async fn receive_pack(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Inc
 
 /// Stream the pack part of a push into an ingest; returns the verified,
 /// not yet visible pack (None for an empty pack).
-async fn receive_pack_data(snap: &RefSnapshot, body: &mut RequestBody, first: Vec<u8>) -> Result<Option<IngestedPack>, String> {
+async fn receive_pack_data(
+    snap: &RefSnapshot,
+    body: &mut RequestBody,
+    first: Vec<u8>,
+) -> Result<Option<IngestedPack>, String> {
     let pack_dir = snap.store.objects_dir().join("pack");
     let limits = IngestLimits::default();
     let mut ingest = Ingest::new(&pack_dir, limits).map_err(|e| e.to_string())?;
@@ -903,7 +1099,13 @@ async fn receive_pack_data(snap: &RefSnapshot, body: &mut RequestBody, first: Ve
         check_links: true,
     };
     let finished = glommio::executor()
-        .spawn_blocking(move || contained(move || ingest.finish(&source, &checks).map_err(|e| ingest_message(&e))))
+        .spawn_blocking(move || {
+            contained(move || {
+                ingest
+                    .finish(&source, &checks)
+                    .map_err(|e| ingest_message(&e))
+            })
+        })
         .await?;
     Ok(Some(finished))
 }
@@ -912,7 +1114,11 @@ fn ingest_message(e: &IngestError) -> String {
     e.to_string().replace('\n', " ")
 }
 
-fn object_kind(snap: &RefSnapshot, pack: Option<&IngestedPack>, oid: &ObjectId) -> Option<ObjectKind> {
+fn object_kind(
+    snap: &RefSnapshot,
+    pack: Option<&IngestedPack>,
+    oid: &ObjectId,
+) -> Option<ObjectKind> {
     if let Some(p) = pack {
         if let Some(kind) = p.object_kind(oid) {
             return Some(kind);
@@ -921,7 +1127,11 @@ fn object_kind(snap: &RefSnapshot, pack: Option<&IngestedPack>, oid: &ObjectId) 
     snap.store.read_header(oid).ok().flatten().map(|(k, _)| k)
 }
 
-fn validate_command(snap: &RefSnapshot, pack: Option<&IngestedPack>, cmd: &guts_net::receive::RefUpdate) -> Result<(), String> {
+fn validate_command(
+    snap: &RefSnapshot,
+    pack: Option<&IngestedPack>,
+    cmd: &guts_net::receive::RefUpdate,
+) -> Result<(), String> {
     if let Err(e) = check_ref_name(cmd.name.as_bytes()) {
         return Err(format!("funny refname: {e}"));
     }
@@ -940,9 +1150,16 @@ fn validate_command(snap: &RefSnapshot, pack: Option<&IngestedPack>, cmd: &guts_
         return Ok(());
     }
     match object_kind(snap, pack, &cmd.new) {
-        None => Err(format!("missing necessary objects: {} is not in the repository or the pack", cmd.new)),
+        None => Err(format!(
+            "missing necessary objects: {} is not in the repository or the pack",
+            cmd.new
+        )),
         Some(kind) if cmd.name.starts_with("refs/heads/") && kind != ObjectKind::Commit => {
-            Err(format!("branch must point at a commit, {} is a {}", cmd.new, kind.name()))
+            Err(format!(
+                "branch must point at a commit, {} is a {}",
+                cmd.new,
+                kind.name()
+            ))
         }
         Some(_) => Ok(()),
     }
@@ -977,11 +1194,18 @@ async fn apply_push(
                 r.invalidate();
             }
             Ok(None) => {}
-            Err(msg) => return Ok(vec![Err(format!("could not store the pack: {msg}")); updates.len()]),
+            Err(msg) => {
+                return Ok(vec![
+                    Err(format!("could not store the pack: {msg}"));
+                    updates.len()
+                ])
+            }
         }
     }
     if updates.is_empty() {
         return Ok(Vec::new());
     }
-    shard.order_updates(&key, updates, atomic, pack_checksum).await
+    shard
+        .order_updates(&key, updates, atomic, pack_checksum)
+        .await
 }

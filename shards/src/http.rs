@@ -30,7 +30,11 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             }
         };
         if shard.connections.get() >= shard.config.limits.connections_max {
-            tracing::warn!(shard = shard.id, limit = shard.config.limits.connections_max, "connection limit reached; closing new connection");
+            tracing::warn!(
+                shard = shard.id,
+                limit = shard.config.limits.connections_max,
+                "connection limit reached; closing new connection"
+            );
             drop(stream);
             continue;
         }
@@ -84,13 +88,21 @@ async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
     .await;
 }
 
-async fn handle(shard: Rc<Shard>, state: Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(
+    shard: Rc<Shard>,
+    state: Rc<ConnState>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     state.set_phase(Phase::Responding);
     let guard = PhaseGuard(state.clone());
     let started = Instant::now();
     let class = request_class(req.uri().path());
     let response = route(&shard, &state, req).await;
-    crate::metrics::record_request(class, response.status().as_u16(), started.elapsed().as_secs_f64());
+    crate::metrics::record_request(
+        class,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_guard(guard))
 }
@@ -149,8 +161,12 @@ fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Respo
 /// Map a shard-layer error to an HTTP answer.
 pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
     match e {
-        ShardError::Repo(RepoError::NotFound(k)) => text(StatusCode::NOT_FOUND, format!("repository {k} not found")),
-        ShardError::Repo(e @ RepoError::InvalidName { .. }) => text(StatusCode::NOT_FOUND, e.to_string()),
+        ShardError::Repo(RepoError::NotFound(k)) => {
+            text(StatusCode::NOT_FOUND, format!("repository {k} not found"))
+        }
+        ShardError::Repo(e @ RepoError::InvalidName { .. }) => {
+            text(StatusCode::NOT_FOUND, e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "internal error");
             text(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
@@ -160,18 +176,31 @@ pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
 
 /// Bytes of the request head as it was sent (request line and header lines).
 fn head_bytes<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + 1 + req.uri().to_string().len() + " HTTP/1.1\r\n".len();
-    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + 2 + v.len() + 2).sum();
+    let line =
+        req.method().as_str().len() + 1 + req.uri().to_string().len() + " HTTP/1.1\r\n".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum();
     line + headers + 2
 }
 
-async fn route(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn route(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     // hyper only enforces its buffer limit on a head that arrives in pieces;
     // one that arrives whole is parsed whatever its size. Enforce ours here.
     let limit = shard.config.limits.header_max_bytes;
     if head_bytes(&req) > limit {
-        let mut r = text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, format!("request head exceeds {limit} bytes"));
-        r.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        let mut r = text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head exceeds {limit} bytes"),
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         return r;
     }
     let path = req.uri().path().to_string();
@@ -179,7 +208,10 @@ async fn route(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>)
     match (method.clone(), path.as_str()) {
         (Method::GET | Method::HEAD, "/health/live") => return text(StatusCode::OK, "ok"),
         (Method::GET | Method::HEAD, "/health" | "/health/ready") => {
-            return json(StatusCode::OK, &serde_json::json!({"status": "ok", "shard": shard.id}))
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok", "shard": shard.id}),
+            )
         }
         _ => {}
     }
@@ -216,24 +248,38 @@ struct CreateRepo {
     name: String,
 }
 
-async fn create_repository(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn create_repository(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let (parts, incoming) = req.into_parts();
     let encoding = parts
         .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Err(r) = crate::git::check_declared_length(&parts.headers, shard.config.limits.api_body_max_bytes) {
+    if let Err(r) =
+        crate::git::check_declared_length(&parts.headers, shard.config.limits.api_body_max_bytes)
+    {
         return r;
     }
-    let body = match RequestBody::new(incoming, encoding.as_deref(), shard.config.limits.api_body_max_bytes, state.clone()) {
+    let body = match RequestBody::new(
+        incoming,
+        encoding.as_deref(),
+        shard.config.limits.api_body_max_bytes,
+        state.clone(),
+    ) {
         Ok(b) => b,
         Err(e) => return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e),
     };
     let data = match body.collect().await {
         Ok(d) => d,
         Err(crate::body::BodyError::TooLarge { limit }) => {
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {limit} bytes"),
+            )
         }
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
@@ -242,14 +288,33 @@ async fn create_repository(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Reques
         Ok(v @ serde_json::Value::Object(_)) => match serde_json::from_value(v) {
             Ok(r) => r,
             Err(e) => {
-                return json_error(StatusCode::BAD_REQUEST, format!("expected JSON {{\"owner\": \"...\", \"name\": \"...\"}}: {e}"))
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected JSON {{\"owner\": \"...\", \"name\": \"...\"}}: {e}"),
+                )
             }
         },
-        Ok(_) => return json_error(StatusCode::BAD_REQUEST, "expected a JSON object {\"owner\": \"...\", \"name\": \"...\"}"),
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("expected JSON {{\"owner\": \"...\", \"name\": \"...\"}}: {e}")),
+        Ok(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "expected a JSON object {\"owner\": \"...\", \"name\": \"...\"}",
+            )
+        }
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("expected JSON {{\"owner\": \"...\", \"name\": \"...\"}}: {e}"),
+            )
+        }
     };
-    let name = req.name.strip_suffix(".git").unwrap_or(&req.name).to_string();
-    if let Err(e) = check_name("owner", &req.owner).and_then(|_| check_name("repository name", &name)) {
+    let name = req
+        .name
+        .strip_suffix(".git")
+        .unwrap_or(&req.name)
+        .to_string();
+    if let Err(e) =
+        check_name("owner", &req.owner).and_then(|_| check_name("repository name", &name))
+    {
         return json_error(StatusCode::BAD_REQUEST, e);
     }
     let key = format!("{}/{}", req.owner, name);
@@ -265,7 +330,10 @@ async fn create_repository(shard: &Rc<Shard>, state: &Rc<ConnState>, req: Reques
                 &serde_json::json!({"owner": req.owner, "name": name, "full_name": key}),
             )
         }
-        Ok(Err(RepoError::Exists(k))) => json_error(StatusCode::CONFLICT, format!("repository {k} already exists")),
+        Ok(Err(RepoError::Exists(k))) => json_error(
+            StatusCode::CONFLICT,
+            format!("repository {k} already exists"),
+        ),
         Ok(Err(e @ RepoError::InvalidName { .. })) => json_error(StatusCode::BAD_REQUEST, e),
         Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -299,7 +367,9 @@ async fn show_repository(shard: &Rc<Shard>, rest: &str) -> Response<ResponseBody
                 }),
             )
         }
-        Err(ShardError::Repo(RepoError::NotFound(_))) => json_error(StatusCode::NOT_FOUND, "repository not found"),
+        Err(ShardError::Repo(RepoError::NotFound(_))) => {
+            json_error(StatusCode::NOT_FOUND, "repository not found")
+        }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

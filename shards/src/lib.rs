@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use config::{Limits, ShardConfig};
-pub use consensus::{batch_channel, BatchReceiver, BatchSender, FinalizedBatch, Orderer, OrdererError, Transaction};
+pub use consensus::{
+    batch_channel, BatchReceiver, BatchSender, FinalizedBatch, Orderer, OrdererError, Transaction,
+};
 use shard::{Shard, ShardJob, SHARD_INBOX_MAX};
 
 /// Threads of each shard's blocking pool (walks, pack ingest resolution).
@@ -34,9 +36,17 @@ pub const BLOCKING_THREADS_PER_SHARD: usize = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("shard {shard}: cannot start executor on cpu {cpu:?}: {reason}")]
-    Executor { shard: usize, cpu: Option<usize>, reason: String },
+    Executor {
+        shard: usize,
+        cpu: Option<usize>,
+        reason: String,
+    },
     #[error("shard {shard}: cannot listen on {addr}: {reason}")]
-    Listen { shard: usize, addr: std::net::SocketAddr, reason: String },
+    Listen {
+        shard: usize,
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     #[error("expected {expected} batch receivers, got {got}")]
     Receivers { expected: usize, got: usize },
 }
@@ -61,7 +71,10 @@ impl Shards {
 
 /// The memlock limit in bytes (soft), if it can be read.
 pub fn memlock_limit_bytes() -> Option<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
     (rc == 0).then_some(lim.rlim_cur)
@@ -182,7 +195,10 @@ pub fn start(
             }
         }
     }
-    Ok(Shards { threads, exited: exit_rx })
+    Ok(Shards {
+        threads,
+        exited: exit_rx,
+    })
 }
 
 fn is_root() -> bool {

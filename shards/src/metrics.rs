@@ -18,7 +18,14 @@ pub enum RequestClass {
     Other = 5,
 }
 
-const CLASS_NAMES: [&str; 6] = ["info_refs", "upload_pack", "receive_pack", "api", "health", "other"];
+const CLASS_NAMES: [&str; 6] = [
+    "info_refs",
+    "upload_pack",
+    "receive_pack",
+    "api",
+    "health",
+    "other",
+];
 /// Upper bounds of the request duration histogram, in seconds.
 const DURATION_BUCKETS_S: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
 
@@ -92,30 +99,68 @@ pub fn record_block(height: u64, transactions: u64) {
 pub fn render(shards: usize, storage_available_bytes: Option<u64>, uptime_seconds: u64) -> String {
     use std::fmt::Write;
     let mut o = String::with_capacity(4096);
-    let _ = writeln!(o, "# HELP guts_up Whether the node is running.\n# TYPE guts_up gauge\nguts_up 1");
+    let _ = writeln!(
+        o,
+        "# HELP guts_up Whether the node is running.\n# TYPE guts_up gauge\nguts_up 1"
+    );
     let _ = writeln!(o, "# HELP guts_uptime_seconds Seconds since the node started.\n# TYPE guts_uptime_seconds gauge\nguts_uptime_seconds {uptime_seconds}");
     let _ = writeln!(o, "# HELP guts_http_requests_total HTTP requests by class.\n# TYPE guts_http_requests_total counter");
     for (i, name) in CLASS_NAMES.iter().enumerate() {
-        let _ = writeln!(o, "guts_http_requests_total{{class=\"{name}\"}} {}", REQUESTS[i].load(Relaxed));
+        let _ = writeln!(
+            o,
+            "guts_http_requests_total{{class=\"{name}\"}} {}",
+            REQUESTS[i].load(Relaxed)
+        );
     }
     let _ = writeln!(o, "# HELP guts_http_responses_total HTTP error responses by status class.\n# TYPE guts_http_responses_total counter");
-    let _ = writeln!(o, "guts_http_responses_total{{status=\"4xx\"}} {}", RESPONSES_4XX.load(Relaxed));
-    let _ = writeln!(o, "guts_http_responses_total{{status=\"5xx\"}} {}", RESPONSES_5XX.load(Relaxed));
+    let _ = writeln!(
+        o,
+        "guts_http_responses_total{{status=\"4xx\"}} {}",
+        RESPONSES_4XX.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "guts_http_responses_total{{status=\"5xx\"}} {}",
+        RESPONSES_5XX.load(Relaxed)
+    );
     let _ = writeln!(o, "# HELP guts_http_request_duration_seconds Time to produce a response head.\n# TYPE guts_http_request_duration_seconds histogram");
     for (i, bound) in DURATION_BUCKETS_S.iter().enumerate() {
-        let _ = writeln!(o, "guts_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {}", DURATION_BUCKETS[i].load(Relaxed));
+        let _ = writeln!(
+            o,
+            "guts_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+            DURATION_BUCKETS[i].load(Relaxed)
+        );
     }
     let count = DURATION_COUNT.load(Relaxed);
-    let _ = writeln!(o, "guts_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(o, "guts_http_request_duration_seconds_sum {}", DURATION_SUM_US.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(
+        o,
+        "guts_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        o,
+        "guts_http_request_duration_seconds_sum {}",
+        DURATION_SUM_US.load(Relaxed) as f64 / 1e6
+    );
     let _ = writeln!(o, "guts_http_request_duration_seconds_count {count}");
     let _ = writeln!(o, "# HELP guts_http_connections_open Open client connections per shard.\n# TYPE guts_http_connections_open gauge");
     for (shard, open) in CONNECTIONS.iter().enumerate().take(shards.min(SHARDS_MAX)) {
-        let _ = writeln!(o, "guts_http_connections_open{{shard=\"{shard}\"}} {}", open.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "guts_http_connections_open{{shard=\"{shard}\"}} {}",
+            open.load(Relaxed)
+        );
     }
     let _ = writeln!(o, "# HELP guts_git_ref_updates_total Ref updates from pushes by outcome.\n# TYPE guts_git_ref_updates_total counter");
-    let _ = writeln!(o, "guts_git_ref_updates_total{{result=\"ok\"}} {}", PUSH_REF_UPDATES_OK.load(Relaxed));
-    let _ = writeln!(o, "guts_git_ref_updates_total{{result=\"rejected\"}} {}", PUSH_REF_UPDATES_REJECTED.load(Relaxed));
+    let _ = writeln!(
+        o,
+        "guts_git_ref_updates_total{{result=\"ok\"}} {}",
+        PUSH_REF_UPDATES_OK.load(Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "guts_git_ref_updates_total{{result=\"rejected\"}} {}",
+        PUSH_REF_UPDATES_REJECTED.load(Relaxed)
+    );
     let _ = writeln!(o, "# HELP guts_git_pack_received_bytes_total Pack bytes received by pushes.\n# TYPE guts_git_pack_received_bytes_total counter\nguts_git_pack_received_bytes_total {}", PACK_BYTES_RECEIVED.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_git_pack_sent_bytes_total Pack bytes sent to clients.\n# TYPE guts_git_pack_sent_bytes_total counter\nguts_git_pack_sent_bytes_total {}", PACK_BYTES_SENT.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_git_pack_sent_objects_total Objects sent to clients.\n# TYPE guts_git_pack_sent_objects_total counter\nguts_git_pack_sent_objects_total {}", PACK_OBJECTS_SENT.load(Relaxed));

@@ -21,7 +21,11 @@ const PEEL_DEPTH_MAX: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("invalid {what} {value:?}: {reason}")]
-    InvalidName { what: &'static str, value: String, reason: &'static str },
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("repository {0} already exists")]
     Exists(String),
     #[error("repository {0} not found")]
@@ -31,7 +35,10 @@ pub enum RepoError {
     #[error("ref store: {0}")]
     Refs(#[from] guts_io::refs::RefError),
     #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -78,7 +85,10 @@ pub fn check_name(what: &'static str, value: &str) -> Result<(), RepoError> {
 
 /// Directory of repository `owner/name` under the data dir.
 pub fn repo_dir(data_dir: &Path, owner: &str, name: &str) -> PathBuf {
-    data_dir.join("repos").join(owner).join(format!("{name}.git"))
+    data_dir
+        .join("repos")
+        .join(owner)
+        .join(format!("{name}.git"))
 }
 
 /// One advertised ref.
@@ -145,7 +155,10 @@ impl Repo {
         if dir.exists() {
             return Err(RepoError::Exists(key));
         }
-        let owner_dir = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| data_dir.to_path_buf());
+        let owner_dir = dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| data_dir.to_path_buf());
         std::fs::create_dir_all(&owner_dir).map_err(io_err(&owner_dir))?;
         // Build in a temporary directory and rename, so a crash never leaves
         // a half-made repository under its real name.
@@ -196,8 +209,12 @@ impl Repo {
         if let Some(s) = &self.snapshot {
             return s.clone();
         }
-        let current: Vec<(String, ObjectId)> =
-            self.refs.refs().iter().map(|(n, o)| (n.clone(), *o)).collect();
+        let current: Vec<(String, ObjectId)> = self
+            .refs
+            .refs()
+            .iter()
+            .map(|(n, o)| (n.clone(), *o))
+            .collect();
         let mut refs = Vec::with_capacity(current.len());
         for (name, oid) in current {
             let peeled = if name.starts_with("refs/tags/") {
@@ -205,11 +222,7 @@ impl Repo {
             } else {
                 None
             };
-            refs.push(AdvertisedRef {
-                name,
-                oid,
-                peeled,
-            });
+            refs.push(AdvertisedRef { name, oid, peeled });
         }
         let snap = RefSnapshot {
             key: self.key.clone(),
@@ -277,7 +290,9 @@ pub fn list_repos(data_dir: &Path) -> Vec<(String, String)> {
         if check_name("owner", &owner_name).is_err() {
             continue;
         }
-        let Ok(repos) = std::fs::read_dir(owner.path()) else { continue };
+        let Ok(repos) = std::fs::read_dir(owner.path()) else {
+            continue;
+        };
         for repo in repos.flatten() {
             let file = repo.file_name().to_string_lossy().into_owned();
             if let Some(name) = file.strip_suffix(".git") {

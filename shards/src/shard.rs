@@ -127,7 +127,9 @@ impl Shard {
         futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx))
             .await
             .map_err(|_| ShardError::ShardGone(owner))?;
-        inbox.start_send(boxed).map_err(|_| ShardError::ShardGone(owner))?;
+        inbox
+            .start_send(boxed)
+            .map_err(|_| ShardError::ShardGone(owner))?;
         rx.await.map_err(|_| ShardError::ShardGone(owner))
     }
 
@@ -136,7 +138,11 @@ impl Shard {
         check_name("owner", owner)?;
         check_name("repository name", name)?;
         let key = format!("{owner}/{name}");
-        debug_assert_eq!(self.owner(&key), self.id, "repository used off its owning shard");
+        debug_assert_eq!(
+            self.owner(&key),
+            self.id,
+            "repository used off its owning shard"
+        );
         let now = self.tick();
         if let Some((r, used)) = self.repos.borrow_mut().get_mut(&key) {
             *used = now;
@@ -185,7 +191,11 @@ impl Shard {
     }
 
     /// A snapshot of `owner/name`, taken on its owner.
-    pub async fn snapshot(self: &Rc<Self>, owner: &str, name: &str) -> Result<RefSnapshot, ShardError> {
+    pub async fn snapshot(
+        self: &Rc<Self>,
+        owner: &str,
+        name: &str,
+    ) -> Result<RefSnapshot, ShardError> {
         let key = format!("{owner}/{name}");
         check_name("owner", owner)?;
         check_name("repository name", name)?;
@@ -273,7 +283,9 @@ impl Shard {
         let Some((entry, _)) = self.repos.borrow().get(&tx.repo).cloned() else {
             return;
         };
-        let Ok(mut repo) = entry.try_borrow_mut() else { return };
+        let Ok(mut repo) = entry.try_borrow_mut() else {
+            return;
+        };
         if repo.refs.get(repo.refs.head_target()).is_some() {
             return;
         }
@@ -373,7 +385,9 @@ fn failing_ref(e: &RefError) -> Option<String> {
 /// A short reason for `ng <ref> <reason>`.
 fn reason(e: &RefError) -> String {
     match e {
-        RefError::Stale { .. } => "stale info: the ref changed since the push began; fetch first".to_string(),
+        RefError::Stale { .. } => {
+            "stale info: the ref changed since the push began; fetch first".to_string()
+        }
         other => other.to_string(),
     }
 }

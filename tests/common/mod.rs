@@ -86,10 +86,17 @@ impl Node {
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("guts-node exited during start: {status}\n{}", self.log_text());
+                    panic!(
+                        "guts-node exited during start: {status}\n{}",
+                        self.log_text()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "guts-node did not start\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "guts-node did not start\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -121,9 +128,20 @@ impl Node {
     /// Create a repository through the API; panics unless 201.
     pub fn create_repo(&self, owner: &str, name: &str) -> String {
         let body = format!("{{\"owner\":\"{owner}\",\"name\":\"{name}\"}}");
-        let (status, text) = http(self.api, "POST", "/api/repos", &[("Content-Type", "application/json")], body.as_bytes())
-            .expect("create repo");
-        assert_eq!(status, 201, "create repo: {}", String::from_utf8_lossy(&text));
+        let (status, text) = http(
+            self.api,
+            "POST",
+            "/api/repos",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .expect("create repo");
+        assert_eq!(
+            status,
+            201,
+            "create repo: {}",
+            String::from_utf8_lossy(&text)
+        );
         self.url(owner, name)
     }
 
@@ -143,10 +161,19 @@ impl Drop for Node {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -161,15 +188,26 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
 /// Parse a raw HTTP/1.1 response (handles chunked bodies).
 pub fn parse_response(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad http response");
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
     let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
     let mut body = raw[end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = Vec::new();
         let mut rest = &body[..];
         while let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16).map_err(|_| bad())?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16)
+                .map_err(|_| bad())?;
             rest = &rest[line_end + 2..];
             if size == 0 || rest.len() < size {
                 break;
@@ -196,7 +234,14 @@ pub fn git(dir: &Path) -> Command {
         .env("GIT_COMMITTER_EMAIL", "committer@example.com")
         .env("GIT_AUTHOR_DATE", "1700000000 +0000")
         .env("GIT_COMMITTER_DATE", "1700000000 +0000")
-        .args(["-c", "init.defaultBranch=main", "-c", "protocol.version=2", "-c", "advice.detachedHead=false"]);
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "protocol.version=2",
+            "-c",
+            "advice.detachedHead=false",
+        ]);
     c
 }
 
@@ -225,18 +270,40 @@ pub fn fsck(repo: &Path) {
 
 /// Mirror-clone a corpus bundle (`guts`, `ripgrep`, `tokio`) into `dir/NAME.git`.
 pub fn corpus_mirror(dir: &Path, name: &str) -> PathBuf {
-    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus").join(format!("{name}.bundle"));
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus")
+        .join(format!("{name}.bundle"));
     let target = dir.join(format!("{name}.git"));
-    git_ok(dir, &["clone", "--quiet", "--mirror", bundle.to_str().expect("utf8"), target.to_str().expect("utf8")]);
+    git_ok(
+        dir,
+        &[
+            "clone",
+            "--quiet",
+            "--mirror",
+            bundle.to_str().expect("utf8"),
+            target.to_str().expect("utf8"),
+        ],
+    );
     target
 }
 
 /// `ref -> oid` of all refs of a repository (heads and tags).
 pub fn refs_of(repo: &Path) -> Vec<(String, String)> {
-    let out = git_ok(repo, &["for-each-ref", "--format=%(refname) %(objectname)", "refs/heads", "refs/tags"]);
+    let out = git_ok(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(refname) %(objectname)",
+            "refs/heads",
+            "refs/tags",
+        ],
+    );
     let mut v: Vec<(String, String)> = out
         .lines()
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
         .collect();
     v.sort();
     v
@@ -272,7 +339,9 @@ pub fn git_env_ok(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
 
 /// `git rev-parse REV` in `dir`.
 pub fn rev_parse(dir: &Path, rev: &str) -> String {
-    git_ok(dir, &["rev-parse", "--verify", "--quiet", rev]).trim().to_string()
+    git_ok(dir, &["rev-parse", "--verify", "--quiet", rev])
+        .trim()
+        .to_string()
 }
 
 /// Write `file` with `content` in work tree `wt`, commit it; returns the new commit id.
@@ -304,7 +373,9 @@ pub fn server_refs(dir: &Path, url: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = ls_remote(dir, "2", url, &[])
         .iter()
         .filter_map(|l| l.split_once('\t'))
-        .filter(|(_, r)| (r.starts_with("refs/heads/") || r.starts_with("refs/tags/")) && !r.ends_with("^{}"))
+        .filter(|(_, r)| {
+            (r.starts_with("refs/heads/") || r.starts_with("refs/tags/")) && !r.ends_with("^{}")
+        })
         .map(|(o, r)| (r.to_string(), o.to_string()))
         .collect();
     v.sort();
@@ -313,7 +384,9 @@ pub fn server_refs(dir: &Path, url: &str) -> Vec<(String, String)> {
 
 /// Sorted lines of a repository's `shallow` file (empty if none).
 pub fn shallow_of(repo: &Path) -> Vec<String> {
-    let gitdir = git_ok(repo, &["rev-parse", "--absolute-git-dir"]).trim().to_string();
+    let gitdir = git_ok(repo, &["rev-parse", "--absolute-git-dir"])
+        .trim()
+        .to_string();
     let mut v: Vec<String> = std::fs::read_to_string(Path::new(&gitdir).join("shallow"))
         .unwrap_or_default()
         .lines()
@@ -325,7 +398,10 @@ pub fn shallow_of(repo: &Path) -> Vec<String> {
 
 /// Sorted `git rev-list --all`.
 pub fn rev_list_all(repo: &Path) -> Vec<String> {
-    let mut v: Vec<String> = git_ok(repo, &["rev-list", "--all"]).lines().map(str::to_string).collect();
+    let mut v: Vec<String> = git_ok(repo, &["rev-list", "--all"])
+        .lines()
+        .map(str::to_string)
+        .collect();
     v.sort();
     v
 }
@@ -359,7 +435,10 @@ pub fn decode_pkts(mut raw: &[u8], sideband: bool) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut band1 = Vec::new();
     while raw.len() >= 4 {
-        let Ok(len) = usize::from_str_radix(std::str::from_utf8(&raw[..4]).unwrap_or("zzzz"), 16) else { break };
+        let Ok(len) = usize::from_str_radix(std::str::from_utf8(&raw[..4]).unwrap_or("zzzz"), 16)
+        else {
+            break;
+        };
         if len < 4 {
             if !sideband {
                 out.push(Vec::new());
@@ -415,10 +494,21 @@ pub fn pack_objects(repo: &Path, input: &str, revs: bool) -> Vec<u8> {
 /// POST a hand-made receive-pack request: `commands` are `OLD NEW REF`
 /// lines (the first gets `caps`), then a flush, then `pack` (if any).
 /// Returns the HTTP status and the decoded response pkt-lines as strings.
-pub fn raw_receive_pack(node: &Node, owner: &str, name: &str, commands: &[String], caps: &str, pack: &[u8]) -> (u16, Vec<String>) {
+pub fn raw_receive_pack(
+    node: &Node,
+    owner: &str,
+    name: &str,
+    commands: &[String],
+    caps: &str,
+    pack: &[u8],
+) -> (u16, Vec<String>) {
     let mut body = Vec::new();
     for (i, c) in commands.iter().enumerate() {
-        let line = if i == 0 { format!("{c}\0{caps}\n") } else { format!("{c}\n") };
+        let line = if i == 0 {
+            format!("{c}\0{caps}\n")
+        } else {
+            format!("{c}\n")
+        };
         body.extend_from_slice(&pkt(line.as_bytes()));
     }
     body.extend_from_slice(b"0000");
@@ -434,7 +524,11 @@ pub fn raw_receive_pack(node: &Node, owner: &str, name: &str, commands: &[String
     let sideband = caps.contains("side-band");
     let lines = decode_pkts(&resp, sideband)
         .into_iter()
-        .map(|p| String::from_utf8_lossy(&p).trim_end_matches('\n').to_string())
+        .map(|p| {
+            String::from_utf8_lossy(&p)
+                .trim_end_matches('\n')
+                .to_string()
+        })
         .collect();
     (status, lines)
 }
@@ -459,13 +553,19 @@ pub fn raw_v2_fetch(node: &Node, owner: &str, name: &str, args: &[String]) -> Ve
         node.api,
         "POST",
         &format!("/git/{owner}/{name}.git/git-upload-pack"),
-        &[("Content-Type", "application/x-git-upload-pack-request"), ("Git-Protocol", "version=2")],
+        &[
+            ("Content-Type", "application/x-git-upload-pack-request"),
+            ("Git-Protocol", "version=2"),
+        ],
         &body,
     )
     .expect("v2 fetch");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
     let pkts = decode_pkts(&resp, false);
-    let start = pkts.iter().position(|p| p == b"packfile\n").expect("packfile section");
+    let start = pkts
+        .iter()
+        .position(|p| p == b"packfile\n")
+        .expect("packfile section");
     let mut pack = Vec::new();
     for p in &pkts[start + 1..] {
         if p.first() == Some(&1) {
@@ -477,7 +577,10 @@ pub fn raw_v2_fetch(node: &Node, owner: &str, name: &str, args: &[String]) -> Ve
 
 /// Object ids in a pack (indexed by `git index-pack` in `scratch`, a repository).
 pub fn pack_oids(scratch: &Path, pack: &[u8]) -> Vec<String> {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let file = scratch.join(format!("raw-{n}.pack"));
     std::fs::write(&file, pack).expect("write pack");
     git_ok(scratch, &["index-pack", file.to_str().unwrap()]);

@@ -79,7 +79,9 @@ pub fn decode_header(data: &[u8]) -> Result<EntryHeader, EntryError> {
                 base: crate::ObjectId::from_bytes(raw).map_err(|_| EntryError::Truncated)?,
             }
         }
-        other => EntryKind::Base(ObjectKind::from_pack_code(other).ok_or(EntryError::BadType(other))?),
+        other => {
+            EntryKind::Base(ObjectKind::from_pack_code(other).ok_or(EntryError::BadType(other))?)
+        }
     };
     Ok(EntryHeader {
         kind,

@@ -40,7 +40,11 @@ pub enum IdxError {
     #[error("pack index fan-out table is not monotonic at byte {0}")]
     BadFanout(usize),
     #[error("pack index has {len} bytes, expected {expected} for {objects} objects")]
-    BadLength { len: usize, expected: usize, objects: u32 },
+    BadLength {
+        len: usize,
+        expected: usize,
+        objects: u32,
+    },
     #[error("pack index checksum mismatch")]
     BadChecksum,
     #[error("pack index object ids are not sorted at entry {0}")]
@@ -54,7 +58,10 @@ pub enum IdxError {
 pub fn write_idx(entries: &mut [IdxEntry], pack_checksum: &[u8; 20]) -> Vec<u8> {
     entries.sort_unstable_by_key(|e| e.oid);
     let n = entries.len();
-    let large = entries.iter().filter(|e| e.offset > OFFSET_32_LIMIT).count();
+    let large = entries
+        .iter()
+        .filter(|e| e.offset > OFFSET_32_LIMIT)
+        .count();
     let mut out = Vec::with_capacity(HEADER_BYTES + FANOUT_BYTES + n * 28 + large * 8 + 40);
     out.extend_from_slice(&IDX_MAGIC);
     out.extend_from_slice(&IDX_VERSION.to_be_bytes());
@@ -284,7 +291,11 @@ mod tests {
                 IdxEntry {
                     oid: h,
                     crc32: i,
-                    offset: if i % 100 == 7 { (1u64 << 33) + u64::from(i) } else { 12 + u64::from(i) * 10 },
+                    offset: if i % 100 == 7 {
+                        (1u64 << 33) + u64::from(i)
+                    } else {
+                        12 + u64::from(i) * 10
+                    },
                 }
             })
             .collect();
@@ -308,6 +319,9 @@ mod tests {
         let mut bytes = write_idx(&mut [], &[0u8; 20]);
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert_eq!(PackIndex::parse(Bytes::from(bytes), true).err(), Some(IdxError::BadChecksum));
+        assert_eq!(
+            PackIndex::parse(Bytes::from(bytes), true).err(),
+            Some(IdxError::BadChecksum)
+        );
     }
 }

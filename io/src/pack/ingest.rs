@@ -62,7 +62,8 @@ pub const SPECIAL_BLOBS_MAX_DEFAULT: usize = 100_000;
 
 /// The empty tree, which git treats as present in every repository.
 pub const EMPTY_TREE: ObjectId = ObjectId::from_sha1([
-    0x4b, 0x82, 0x5d, 0xc6, 0x42, 0xcb, 0x6e, 0xb9, 0xa0, 0x60, 0xe5, 0x4b, 0xf8, 0xd6, 0x92, 0x88, 0xfb, 0xee, 0x49, 0x04,
+    0x4b, 0x82, 0x5d, 0xc6, 0x42, 0xcb, 0x6e, 0xb9, 0xa0, 0x60, 0xe5, 0x4b, 0xf8, 0xd6, 0x92, 0x88,
+    0xfb, 0xee, 0x49, 0x04,
 ]);
 
 /// Inflate output buffer used while streaming.
@@ -220,7 +221,9 @@ pub enum IngestError {
     },
     #[error("delta at offset {offset} is at depth {depth}, the limit is {limit}")]
     DeltaChainTooDeep { offset: u64, depth: u32, limit: u32 },
-    #[error("{count} deltas could not be resolved (cyclic or missing bases), first at offset {offset}")]
+    #[error(
+        "{count} deltas could not be resolved (cyclic or missing bases), first at offset {offset}"
+    )]
     UnresolvedDeltas { count: usize, offset: u64 },
     #[error("object at offset {offset}: {source}")]
     Collision {
@@ -240,7 +243,9 @@ pub enum IngestError {
         #[source]
         source: LinkParseError,
     },
-    #[error("object {from} points at {missing}, which is neither in the pack nor in the repository")]
+    #[error(
+        "object {from} points at {missing}, which is neither in the pack nor in the repository"
+    )]
     MissingLink { from: ObjectId, missing: ObjectId },
     #[error("object {from} points at {oid} as a {expected}, but it is a {actual}", expected = .expected.name(), actual = .actual.name())]
     LinkKindMismatch {
@@ -323,18 +328,35 @@ struct CurrentEntry {
 }
 
 enum State {
-    Header { buf: [u8; PACK_HEADER_BYTES], len: usize },
-    EntryHeader { buf: [u8; ENTRY_HEADER_MAX_BYTES], len: usize, pack_hash_at_start: Box<sha1::Sha1> },
+    Header {
+        buf: [u8; PACK_HEADER_BYTES],
+        len: usize,
+    },
+    EntryHeader {
+        buf: [u8; ENTRY_HEADER_MAX_BYTES],
+        len: usize,
+        pack_hash_at_start: Box<sha1::Sha1>,
+    },
     EntryData(Box<CurrentEntry>),
-    Trailer { buf: [u8; TRAILER_BYTES], len: usize },
+    Trailer {
+        buf: [u8; TRAILER_BYTES],
+        len: usize,
+    },
     /// Trailer verified.
     Done,
     /// The 20 bytes after the last entry are not its checksum; if more
     /// bytes follow, the header's object count is too small.
-    BadTrailer { found: [u8; 20], computed: [u8; 20] },
+    BadTrailer {
+        found: [u8; 20],
+        computed: [u8; 20],
+    },
     /// An entry failed; wait for 20 bytes from its start to tell whether
     /// it is really the trailer (object count too large).
-    EntryFailed { error: Box<IngestError>, entry_offset: u64, pack_hash: Box<sha1::Sha1> },
+    EntryFailed {
+        error: Box<IngestError>,
+        entry_offset: u64,
+        pack_hash: Box<sha1::Sha1>,
+    },
     Failed,
 }
 
@@ -422,14 +444,17 @@ pub struct Ingest {
 
 fn random_suffix() -> String {
     let mut raw = [0u8; 8];
-    let ok = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw)).is_ok();
+    let ok = File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .is_ok();
     if !ok {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let mix = nanos ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mix =
+            nanos ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
         raw = mix.to_le_bytes();
     }
     raw.iter().map(|b| format!("{b:02x}")).collect()
@@ -443,9 +468,25 @@ impl Ingest {
             let suffix = random_suffix();
             let pack = pack_dir.join(format!("tmp_pack_{suffix}"));
             let idx = pack_dir.join(format!("tmp_idx_{suffix}"));
-            match OpenOptions::new().read(true).write(true).create_new(true).open(&pack) {
-                Ok(file) => break (file, TempFiles { pack, idx, armed: true }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 16 => attempts += 1,
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&pack)
+            {
+                Ok(file) => {
+                    break (
+                        file,
+                        TempFiles {
+                            pack,
+                            idx,
+                            armed: true,
+                        },
+                    )
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 16 => {
+                    attempts += 1
+                }
                 Err(e) => return Err(io_err("creating the temporary pack")(e)),
             }
         };
@@ -503,7 +544,9 @@ impl Ingest {
                 limit: self.limits.pack_max_bytes,
             });
         }
-        self.out.write_all(chunk).map_err(io_err("writing the temporary pack"))?;
+        self.out
+            .write_all(chunk)
+            .map_err(io_err("writing the temporary pack"))?;
         self.received = total;
         self.parse(chunk)
     }
@@ -540,7 +583,11 @@ impl Ingest {
                     self.consumed = PACK_HEADER_BYTES as u64;
                     self.start_pack(&header)?;
                 }
-                State::EntryHeader { buf, len, pack_hash_at_start } => {
+                State::EntryHeader {
+                    buf,
+                    len,
+                    pack_hash_at_start,
+                } => {
                     let old_len = *len;
                     let take = (ENTRY_HEADER_MAX_BYTES - old_len).min(input.len());
                     buf[old_len..old_len + take].copy_from_slice(&input[..take]);
@@ -550,23 +597,30 @@ impl Ingest {
                             let used = header.header_len - old_len;
                             input = &input[used..];
                             let raw = *buf;
-                            let at_start = std::mem::replace(pack_hash_at_start, Box::new(sha1::Sha1::new()));
+                            let at_start =
+                                std::mem::replace(pack_hash_at_start, Box::new(sha1::Sha1::new()));
                             self.start_entry(&raw[..header.header_len], header, at_start)?;
                         }
                         Err(EntryError::Truncated) if *len < ENTRY_HEADER_MAX_BYTES => {
                             input = &input[take..];
                         }
                         Err(source) => {
-                            let at_start = std::mem::replace(pack_hash_at_start, Box::new(sha1::Sha1::new()));
+                            let at_start =
+                                std::mem::replace(pack_hash_at_start, Box::new(sha1::Sha1::new()));
                             let offset = self.consumed;
-                            self.entry_failed(IngestError::BadEntryHeader { offset, source }, offset, at_start);
+                            self.entry_failed(
+                                IngestError::BadEntryHeader { offset, source },
+                                offset,
+                                at_start,
+                            );
                         }
                     }
                 }
                 State::EntryData(_) => {
                     let (consumed, more_output) = self.inflate_step(input)?;
                     input = &input[consumed..];
-                    if input.is_empty() && !more_output && matches!(self.state, State::EntryData(_)) {
+                    if input.is_empty() && !more_output && matches!(self.state, State::EntryData(_))
+                    {
                         return Ok(());
                     }
                 }
@@ -653,7 +707,9 @@ impl Ingest {
         if self.received < offset + TRAILER_BYTES as u64 {
             return Ok(false);
         }
-        self.out.flush().map_err(io_err("writing the temporary pack"))?;
+        self.out
+            .flush()
+            .map_err(io_err("writing the temporary pack"))?;
         let mut found = [0u8; TRAILER_BYTES];
         self.out
             .get_ref()
@@ -682,7 +738,12 @@ impl Ingest {
         Ok(*error)
     }
 
-    fn start_entry(&mut self, raw: &[u8], header: super::entry::EntryHeader, at_start: Box<sha1::Sha1>) -> Result<(), IngestError> {
+    fn start_entry(
+        &mut self,
+        raw: &[u8],
+        header: super::entry::EntryHeader,
+        at_start: Box<sha1::Sha1>,
+    ) -> Result<(), IngestError> {
         let offset = self.consumed;
         self.pack_hash.update(raw);
         self.consumed += raw.len() as u64;
@@ -702,14 +763,28 @@ impl Ingest {
             EntryKind::RefDelta { base } => Base::Ref(base),
             EntryKind::OfsDelta { distance } => {
                 if distance == 0 || distance > offset {
-                    self.entry_failed(IngestError::OfsBaseOutOfRange { offset, distance }, offset, at_start);
+                    self.entry_failed(
+                        IngestError::OfsBaseOutOfRange { offset, distance },
+                        offset,
+                        at_start,
+                    );
                     return Ok(());
                 }
                 let base_offset = offset - distance;
-                match self.entries.binary_search_by_key(&base_offset, |e| e.offset) {
+                match self
+                    .entries
+                    .binary_search_by_key(&base_offset, |e| e.offset)
+                {
                     Ok(i) => Base::Ofs(i as u32),
                     Err(_) => {
-                        self.entry_failed(IngestError::OfsBaseNotEntry { offset, base_offset }, offset, at_start);
+                        self.entry_failed(
+                            IngestError::OfsBaseNotEntry {
+                                offset,
+                                base_offset,
+                            },
+                            offset,
+                            at_start,
+                        );
                         return Ok(());
                     }
                 }
@@ -717,7 +792,9 @@ impl Ingest {
         };
         let (hasher, data) = match base {
             Base::Whole(kind) => {
-                let data = (kind != ObjectKind::Blob).then(|| Vec::with_capacity(header.size.min(INFLATE_BUFFER_BYTES as u64) as usize));
+                let data = (kind != ObjectKind::Blob).then(|| {
+                    Vec::with_capacity(header.size.min(INFLATE_BUFFER_BYTES as u64) as usize)
+                });
                 (Some(CheckedHasher::new(kind, header.size)), data)
             }
             _ => (None, None),
@@ -747,7 +824,9 @@ impl Ingest {
         };
         let before_in = self.inflate.total_in();
         let before_out = self.inflate.total_out();
-        let status = self.inflate.decompress(input, &mut self.inflate_buf, FlushDecompress::None);
+        let status = self
+            .inflate
+            .decompress(input, &mut self.inflate_buf, FlushDecompress::None);
         let consumed = (self.inflate.total_in() - before_in) as usize;
         let produced = (self.inflate.total_out() - before_out) as usize;
         cur.crc.update(&input[..consumed]);
@@ -767,16 +846,20 @@ impl Ingest {
                 offset,
                 message: e.to_string(),
             }),
-            Ok(Status::StreamEnd) if cur.inflated + produced as u64 != cur.size => Some(IngestError::SizeMismatch {
-                offset,
-                declared: cur.size,
-                actual: cur.inflated + produced as u64,
-                at_least: false,
-            }),
-            Ok(_) if consumed == 0 && produced == 0 && !input.is_empty() => Some(IngestError::CorruptZlib {
-                offset,
-                message: "inflate made no progress".into(),
-            }),
+            Ok(Status::StreamEnd) if cur.inflated + produced as u64 != cur.size => {
+                Some(IngestError::SizeMismatch {
+                    offset,
+                    declared: cur.size,
+                    actual: cur.inflated + produced as u64,
+                    at_least: false,
+                })
+            }
+            Ok(_) if consumed == 0 && produced == 0 && !input.is_empty() => {
+                Some(IngestError::CorruptZlib {
+                    offset,
+                    message: "inflate made no progress".into(),
+                })
+            }
             Ok(_) => None,
         };
         if let Some(error) = failure {
@@ -796,7 +879,8 @@ impl Ingest {
         }
         if cur.hasher.is_none() && cur.delta_head_len < DELTA_HEAD_BYTES {
             let take = (DELTA_HEAD_BYTES - cur.delta_head_len).min(out.len());
-            cur.delta_head[cur.delta_head_len..cur.delta_head_len + take].copy_from_slice(&out[..take]);
+            cur.delta_head[cur.delta_head_len..cur.delta_head_len + take]
+                .copy_from_slice(&out[..take]);
             cur.delta_head_len += take;
         }
         if let Ok(Status::StreamEnd) = status {
@@ -815,7 +899,9 @@ impl Ingest {
         let resolved = match cur.base {
             Base::Whole(kind) => {
                 let hasher = cur.hasher.ok_or(IngestError::AlreadyFailed)?;
-                let oid = hasher.finish().map_err(|source| IngestError::Collision { offset, source })?;
+                let oid = hasher
+                    .finish()
+                    .map_err(|source| IngestError::Collision { offset, source })?;
                 if let Some(data) = cur.data {
                     self.largest_buffer = self.largest_buffer.max(data.capacity() as u64);
                     self.check_streamed(offset, oid, kind, &data);
@@ -828,8 +914,8 @@ impl Ingest {
                 })
             }
             Base::Ofs(_) | Base::Ref(_) => {
-                let (_, result_size) =
-                    delta_sizes(&cur.delta_head[..cur.delta_head_len]).map_err(|source| IngestError::BadDelta { offset, source })?;
+                let (_, result_size) = delta_sizes(&cur.delta_head[..cur.delta_head_len])
+                    .map_err(|source| IngestError::BadDelta { offset, source })?;
                 if result_size > self.limits.object_max_bytes {
                     return Err(IngestError::ObjectTooLarge {
                         offset,
@@ -858,10 +944,18 @@ impl Ingest {
     /// results are used only if asked for.)
     fn check_streamed(&mut self, offset: u64, oid: ObjectId, kind: ObjectKind, data: &[u8]) {
         if self.checks.fsck.is_none() {
-            if let Err(e) = fsck::check_object_collecting(&oid, kind, data, &FsckOptions::default(), &mut self.special_scratch) {
+            if let Err(e) = fsck::check_object_collecting(
+                &oid,
+                kind,
+                data,
+                &FsckOptions::default(),
+                &mut self.special_scratch,
+            ) {
                 self.checks.fsck = Some((offset, e));
             }
-            self.checks.special.remember(&mut self.special_scratch, self.limits.special_blobs_max);
+            self.checks
+                .special
+                .remember(&mut self.special_scratch, self.limits.special_blobs_max);
         }
         self.link_scratch.clear();
         match fsck::object_links(kind, data, &mut self.link_scratch) {
@@ -872,7 +966,8 @@ impl Ingest {
             }
             Err(source) => {
                 if self.checks.unparsable.is_none() {
-                    self.checks.unparsable = Some((offset, IngestError::Unparsable { oid, source }));
+                    self.checks.unparsable =
+                        Some((offset, IngestError::Unparsable { oid, source }));
                 }
             }
         }
@@ -880,7 +975,11 @@ impl Ingest {
 
     /// End of input: verify the pack ended cleanly, resolve deltas,
     /// complete a thin pack from `repo`, run `checks`, write the index.
-    pub fn finish(mut self, repo: &dyn ObjectSource, checks: &CheckOptions) -> Result<IngestedPack, IngestError> {
+    pub fn finish(
+        mut self,
+        repo: &dyn ObjectSource,
+        checks: &CheckOptions,
+    ) -> Result<IngestedPack, IngestError> {
         match std::mem::replace(&mut self.state, State::Failed) {
             State::Done => {}
             State::BadTrailer { found, computed } => {
@@ -901,12 +1000,22 @@ impl Ingest {
                     received: self.received,
                 })
             }
-            State::EntryHeader { pack_hash_at_start, .. } => {
+            State::EntryHeader {
+                pack_hash_at_start, ..
+            } => {
                 let offset = self.consumed;
-                return Err(self.truncated_entry(offset, &pack_hash_at_start, PackSection::EntryHeader)?);
+                return Err(self.truncated_entry(
+                    offset,
+                    &pack_hash_at_start,
+                    PackSection::EntryHeader,
+                )?);
             }
             State::EntryData(cur) => {
-                return Err(self.truncated_entry(cur.offset, &cur.pack_hash_at_start, PackSection::EntryData)?);
+                return Err(self.truncated_entry(
+                    cur.offset,
+                    &cur.pack_hash_at_start,
+                    PackSection::EntryData,
+                )?);
             }
             failed @ State::EntryFailed { .. } => {
                 self.state = failed;
@@ -931,7 +1040,8 @@ impl Ingest {
             .into_inner()
             .map_err(|e| io_err("writing the temporary pack")(e.into_error()))?;
         debug_assert_eq!(entries.len(), resolved.len());
-        let mut resolution = Resolution::new(&file, entries, resolved, &limits, *checks, largest_buffer);
+        let mut resolution =
+            Resolution::new(&file, entries, resolved, &limits, *checks, largest_buffer);
         resolution.resolve_in_pack()?;
         let pack_end = received - TRAILER_BYTES as u64;
         let appended = resolution.complete_thin(repo, pack_end)?;
@@ -958,7 +1068,11 @@ impl Ingest {
             .collect::<Result<_, _>>()?;
 
         // one id per object
-        let mut by_oid: Vec<(ObjectId, u32)> = resolved.iter().enumerate().map(|(i, r)| (r.oid, i as u32)).collect();
+        let mut by_oid: Vec<(ObjectId, u32)> = resolved
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.oid, i as u32))
+            .collect();
         by_oid.sort_unstable();
         if let Some(w) = by_oid.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(IngestError::DuplicateObject { oid: w[0].0 });
@@ -988,9 +1102,14 @@ impl Ingest {
             .create_new(true)
             .open(&temp.idx)
             .map_err(io_err("creating the temporary index"))?;
-        idx_file.write_all(&idx_bytes).map_err(io_err("writing the temporary index"))?;
-        idx_file.sync_all().map_err(io_err("syncing the temporary index"))?;
-        file.sync_all().map_err(io_err("syncing the temporary pack"))?;
+        idx_file
+            .write_all(&idx_bytes)
+            .map_err(io_err("writing the temporary index"))?;
+        idx_file
+            .sync_all()
+            .map_err(io_err("syncing the temporary index"))?;
+        file.sync_all()
+            .map_err(io_err("syncing the temporary pack"))?;
         let index = PackIndex::parse(bytes::Bytes::from(idx_bytes), false)
             .map_err(|e| io_err("parsing the written index")(std::io::Error::other(e)))?;
         Ok(IngestedPack {
@@ -1006,8 +1125,15 @@ impl Ingest {
         })
     }
 
-    fn truncated_entry(&mut self, offset: u64, pack_hash: &sha1::Sha1, section: PackSection) -> Result<IngestError, IngestError> {
-        if self.received == offset + TRAILER_BYTES as u64 && self.is_trailer_at(offset, pack_hash)? {
+    fn truncated_entry(
+        &mut self,
+        offset: u64,
+        pack_hash: &sha1::Sha1,
+        section: PackSection,
+    ) -> Result<IngestError, IngestError> {
+        if self.received == offset + TRAILER_BYTES as u64
+            && self.is_trailer_at(offset, pack_hash)?
+        {
             return Ok(IngestError::ObjectCountTooLarge {
                 declared: self.declared_objects,
                 found: self.entries.len() as u32,
@@ -1022,7 +1148,11 @@ impl Ingest {
 
 /// Rewrite the object count and the trailer after thin completion; returns
 /// the new checksum.
-fn rewrite_header_and_trailer(file: &File, objects: u32, end: u64) -> Result<[u8; 20], IngestError> {
+fn rewrite_header_and_trailer(
+    file: &File,
+    objects: u32,
+    end: u64,
+) -> Result<[u8; 20], IngestError> {
     const HASH_READ_BUFFER_BYTES: usize = 1 << 20;
     file.write_all_at(&objects.to_be_bytes(), 8)
         .map_err(io_err("rewriting the pack header"))?;
@@ -1037,14 +1167,21 @@ fn rewrite_header_and_trailer(file: &File, objects: u32, end: u64) -> Result<[u8
         pos += n as u64;
     }
     let checksum: [u8; 20] = hash.finalize().into();
-    file.write_all_at(&checksum, end).map_err(io_err("writing the pack trailer"))?;
+    file.write_all_at(&checksum, end)
+        .map_err(io_err("writing the pack trailer"))?;
     file.set_len(end + TRAILER_BYTES as u64)
         .map_err(io_err("truncating the pack"))?;
     Ok(checksum)
 }
 
 /// Inflate entry `e`'s data from `file` (its size was verified while streaming).
-fn inflate_entry(file: &File, e: &Entry, z: &mut Decompress, read_buf: &mut [u8], largest: &AtomicU64) -> Result<Vec<u8>, IngestError> {
+fn inflate_entry(
+    file: &File,
+    e: &Entry,
+    z: &mut Decompress,
+    read_buf: &mut [u8],
+    largest: &AtomicU64,
+) -> Result<Vec<u8>, IngestError> {
     let mut out = Vec::with_capacity(e.size as usize);
     largest.fetch_max(out.capacity() as u64, Ordering::Relaxed);
     z.reset(true);
@@ -1130,7 +1267,9 @@ impl Shared<'_> {
         let i = idx as usize;
         let mut out = Vec::new();
         if i + 1 < self.ofs_start.len() {
-            out.extend_from_slice(&self.ofs_list[self.ofs_start[i] as usize..self.ofs_start[i + 1] as usize]);
+            out.extend_from_slice(
+                &self.ofs_list[self.ofs_start[i] as usize..self.ofs_start[i + 1] as usize],
+            );
         }
         if let Some(refs) = self.ref_children.get(oid) {
             out.extend_from_slice(refs);
@@ -1152,23 +1291,38 @@ impl Worker {
     }
 
     fn inflate(&mut self, sh: &Shared, idx: u32) -> Result<Vec<u8>, IngestError> {
-        inflate_entry(sh.file, &sh.entries[idx as usize], &mut self.z, &mut self.read_buf, sh.largest)
+        inflate_entry(
+            sh.file,
+            &sh.entries[idx as usize],
+            &mut self.z,
+            &mut self.read_buf,
+            sh.largest,
+        )
     }
 
     fn apply(&mut self, sh: &Shared, base: &[u8], idx: u32) -> Result<Vec<u8>, IngestError> {
         let delta = self.inflate(sh, idx)?;
         let mut out = Vec::new();
-        apply_delta(base, &delta, &mut out, sh.limits.object_max_bytes).map_err(|source| IngestError::BadDelta {
-            offset: sh.entries[idx as usize].offset,
-            source,
+        apply_delta(base, &delta, &mut out, sh.limits.object_max_bytes).map_err(|source| {
+            IngestError::BadDelta {
+                offset: sh.entries[idx as usize].offset,
+                source,
+            }
         })?;
-        sh.largest.fetch_max(out.capacity() as u64, Ordering::Relaxed);
+        sh.largest
+            .fetch_max(out.capacity() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
     /// Make sure `stack[k]` holds its data, rebuilding it from the nearest
     /// frame below that still does (or from the root entry).
-    fn ensure_data(&mut self, sh: &Shared, stack: &mut [Frame], k: usize, held: &mut usize) -> Result<(), IngestError> {
+    fn ensure_data(
+        &mut self,
+        sh: &Shared,
+        stack: &mut [Frame],
+        k: usize,
+        held: &mut usize,
+    ) -> Result<(), IngestError> {
         if stack[k].data.is_some() {
             return Ok(());
         }
@@ -1194,7 +1348,12 @@ impl Worker {
     }
 
     /// Resolve every delta built on `root`, depth first.
-    fn resolve_tree(&mut self, sh: &Shared, root: u32, root_data: Option<Vec<u8>>) -> Result<(), IngestError> {
+    fn resolve_tree(
+        &mut self,
+        sh: &Shared,
+        root: u32,
+        root_data: Option<Vec<u8>>,
+    ) -> Result<(), IngestError> {
         let Some(res) = sh.results[root as usize].get().copied() else {
             return Ok(());
         };
@@ -1243,7 +1402,8 @@ impl Worker {
                 let base_data = stack[top].data.as_deref().unwrap_or(&[]);
                 self.apply(sh, base_data, child)?
             };
-            let oid = hash_object_checked(base.kind, &out).map_err(|source| IngestError::Collision { offset, source })?;
+            let oid = hash_object_checked(base.kind, &out)
+                .map_err(|source| IngestError::Collision { offset, source })?;
             let res = Resolved {
                 oid,
                 kind: base.kind,
@@ -1288,22 +1448,43 @@ impl Worker {
         }
         let first = |slot: &Option<(u64, _)>| slot.as_ref().is_none_or(|(o, _)| offset < *o);
         if sh.checks.strict && first(&self.outcome.fsck) {
-            if let Err(e) = fsck::check_object_collecting(&res.oid, res.kind, data, &FsckOptions::default(), &mut self.special_scratch) {
+            if let Err(e) = fsck::check_object_collecting(
+                &res.oid,
+                res.kind,
+                data,
+                &FsckOptions::default(),
+                &mut self.special_scratch,
+            ) {
                 self.outcome.fsck = Some((offset, e));
             }
-            self.outcome.special.remember(&mut self.special_scratch, sh.limits.special_blobs_max);
+            self.outcome
+                .special
+                .remember(&mut self.special_scratch, sh.limits.special_blobs_max);
         }
         if sh.checks.check_links || sh.checks.strict {
             self.link_scratch.clear();
             match fsck::object_links(res.kind, data, &mut self.link_scratch) {
                 Ok(()) => {
                     if sh.checks.check_links {
-                        self.outcome.links.extend(self.link_scratch.drain(..).map(|l| (l, res.oid)));
+                        self.outcome
+                            .links
+                            .extend(self.link_scratch.drain(..).map(|l| (l, res.oid)));
                     }
                 }
                 Err(source) => {
-                    if self.outcome.unparsable.as_ref().is_none_or(|(o, _)| offset < *o) {
-                        self.outcome.unparsable = Some((offset, IngestError::Unparsable { oid: res.oid, source }));
+                    if self
+                        .outcome
+                        .unparsable
+                        .as_ref()
+                        .is_none_or(|(o, _)| offset < *o)
+                    {
+                        self.outcome.unparsable = Some((
+                            offset,
+                            IngestError::Unparsable {
+                                oid: res.oid,
+                                source,
+                            },
+                        ));
                     }
                 }
             }
@@ -1415,8 +1596,12 @@ impl<'a> Resolution<'a> {
             .filter(|(_, e)| matches!(e.base, Base::Whole(_)))
             .map(|(i, _)| i as u32)
             .filter(|&i| {
-                let oid = self.results[i as usize].get().map(|r| r.oid).unwrap_or(ObjectId::NULL_SHA1);
-                self.ofs_start[i as usize] != self.ofs_start[i as usize + 1] || self.ref_children.contains_key(&oid)
+                let oid = self.results[i as usize]
+                    .get()
+                    .map(|r| r.oid)
+                    .unwrap_or(ObjectId::NULL_SHA1);
+                self.ofs_start[i as usize] != self.ofs_start[i as usize + 1]
+                    || self.ref_children.contains_key(&oid)
             })
             .collect();
         if roots.is_empty() {
@@ -1454,10 +1639,13 @@ impl<'a> Resolution<'a> {
                         h.join().unwrap_or_else(|_| {
                             (
                                 Outcome::default(),
-                                Some((0, IngestError::Io {
-                                    context: "resolving deltas",
-                                    source: std::io::Error::other("worker thread panicked"),
-                                })),
+                                Some((
+                                    0,
+                                    IngestError::Io {
+                                        context: "resolving deltas",
+                                        source: std::io::Error::other("worker thread panicked"),
+                                    },
+                                )),
                             )
                         })
                     })
@@ -1482,9 +1670,16 @@ impl<'a> Resolution<'a> {
     /// Append the bases of still unresolved REF_DELTAs from `repo`, in pack
     /// order of the deltas (as `index-pack --fix-thin`), resolving each
     /// base's delta tree right away.
-    fn complete_thin(&mut self, repo: &dyn ObjectSource, mut end: u64) -> Result<Appended, IngestError> {
+    fn complete_thin(
+        &mut self,
+        repo: &dyn ObjectSource,
+        mut end: u64,
+    ) -> Result<Appended, IngestError> {
         let waiting: Vec<u32> = (0..self.entries.len() as u32)
-            .filter(|&i| self.results[i as usize].get().is_none() && matches!(self.entries[i as usize].base, Base::Ref(_)))
+            .filter(|&i| {
+                self.results[i as usize].get().is_none()
+                    && matches!(self.entries[i as usize].base, Base::Ref(_))
+            })
             .collect();
         let mut count = 0u32;
         let mut worker = Worker::new(self.limits.delta_cache_bytes);
@@ -1547,7 +1742,11 @@ impl<'a> Resolution<'a> {
     }
 
     fn all_resolved(&self) -> Result<(), IngestError> {
-        let mut unresolved = self.results.iter().enumerate().filter(|(_, r)| r.get().is_none());
+        let mut unresolved = self
+            .results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.get().is_none());
         if let Some((first, _)) = unresolved.next() {
             return Err(IngestError::UnresolvedDeltas {
                 count: 1 + unresolved.count(),
@@ -1565,7 +1764,8 @@ fn encode_whole(kind: ObjectKind, data: &[u8]) -> Result<(Vec<u8>, u8), IngestEr
     let mut out = Vec::with_capacity(n + data.len() / 2 + 64);
     out.extend_from_slice(&header[..n]);
     let mut z = flate2::write::ZlibEncoder::new(out, flate2::Compression::default());
-    z.write_all(data).map_err(io_err("compressing a thin-pack base"))?;
+    z.write_all(data)
+        .map_err(io_err("compressing a thin-pack base"))?;
     let out = z.finish().map_err(io_err("compressing a thin-pack base"))?;
     Ok((out, n as u8))
 }
@@ -1640,7 +1840,11 @@ fn run_checks(
 }
 
 /// Every link resolves to an object of the kind it names.
-fn check_links(mut links: Vec<(Link, ObjectId)>, pack: &PackObjects<'_>, repo: &dyn ObjectSource) -> Result<(), IngestError> {
+fn check_links(
+    mut links: Vec<(Link, ObjectId)>,
+    pack: &PackObjects<'_>,
+    repo: &dyn ObjectSource,
+) -> Result<(), IngestError> {
     links.sort_unstable_by_key(|(link, from)| (link.oid, link.kind.pack_code(), *from));
     links.dedup_by(|a, b| a.0 == b.0);
     for (link, from) in links {
@@ -1674,7 +1878,11 @@ fn check_links(mut links: Vec<(Link, ObjectId)>, pack: &PackObjects<'_>, repo: &
 /// git's `fsck_finish`: the contents of each object a new tree names
 /// `.gitmodules` or `.gitattributes`, read from the pack or, if the pack
 /// does not have it, from the repository. One object at a time is held.
-fn check_special_blobs(special: SpecialBlobs, pack: &PackObjects<'_>, repo: &dyn ObjectSource) -> Result<(), IngestError> {
+fn check_special_blobs(
+    special: SpecialBlobs,
+    pack: &PackObjects<'_>,
+    repo: &dyn ObjectSource,
+) -> Result<(), IngestError> {
     if special.overflow {
         return Err(IngestError::TooManySpecialBlobs {
             limit: pack.limits.special_blobs_max,
@@ -1692,7 +1900,13 @@ fn check_special_blobs(special: SpecialBlobs, pack: &PackObjects<'_>, repo: &dyn
                     if matches!(entry.base, Base::Whole(_)) && entry.size > max_bytes {
                         SpecialObject::TooLarge(entry.size)
                     } else {
-                        data = read_pack_object(pack.file, pack.entries, pack.resolved, i, pack.limits)?;
+                        data = read_pack_object(
+                            pack.file,
+                            pack.entries,
+                            pack.resolved,
+                            i,
+                            pack.limits,
+                        )?;
                         SpecialObject::Blob(&data)
                     }
                 }
@@ -1718,7 +1932,13 @@ fn check_special_blobs(special: SpecialBlobs, pack: &PackObjects<'_>, repo: &dyn
 }
 
 /// The whole object of entry `i`: its chain of deltas applied, from the file.
-fn read_pack_object(file: &File, entries: &[Entry], resolved: &[Resolved], mut i: usize, limits: &IngestLimits) -> Result<Vec<u8>, IngestError> {
+fn read_pack_object(
+    file: &File,
+    entries: &[Entry],
+    resolved: &[Resolved],
+    mut i: usize,
+    limits: &IngestLimits,
+) -> Result<Vec<u8>, IngestError> {
     let offset = entries[i].offset;
     let mut chain = Vec::new();
     while resolved[i].base != u32::MAX {
@@ -1739,9 +1959,11 @@ fn read_pack_object(file: &File, entries: &[Entry], resolved: &[Resolved], mut i
     let mut out = Vec::new();
     for &d in chain.iter().rev() {
         let delta = inflate_entry(file, &entries[d], &mut z, &mut read_buf, &largest)?;
-        apply_delta(&data, &delta, &mut out, limits.object_max_bytes).map_err(|source| IngestError::BadDelta {
-            offset: entries[d].offset,
-            source,
+        apply_delta(&data, &delta, &mut out, limits.object_max_bytes).map_err(|source| {
+            IngestError::BadDelta {
+                offset: entries[d].offset,
+                source,
+            }
         })?;
         std::mem::swap(&mut data, &mut out);
     }
@@ -1801,13 +2023,19 @@ impl IngestedPack {
     /// The kind of `oid` if the pack has it.
     pub fn object_kind(&self, oid: &ObjectId) -> Option<ObjectKind> {
         let offset = self.index.lookup(oid)?;
-        let i = self.entries.binary_search_by_key(&offset, |e| e.offset).ok()?;
+        let i = self
+            .entries
+            .binary_search_by_key(&offset, |e| e.offset)
+            .ok()?;
         Some(self.resolved[i].kind)
     }
 
     /// Read a whole object of the pack (for connectivity and fast-forward
     /// checks before commit). None if the pack does not have it.
-    pub fn read_object(&self, oid: &ObjectId) -> Result<Option<(ObjectKind, Vec<u8>)>, IngestError> {
+    pub fn read_object(
+        &self,
+        oid: &ObjectId,
+    ) -> Result<Option<(ObjectKind, Vec<u8>)>, IngestError> {
         let Some(offset) = self.index.lookup(oid) else {
             return Ok(None);
         };

@@ -119,7 +119,10 @@ impl VerbatimPlan {
 
 enum Mode {
     /// Whole stored packs, streamed as ranges `(pack, start, end)`.
-    Verbatim { ranges: Vec<(u32, u64, u64)>, next: usize },
+    Verbatim {
+        ranges: Vec<(u32, u64, u64)>,
+        next: usize,
+    },
     /// Entry by entry from `plan`.
     Entries,
 }
@@ -193,7 +196,9 @@ pub fn pack_stream(
     header[8..12].copy_from_slice(&count.to_be_bytes());
 
     let (mode, header, hasher) = if verbatim {
-        let used: Vec<u32> = (0..packs.len() as u32).filter(|i| per_pack[*i as usize] > 0).collect();
+        let used: Vec<u32> = (0..packs.len() as u32)
+            .filter(|i| per_pack[*i as usize] > 0)
+            .collect();
         if let [only] = used[..] {
             // One pack: the file as it is, trailer included.
             let len = packs[only as usize].len();
@@ -210,7 +215,11 @@ pub fn pack_stream(
                 .iter()
                 .map(|&i| (i, PACK_HEADER_BYTES as u64, packs[i as usize].len() - 20))
                 .collect();
-            (Mode::Verbatim { ranges, next: 0 }, Some(header), Some(sha1::Sha1::new()))
+            (
+                Mode::Verbatim { ranges, next: 0 },
+                Some(header),
+                Some(sha1::Sha1::new()),
+            )
         }
     } else {
         (Mode::Entries, Some(header), Some(sha1::Sha1::new()))
@@ -288,7 +297,10 @@ impl PackStream {
         if let Some(h) = self.hasher.as_mut() {
             h.update(&self.buf);
         }
-        Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_bytes)))
+        Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(self.chunk_bytes),
+        ))
     }
 
     /// Move part of the pending bytes into the buffer.
@@ -324,10 +336,11 @@ impl PackStream {
     fn range_of(&self, i: usize) -> Result<(u64, u64), PackWriteError> {
         let loc = self.plan[i];
         let pack = &self.store.packs()[loc.pack as usize];
-        pack.entry_range(loc.offset).ok_or_else(|| PackWriteError::NoEntry {
-            path: pack.path().to_path_buf(),
-            offset: loc.offset,
-        })
+        pack.entry_range(loc.offset)
+            .ok_or_else(|| PackWriteError::NoEntry {
+                path: pack.path().to_path_buf(),
+                offset: loc.offset,
+            })
     }
 
     /// The bytes `[start, end)` of planned entry `i`'s pack, through the
@@ -384,7 +397,10 @@ impl PackStream {
             EntryKind::Base(_) => None,
             EntryKind::OfsDelta { distance } => {
                 let base_offset = start.checked_sub(distance).filter(|_| distance > 0);
-                let base_loc = base_offset.map(|offset| Location { pack: loc.pack, offset });
+                let base_loc = base_offset.map(|offset| Location {
+                    pack: loc.pack,
+                    offset,
+                });
                 let base_oid = base_offset.and_then(|o| pack.oid_at_offset(o));
                 match (base_loc, base_oid) {
                     (Some(l), Some(oid)) => Some((l, oid)),
@@ -427,7 +443,10 @@ impl PackStream {
                     if self.ofs_delta && b < i {
                         let n = encode_type_size(OFS_DELTA, header.size, &mut hdr);
                         self.push_bytes(&hdr[..n]);
-                        let n = encode_ofs_distance(self.out_offsets[i] - self.out_offsets[b], &mut hdr);
+                        let n = encode_ofs_distance(
+                            self.out_offsets[i] - self.out_offsets[b],
+                            &mut hdr,
+                        );
                         self.push_bytes(&hdr[..n]);
                     } else {
                         let n = encode_type_size(REF_DELTA, header.size, &mut hdr);
