@@ -705,32 +705,10 @@ impl ObjectStore {
                     }
                     break (kind, data);
                 }
-                EntryKind::OfsDelta { distance } => {
+                delta_kind => {
                     let delta = pack.inflate(offset, body, header.size)?;
                     chain.push((pack_i, offset, delta));
-                    offset = offset
-                        .checked_sub(distance)
-                        .filter(|_| distance > 0)
-                        .ok_or_else(|| StoreError::BadBaseOffset {
-                            path: pack.path.clone(),
-                            offset,
-                        })?;
-                }
-                EntryKind::RefDelta { base } => {
-                    let delta = pack.inflate(offset, body, header.size)?;
-                    chain.push((pack_i, offset, delta));
-                    // Prefer the base in the same pack, as git does.
-                    let next = match pack.index.lookup(&base) {
-                        Some(o) => Location {
-                            pack: pack_i,
-                            offset: o,
-                        },
-                        None => self.locate(&base).ok_or_else(|| StoreError::MissingBase {
-                            path: pack.path.clone(),
-                            offset,
-                            base,
-                        })?,
-                    };
+                    let next = self.delta_base(pack_i, offset, delta_kind)?;
                     pack_i = next.pack;
                     offset = next.offset;
                 }
@@ -752,6 +730,46 @@ impl ObjectStore {
             }
         }
         Ok((kind, data))
+    }
+
+    /// Where the base of the delta entry at (`pack_i`, `offset`) lives: an
+    /// earlier offset of the same pack (OFS_DELTA), or the object named by a
+    /// REF_DELTA — in the same pack when it is there, as git prefers.
+    fn delta_base(
+        &self,
+        pack_i: u32,
+        offset: u64,
+        kind: EntryKind,
+    ) -> Result<Location, StoreError> {
+        let pack = &self.packs[pack_i as usize];
+        match kind {
+            EntryKind::OfsDelta { distance } => offset
+                .checked_sub(distance)
+                .filter(|_| distance > 0)
+                .map(|base| Location {
+                    pack: pack_i,
+                    offset: base,
+                })
+                .ok_or_else(|| StoreError::BadBaseOffset {
+                    path: pack.path.clone(),
+                    offset,
+                }),
+            EntryKind::RefDelta { base } => match pack.index.lookup(&base) {
+                Some(o) => Ok(Location {
+                    pack: pack_i,
+                    offset: o,
+                }),
+                None => self.locate(&base).ok_or_else(|| StoreError::MissingBase {
+                    path: pack.path.clone(),
+                    offset,
+                    base,
+                }),
+            },
+            EntryKind::Base(_) => Ok(Location {
+                pack: pack_i,
+                offset,
+            }),
+        }
     }
 
     fn cache_get(&self, key: CacheKey) -> Option<(ObjectKind, Bytes)> {
@@ -820,32 +838,10 @@ impl ObjectStore {
                     })?;
                 size = Some(result);
             }
-            match header.kind {
-                EntryKind::OfsDelta { distance } => {
-                    offset = offset
-                        .checked_sub(distance)
-                        .filter(|_| distance > 0)
-                        .ok_or_else(|| StoreError::BadBaseOffset {
-                            path: pack.path.clone(),
-                            offset,
-                        })?;
-                }
-                EntryKind::RefDelta { base } => {
-                    let next = match pack.index.lookup(&base) {
-                        Some(o) => Location {
-                            pack: pack_i,
-                            offset: o,
-                        },
-                        None => self.locate(&base).ok_or_else(|| StoreError::MissingBase {
-                            path: pack.path.clone(),
-                            offset,
-                            base,
-                        })?,
-                    };
-                    pack_i = next.pack;
-                    offset = next.offset;
-                }
-                EntryKind::Base(_) => {}
+            if !matches!(header.kind, EntryKind::Base(_)) {
+                let next = self.delta_base(pack_i, offset, header.kind)?;
+                pack_i = next.pack;
+                offset = next.offset;
             }
         }
         Err(StoreError::ChainTooDeep {
