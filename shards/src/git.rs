@@ -37,10 +37,14 @@ use crate::http::{shard_error_response, text};
 use crate::repo::{check_name, RefSnapshot, RepoError};
 use crate::shard::{Shard, ShardError, UpdateOutcome};
 
-/// Largest side-band-64k payload per frame.
-const SIDEBAND_64K_PAYLOAD_BYTES: usize = 65515;
-/// Largest side-band (1000) payload per frame.
-const SIDEBAND_PAYLOAD_BYTES: usize = 995;
+/// Pack bytes produced per chunk: one side-band-64k frame, or sixteen
+/// 1000-byte side-band frames, or (no side-band) the same as 64k.
+fn pack_chunk_bytes(sideband: Option<SidebandMode>) -> usize {
+    match sideband {
+        Some(SidebandMode::SideBand) => SidebandMode::SideBand.payload_max_bytes() * 16,
+        _ => SidebandMode::SideBand64k.payload_max_bytes(),
+    }
+}
 
 /// Route a `/git/OWNER/NAME[.git]/...` request (`rest` is after `/git/`).
 pub async fn route(
@@ -83,12 +87,7 @@ fn protocol_version(headers: &HeaderMap) -> ProtocolVersion {
         .unwrap_or(ProtocolVersion::V0)
 }
 
-fn git_response(
-    service: Service,
-    content_type: &str,
-    body: ResponseBody,
-) -> Response<ResponseBody> {
-    let _ = service;
+fn git_response(content_type: &str, body: ResponseBody) -> Response<ResponseBody> {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, content_type)
@@ -102,14 +101,15 @@ fn git_response(
         .unwrap_or_else(|_| Response::new(ResponseBody::empty()))
 }
 
+/// A 200 carrying the result of `service`.
+fn git_result(service: Service, body: ResponseBody) -> Response<ResponseBody> {
+    git_response(service.result_content_type(), body)
+}
+
 /// A git `ERR` answer inside a 200 response, as git's own services send.
 fn git_error(service: Service, msg: &str) -> Response<ResponseBody> {
     tracing::debug!(service = service.name(), error = msg, "git request refused");
-    git_response(
-        service,
-        service.result_content_type(),
-        ResponseBody::full(pktline::err_pkt(msg)),
-    )
+    git_result(service, ResponseBody::full(pktline::err_pkt(msg)))
 }
 
 fn bad_request(msg: impl std::fmt::Display) -> Response<ResponseBody> {
@@ -254,13 +254,30 @@ async fn info_refs(
         }
     }
     git_response(
-        service,
         service.advertisement_content_type(),
         ResponseBody::full(out),
     )
 }
 
 // ---------------------------------------------------------------- upload-pack
+
+/// The body of a service POST, after the checks every one gets: content
+/// type, declared length against `limit`, and content encoding.
+#[allow(clippy::result_large_err)] // the error is the response to send
+fn service_body(
+    state: &Rc<ConnState>,
+    headers: &HeaderMap,
+    incoming: Incoming,
+    service: Service,
+    limit: u64,
+) -> Result<RequestBody, Response<ResponseBody>> {
+    check_content_type(headers, service)?;
+    check_declared_length(headers, limit)?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    RequestBody::new(incoming, encoding, limit, state.clone()).map_err(|e| body_error_response(&e))
+}
 
 async fn read_small_body(
     shard: &Rc<Shard>,
@@ -269,15 +286,8 @@ async fn read_small_body(
     service: Service,
 ) -> Result<(HeaderMap, Bytes), Response<ResponseBody>> {
     let (parts, incoming) = req.into_parts();
-    check_content_type(&parts.headers, service)?;
     let limit = shard.config.limits.upload_body_max_bytes;
-    check_declared_length(&parts.headers, limit)?;
-    let encoding = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let body = RequestBody::new(incoming, encoding, limit, state.clone())
-        .map_err(|e| body_error_response(&e))?;
+    let body = service_body(state, &parts.headers, incoming, service, limit)?;
     let data = body.collect().await.map_err(|e| body_error_response(&e))?;
     Ok((parts.headers, data))
 }
@@ -335,11 +345,7 @@ fn ls_refs(snap: &RefSnapshot, req: &LsRefsRequest) -> Response<ResponseBody> {
     if let Err(e) = advertise::write_ls_refs(&mut out, req, &entries) {
         return text(StatusCode::INTERNAL_SERVER_ERROR, format!("ls-refs: {e}"));
     }
-    git_response(
-        Service::UploadPack,
-        Service::UploadPack.result_content_type(),
-        ResponseBody::full(out),
-    )
+    git_result(Service::UploadPack, ResponseBody::full(out))
 }
 
 /// What a fetch asks for, in terms the object walk understands.
@@ -426,11 +432,7 @@ async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBod
         // A client that wants nothing sends only a flush (git's own
         // upload-pack then ends without a word); answer with a flush so the
         // response is a well-formed, non-empty pkt stream.
-        return git_response(
-            service,
-            service.result_content_type(),
-            ResponseBody::full(&pktline::FLUSH_PKT[..]),
-        );
+        return git_result(service, ResponseBody::full(&pktline::FLUSH_PKT[..]));
     }
     if let Err(msg) = check_wants(&snap.store, &req.wants) {
         return git_error(service, &msg);
@@ -467,27 +469,24 @@ async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBod
     );
     let mut plan = plan;
     plan.walk.haves = negotiation.common.clone();
+    if !plan.deepen && !negotiation.pack_follows {
+        return git_result(service, ResponseBody::full(negotiation.bytes));
+    }
+    // One walk serves both the shallow update (which does not depend on
+    // the haves) and the pack.
+    let walked = match run_walk(store, plan.walk.clone()).await {
+        Ok(w) => w,
+        Err(msg) => return git_error(service, &msg),
+    };
     if plan.deepen {
         // Every stateless response starts with the shallow update.
-        let shallow_only = WalkRequest {
-            haves: Vec::new(),
-            ..plan.walk.clone()
-        };
-        let walked = match run_walk(store.clone(), shallow_only).await {
-            Ok(w) => w,
-            Err(msg) => return git_error(service, &msg),
-        };
         negotiate::write_shallow_update_v0(&mut preamble, &walked.shallow, &walked.unshallow);
     }
     preamble.extend_from_slice(&negotiation.bytes);
     if !negotiation.pack_follows {
-        return git_response(
-            service,
-            service.result_content_type(),
-            ResponseBody::full(preamble),
-        );
+        return git_result(service, ResponseBody::full(preamble));
     }
-    stream_pack(snap, plan, preamble, None).await
+    stream_pack(snap, plan, walked, preamble, None).await
 }
 
 async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody> {
@@ -539,11 +538,7 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
     };
     let preamble = acks.bytes;
     if !acks.pack_follows {
-        return git_response(
-            service,
-            service.result_content_type(),
-            ResponseBody::full(preamble),
-        );
+        return git_result(service, ResponseBody::full(preamble));
     }
     // wanted-refs comes after shallow-info, which stream_pack writes.
     let mut wanted_section = Vec::new();
@@ -554,7 +549,11 @@ async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody
             return git_error(service, &e.to_string());
         }
     }
-    stream_pack(snap, plan, preamble, Some(wanted_section)).await
+    let walked = match run_walk(store, plan.walk.clone()).await {
+        Ok(w) => w,
+        Err(msg) => return git_error(service, &msg),
+    };
+    stream_pack(snap, plan, walked, preamble, Some(wanted_section)).await
 }
 
 async fn run_walk(store: ObjectStore, req: WalkRequest) -> Result<WalkResult, String> {
@@ -567,21 +566,18 @@ async fn run_walk(store: ObjectStore, req: WalkRequest) -> Result<WalkResult, St
         .await
 }
 
-/// Enumerate, then stream the pack (side-band framed) behind `preamble`.
+/// Stream the pack of `walked` (side-band framed) behind `preamble`.
 /// `v2` is `Some(wanted-refs section, possibly empty)` for protocol v2: the
 /// sections then follow in protocol order (shallow-info, wanted-refs, packfile).
 async fn stream_pack(
     snap: RefSnapshot,
     plan: FetchPlan,
+    walked: WalkResult,
     mut preamble: Vec<u8>,
     v2: Option<Vec<u8>>,
 ) -> Response<ResponseBody> {
     let service = Service::UploadPack;
     let store = snap.store.clone();
-    let walked = match run_walk(store.clone(), plan.walk.clone()).await {
-        Ok(w) => w,
-        Err(msg) => return git_error(service, &msg),
-    };
     if let Some(wanted_section) = v2 {
         if plan.deepen {
             negotiate::write_shallow_info(&mut preamble, &walked.shallow, &walked.unshallow);
@@ -591,10 +587,7 @@ async fn stream_pack(
     }
     let opts = PackWriteOptions {
         ofs_delta: plan.ofs_delta,
-        chunk_bytes: match plan.sideband {
-            Some(SidebandMode::SideBand) => SIDEBAND_PAYLOAD_BYTES * 16,
-            _ => SIDEBAND_64K_PAYLOAD_BYTES,
-        },
+        chunk_bytes: pack_chunk_bytes(plan.sideband),
     };
     let objects = walked.objects;
     let count = objects.len();
@@ -625,69 +618,57 @@ async fn stream_pack(
             return;
         }
         let mut stream = stream;
-        if let Some(plan) = stream.verbatim_plan() {
-            match stream_verbatim_dma(&mut tx, sideband, &plan).await {
-                Ok(()) => {
-                    if sideband.is_some() {
-                        let _ = send(&mut tx, Bytes::from_static(pktline::FLUSH_PKT)).await;
-                    }
-                    return;
-                }
-                Err(DmaStreamError::Unavailable(e)) => {
+        let verbatim = match stream.verbatim_plan() {
+            Some(plan) => stream_verbatim_dma(&mut tx, sideband, &plan).await,
+            None => Err(DmaStreamError::NotVerbatim),
+        };
+        let streamed: Result<(), String> = match verbatim {
+            Ok(()) => Ok(()),
+            Err(DmaStreamError::ClientGone) => return,
+            Err(DmaStreamError::Failed(e)) => Err(format!("pack read failed: {e}")),
+            Err(other) => {
+                if let DmaStreamError::Unavailable(e) = &other {
                     // Nothing sent yet: serve the same bytes with positional reads.
-                    warn_dma_unavailable(&e);
+                    warn_dma_unavailable(e);
                 }
-                Err(DmaStreamError::Failed(e)) => {
-                    tracing::error!(repo = %snap.key, error = %e, "pack stream failed");
-                    if let Some(mode) = sideband {
-                        let mut out = Vec::new();
-                        sideband::write_error(&mut out, mode, &format!("pack read failed: {e}"));
-                        let _ = send(&mut tx, Bytes::from(out)).await;
+                loop {
+                    let chunk = match stream.next() {
+                        None => break Ok(()),
+                        Some(Ok(chunk)) => chunk,
+                        Some(Err(e)) => break Err(format!("pack generation failed: {e}")),
+                    };
+                    if send_pack_data(&mut tx, sideband, chunk).await.is_err() {
+                        return; // client went away
                     }
-                    return;
+                    glommio::yield_if_needed().await;
                 }
-                Err(DmaStreamError::ClientGone) => return,
             }
-        }
-        loop {
-            let chunk = match stream.next() {
-                None => break,
-                Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => {
-                    tracing::error!(repo = %snap.key, error = %e, "pack stream failed");
-                    if let Some(mode) = sideband {
-                        let mut out = Vec::new();
-                        sideband::write_error(
-                            &mut out,
-                            mode,
-                            &format!("pack generation failed: {e}"),
-                        );
-                        let _ = send(&mut tx, Bytes::from(out)).await;
-                    }
-                    // Without side-band there is no way to signal the error:
-                    // end the body early so the client sees a truncated pack.
-                    return;
+        };
+        match streamed {
+            Ok(()) => {
+                if sideband.is_some() {
+                    let _ = send(&mut tx, Bytes::from_static(pktline::FLUSH_PKT)).await;
                 }
-            };
-            crate::metrics::record_pack_sent(chunk.len() as u64, 0);
-            let ok = match sideband {
-                None => send(&mut tx, chunk).await.is_ok(),
-                Some(mode) => send_framed(&mut tx, mode, Band::Data, chunk).await.is_ok(),
-            };
-            if !ok {
-                return; // client went away
             }
-            glommio::yield_if_needed().await;
-        }
-        if sideband.is_some() {
-            let _ = send(&mut tx, Bytes::from_static(pktline::FLUSH_PKT)).await;
+            Err(msg) => {
+                tracing::error!(repo = %snap.key, error = %msg, "pack stream failed");
+                // Without side-band there is no way to signal the error: the
+                // body ends early and the client sees a truncated pack.
+                if let Some(mode) = sideband {
+                    let mut out = Vec::new();
+                    sideband::write_error(&mut out, mode, &msg);
+                    let _ = send(&mut tx, Bytes::from(out)).await;
+                }
+            }
         }
     })
     .detach();
-    git_response(service, service.result_content_type(), body)
+    git_result(service, body)
 }
 
 enum DmaStreamError {
+    /// The pack is not made of whole stored packs; nothing was sent.
+    NotVerbatim,
     /// Direct I/O could not start (e.g. a file system without O_DIRECT);
     /// nothing was sent.
     Unavailable(guts_io::dma::DmaError),
@@ -721,32 +702,23 @@ async fn stream_verbatim_dma(
                 .map_err(DmaStreamError::Unavailable)?,
         );
     }
-    let max = match sideband {
-        Some(SidebandMode::SideBand) => SIDEBAND_PAYLOAD_BYTES * 16,
-        _ => SIDEBAND_64K_PAYLOAD_BYTES,
-    };
+    let max = pack_chunk_bytes(sideband);
     let mut hasher = plan.needs_trailer().then(sha1::Sha1::new);
-    let emit = |chunk: Bytes, hasher: &mut Option<sha1::Sha1>| {
-        if let Some(h) = hasher.as_mut() {
-            h.update(&chunk);
-        }
-        crate::metrics::record_pack_sent(chunk.len() as u64, 0);
-        chunk
-    };
     async fn out(
         tx: &mut mpsc::Sender<Bytes>,
         sideband: Option<SidebandMode>,
+        hasher: &mut Option<sha1::Sha1>,
         chunk: Bytes,
     ) -> Result<(), DmaStreamError> {
-        let sent = match sideband {
-            None => send(tx, chunk).await,
-            Some(mode) => send_framed(tx, mode, Band::Data, chunk).await,
-        };
-        sent.map_err(|()| DmaStreamError::ClientGone)
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
+        send_pack_data(tx, sideband, chunk)
+            .await
+            .map_err(|()| DmaStreamError::ClientGone)
     }
     if let Some(header) = plan.header {
-        let chunk = emit(Bytes::copy_from_slice(&header), &mut hasher);
-        out(tx, sideband, chunk).await?;
+        out(tx, sideband, &mut hasher, Bytes::copy_from_slice(&header)).await?;
     }
     let mut first_read = true;
     for mut reader in readers {
@@ -761,14 +733,15 @@ async fn stream_verbatim_dma(
                 Err(e) => return Err(DmaStreamError::Failed(e)),
             };
             first_read = false;
-            let chunk = emit(chunk, &mut hasher);
-            out(tx, sideband, chunk).await?;
+            out(tx, sideband, &mut hasher, chunk).await?;
         }
         reader.close().await;
     }
     if let Some(h) = hasher {
         let trailer: [u8; 20] = h.finalize().into();
-        out(tx, sideband, Bytes::copy_from_slice(&trailer)).await?;
+        send_pack_data(tx, sideband, Bytes::copy_from_slice(&trailer))
+            .await
+            .map_err(|()| DmaStreamError::ClientGone)?;
     }
     Ok(())
 }
@@ -797,22 +770,20 @@ async fn send(tx: &mut mpsc::Sender<Bytes>, data: Bytes) -> Result<(), ()> {
     tx.start_send(data).map_err(|_| ())
 }
 
-async fn send_framed(
+/// Send pack bytes to the client: as they are, or in band-1 side-band
+/// frames (headers and payload slices, no copy of the payload).
+async fn send_pack_data(
     tx: &mut mpsc::Sender<Bytes>,
-    mode: SidebandMode,
-    band: Band,
+    sideband: Option<SidebandMode>,
     data: Bytes,
 ) -> Result<(), ()> {
-    let max = match mode {
-        SidebandMode::SideBand64k => SIDEBAND_64K_PAYLOAD_BYTES,
-        SidebandMode::SideBand => SIDEBAND_PAYLOAD_BYTES,
+    crate::metrics::record_pack_sent(data.len() as u64, 0);
+    let Some(mode) = sideband else {
+        return send(tx, data).await;
     };
-    let mut rest = data;
-    while !rest.is_empty() {
-        let piece = rest.split_to(rest.len().min(max));
-        let header = sideband::frame_header(band, piece.len()).map_err(|_| ())?;
+    for (header, payload) in sideband::frames(mode, Band::Data, data) {
         send(tx, Bytes::copy_from_slice(&header)).await?;
-        send(tx, piece).await?;
+        send(tx, payload).await?;
     }
     Ok(())
 }
@@ -869,13 +840,9 @@ impl PushReply {
             Some(v) => {
                 guts_net::receive::write_report_status(&mut out, v, unpack, refs, self.sideband)
             }
-            None => {
-                if let Some(mode) = self.sideband {
-                    // No report requested: still end the multiplexed stream.
-                    let _ = mode;
-                    out.extend_from_slice(pktline::FLUSH_PKT);
-                }
-            }
+            // No report requested: still end the multiplexed stream.
+            None if self.sideband.is_some() => out.extend_from_slice(pktline::FLUSH_PKT),
+            None => {}
         }
         out
     }
@@ -883,11 +850,7 @@ impl PushReply {
 
 fn receive_response(out: Vec<u8>) -> Response<ResponseBody> {
     let service = Service::ReceivePack;
-    git_response(
-        service,
-        service.result_content_type(),
-        ResponseBody::full(out),
-    )
+    git_result(service, ResponseBody::full(out))
 }
 
 async fn receive_pack(
@@ -904,20 +867,10 @@ async fn receive_pack(
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Err(r) = check_content_type(&parts.headers, service) {
-        return r;
-    }
     let limit = shard.config.limits.push_body_max_bytes;
-    if let Err(r) = check_declared_length(&parts.headers, limit) {
-        return r;
-    }
-    let encoding = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let mut body = match RequestBody::new(incoming, encoding, limit, state.clone()) {
+    let mut body = match service_body(state, &parts.headers, incoming, service, limit) {
         Ok(b) => b,
-        Err(e) => return body_error_response(&e),
+        Err(r) => return r,
     };
 
     // 1. The command header, parsed incrementally; the rest is the pack.
