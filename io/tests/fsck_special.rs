@@ -10,52 +10,20 @@ use guts_io::pack::ingest::{
     CheckOptions, Ingest, IngestError, IngestLimits, NoObjects, ObjectSource,
 };
 use guts_io::ObjectId;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+
+mod common;
+use common::{git_bytes, git_run};
 
 const STRICT: CheckOptions = CheckOptions {
     strict: true,
     check_links: true,
 };
 
-fn git_run(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
-    let mut child = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "A U Thor")
-        .env("GIT_AUTHOR_EMAIL", "author@example.com")
-        .env("GIT_AUTHOR_DATE", "1700000000 +0000")
-        .env("GIT_COMMITTER_NAME", "C O Mitter")
-        .env("GIT_COMMITTER_EMAIL", "committer@example.com")
-        .env("GIT_COMMITTER_DATE", "1700000000 +0000")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn git");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.map(<[u8]>::to_vec);
-    let writer = std::thread::spawn(move || {
-        if let Some(i) = input {
-            let _ = stdin.write_all(&i);
-        }
-    });
-    let out = child.wait_with_output().expect("git output");
-    let _ = writer.join();
-    out
-}
-
 fn git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> String {
-    let out = git_run(dir, args, input);
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    String::from_utf8_lossy(&git_bytes(dir, args, input))
+        .trim()
+        .to_string()
 }
 
 /// A scratch bare repository where test objects are made.

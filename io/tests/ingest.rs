@@ -14,8 +14,11 @@ use sha1::Digest;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::OnceLock;
+
+mod common;
+use common::{corpus_bundle, git_bytes, git_run};
 
 const STRICT: CheckOptions = CheckOptions {
     strict: true,
@@ -27,36 +30,7 @@ fn git(dir: &Path, args: &[&str]) -> Vec<u8> {
 }
 
 fn git_stdin(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
-    let out = git_run(dir, args, input);
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn git_run(dir: &Path, args: &[&str], input: Option<&[u8]>) -> std::process::Output {
-    let mut child = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn git");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.map(|i| i.to_vec());
-    let writer = std::thread::spawn(move || {
-        if let Some(i) = input {
-            let _ = stdin.write_all(&i);
-        }
-    });
-    let out = child.wait_with_output().expect("git output");
-    let _ = writer.join();
-    out
+    git_bytes(dir, args, input)
 }
 
 /// The guts corpus as a bare mirror, cloned once per test process.
@@ -70,7 +44,7 @@ fn corpus() -> &'static Path {
                 "clone",
                 "-q",
                 "--mirror",
-                "/work/shared/corpus/guts.bundle",
+                corpus_bundle("guts").to_str().expect("utf-8 path"),
                 "guts.git",
             ],
         );
@@ -1011,7 +985,7 @@ fn tokio_throughput() {
             "clone",
             "-q",
             "--mirror",
-            "/work/shared/corpus/tokio.bundle",
+            corpus_bundle("tokio").to_str().expect("utf-8 path"),
             "tokio.git",
         ],
     );

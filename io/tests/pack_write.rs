@@ -13,21 +13,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const CORPUS: &str = "/work/shared/corpus";
+mod common;
+use common::{corpus_bundle, git_bytes};
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(git_bytes(dir, args, None)).unwrap()
 }
 
 fn git_stdin(dir: &Path, args: &[&str], input: &[u8]) -> String {
@@ -80,7 +70,7 @@ fn fixture(name: &str) -> Fixture {
             "clone",
             "-q",
             "--mirror",
-            &format!("{CORPUS}/{name}.bundle"),
+            corpus_bundle(name).to_str().unwrap(),
             mirror.to_str().unwrap(),
         ],
     );
