@@ -237,15 +237,3 @@ impl RequestBody {
         Ok(Bytes::from(out))
     }
 }
-
-/// Receiving side helper: drain a channel stream (used in tests).
-pub async fn drain(mut rx: mpsc::Receiver<Bytes>) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(b) = rx.next().await {
-        out.extend_from_slice(&b);
-    }
-    out
-}
-
-/// `Infallible` placeholder to satisfy trait bounds in handlers.
-pub type Never = Infallible;

@@ -2,7 +2,6 @@
 //! (SO_REUSEPORT) port, per-connection watchdog, and request routing to
 //! the REST API, health checks and the git smart-HTTP services.
 
-use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::rc::Rc;
@@ -372,9 +371,4 @@ async fn show_repository(shard: &Rc<Shard>, rest: &str) -> Response<ResponseBody
         }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
-}
-
-/// Unused-body helper for handlers that answer without reading.
-pub fn empty_ok() -> Response<ResponseBody> {
-    Response::new(ResponseBody::full(Bytes::new()))
 }
