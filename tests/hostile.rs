@@ -614,6 +614,24 @@ fn malformed_git_requests_are_refused() {
         assert_git_refused(&format!("receive-pack: {what}"), post(a, rp, &h, body));
     }
 
+    // An empty body is not a git request: a 4xx that says so. A body of
+    // only a flush is a request for nothing: answered with a flush, never
+    // with an empty 200.
+    for (path, ct) in [(up, UPLOAD_REQ), (rp, RECEIVE_REQ)] {
+        let (status, body) = assert_4xx(
+            &format!("{path}: empty body"),
+            post(a, path, &[("Content-Type", ct)], b""),
+        );
+        assert_eq!(status, 400, "{path}: empty body: {}", show(&body));
+        assert!(show(&body).contains("empty"), "{path}: {}", show(&body));
+        let body = assert_status(
+            &format!("{path}: flush only"),
+            post(a, path, &[("Content-Type", ct)], b"0000"),
+            200,
+        );
+        assert_eq!(body, b"0000", "{path}: flush only");
+    }
+
     // Nothing of that changed the repository.
     assert_eq!(
         remote_refs(tmp.path(), &node.url("alice", "repo")),
