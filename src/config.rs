@@ -40,9 +40,13 @@ pub struct Cli {
     /// Number of shard executors (default: all cores but the consensus core, at least 1).
     #[arg(long, env = "GUTS_SHARDS", global = true)]
     pub shards: Option<usize>,
-    /// Hex-encoded ed25519 private key of this validator.
+    /// Hex-encoded ed25519 private key of this validator (visible to other
+    /// local users on the command line: prefer --private-key-file).
     #[arg(long, env = "GUTS_PRIVATE_KEY", global = true, hide_env_values = true)]
     pub private_key: Option<String>,
+    /// File holding this node's ed25519 private key (written by `keygen`, mode 0600).
+    #[arg(long, env = "GUTS_PRIVATE_KEY_FILE", global = true)]
+    pub private_key_file: Option<PathBuf>,
     /// Take part in consensus.
     #[arg(long, env = "GUTS_CONSENSUS_ENABLED", global = true)]
     pub consensus_enabled: bool,
@@ -91,6 +95,10 @@ pub struct Cli {
     /// Open connections per shard.
     #[arg(long, env = "GUTS_CONNECTIONS_MAX", global = true)]
     pub connections_max: Option<usize>,
+    /// Longest a push waits for finalization before the client is told the
+    /// network has no quorum, in milliseconds.
+    #[arg(long, env = "GUTS_FINALIZE_WAIT_MS", global = true)]
+    pub finalize_wait_ms: Option<u64>,
 }
 
 /// Subcommands.
@@ -100,6 +108,39 @@ pub enum Command {
     Run,
     /// Print the resolved configuration and exit.
     Config,
+    /// Write a new ed25519 private key (mode 0600) and print its public key.
+    Keygen {
+        /// File to write the private key to (never overwritten).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// A local network of validators on this machine.
+    #[command(subcommand)]
+    Devnet(DevnetCommand),
+}
+
+/// `guts-node devnet ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum DevnetCommand {
+    /// Write keys, DIR/genesis.json and DIR/node-<i>/config.toml.
+    Init {
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node i uses API port P+10i, metrics P+10i+1, p2p P+10i+2.
+        #[arg(long, default_value_t = 18000)]
+        base_port: u16,
+    },
+    /// Init (if DIR has no genesis yet) and run every node until Ctrl-C.
+    Up {
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 18000)]
+        base_port: u16,
+    },
 }
 
 /// The TOML file's shape (every key optional).
@@ -112,6 +153,9 @@ pub struct FileConfig {
     pub p2p_addr: Option<SocketAddr>,
     pub shards: Option<usize>,
     pub io_memory_bytes: Option<usize>,
+    pub genesis_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    pub finalize_wait_ms: Option<u64>,
     pub limits: Option<FileLimits>,
 }
 
@@ -142,6 +186,30 @@ pub struct NodeConfig {
     pub shards: Option<usize>,
     pub io_memory_bytes: usize,
     pub limits: Limits,
+    /// Genesis file: present on a node of a network.
+    pub genesis_file: Option<PathBuf>,
+    /// Where this node's key comes from.
+    pub key: KeySource,
+    pub finalize_wait_ms: u64,
+}
+
+/// Where a node's private key comes from.
+#[derive(Clone, Default)]
+pub enum KeySource {
+    #[default]
+    None,
+    Hex(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::None => f.write_str("none"),
+            KeySource::Hex(_) => f.write_str("<redacted>"),
+            KeySource::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -156,8 +224,25 @@ impl NodeConfig {
             }
             None => FileConfig::default(),
         };
-        if cli.consensus_enabled && cli.genesis_file.is_some() {
-            anyhow::bail!("multi-validator consensus (--genesis-file) is not available in this build; run without it for a single-validator node");
+        let genesis_file = cli.genesis_file.clone().or(file.genesis_file.clone());
+        let key = match (&cli.private_key, &cli.private_key_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "give the key once: --private-key (GUTS_PRIVATE_KEY) or --private-key-file, not both"
+            ),
+            (Some(hex), None) => KeySource::Hex(hex.clone()),
+            (None, Some(p)) => KeySource::File(p.clone()),
+            (None, None) => match &file.private_key_file {
+                Some(p) => KeySource::File(p.clone()),
+                None => KeySource::None,
+            },
+        };
+        if genesis_file.is_none() {
+            if cli.consensus_enabled || cli.consensus_use_simplex_bft {
+                anyhow::bail!("--consensus-enabled and --consensus-use-simplex-bft need --genesis-file naming the validators; without them the node is a standalone single validator");
+            }
+            if !matches!(key, KeySource::None) {
+                anyhow::bail!("a private key needs --genesis-file: a standalone node has no validator set to sign for");
+            }
         }
         let fl = file.limits.unwrap_or_default();
         let d = Limits::default();
@@ -235,6 +320,12 @@ impl NodeConfig {
                 .or(file.io_memory_bytes)
                 .unwrap_or(guts_shards::config::IO_MEMORY_BYTES),
             limits,
+            genesis_file,
+            key,
+            finalize_wait_ms: cli
+                .finalize_wait_ms
+                .or(file.finalize_wait_ms)
+                .unwrap_or(guts_shards::shard::FINALIZE_WAIT_MS),
         })
     }
 }

@@ -5,6 +5,8 @@
 //! environment > TOML file (`--config`) > embedded defaults.
 
 mod config;
+mod consensus;
+mod devnet;
 mod metrics;
 mod sequencer;
 
@@ -21,6 +23,8 @@ fn main() {
         None => run(&cli),
         Some(Command::Run) => run(&cli),
         Some(Command::Config) => show_config(&cli),
+        Some(Command::Keygen { output }) => keygen(&output),
+        Some(Command::Devnet(cmd)) => devnet::run(&cli, cmd),
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
@@ -48,6 +52,36 @@ fn show_config(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn keygen(output: &std::path::Path) -> anyhow::Result<()> {
+    let key = consensus::engine::SecretKey::generate();
+    consensus::keys::save(&key, output).with_context(|| {
+        format!(
+            "writing {} (an existing file is never overwritten)",
+            output.display()
+        )
+    })?;
+    println!("{}", key.public());
+    eprintln!(
+        "private key written to {} (mode 0600); public key above",
+        output.display()
+    );
+    Ok(())
+}
+
+/// This node's key, from the flag, the environment or a file.
+fn node_key(cfg: &NodeConfig) -> anyhow::Result<Option<consensus::engine::SecretKey>> {
+    Ok(match &cfg.key {
+        config::KeySource::None => None,
+        config::KeySource::Hex(hex) => {
+            if std::env::var_os("GUTS_PRIVATE_KEY").is_none() {
+                tracing::warn!("a private key on the command line is visible to other local users (ps, /proc); prefer --private-key-file");
+            }
+            Some(consensus::keys::from_hex(hex)?)
+        }
+        config::KeySource::File(path) => Some(consensus::keys::load(path)?),
+    })
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let cfg = NodeConfig::resolve(cli)?;
     raise_fd_limit();
@@ -66,11 +100,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         shards = shard_count,
         ?shard_cpus,
         ?consensus_cpu,
-        "starting guts-node (single validator, local sequencer)"
+        mode = if cfg.genesis_file.is_some() { "network (Simplex BFT)" } else { "standalone (single validator, local sequencer)" },
+        "starting guts-node"
     );
 
-    // The consensus core: ordering service on its own pinned OS thread.
-    let (handle, queue) = sequencer::queue();
     let mut senders = Vec::with_capacity(shard_count);
     let mut receivers = Vec::with_capacity(shard_count);
     for _ in 0..shard_count {
@@ -78,15 +111,45 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         senders.push(tx);
         receivers.push(rx);
     }
-    std::thread::Builder::new()
-        .name("consensus".into())
-        .spawn(move || {
-            if let Some(cpu) = consensus_cpu {
-                pin_current_thread(cpu);
-            }
-            sequencer::run(queue, senders);
-        })
-        .context("starting the consensus thread")?;
+    // The consensus core: Simplex BFT among the genesis validators, or the
+    // local sequencer of a standalone node; on its own pinned OS thread.
+    let mut network = None;
+    let orderer: Arc<dyn guts_shards::Orderer> = match &cfg.genesis_file {
+        Some(path) => {
+            let genesis = consensus::genesis::Genesis::load(path)?;
+            let key = match node_key(&cfg)? {
+                Some(k) => k,
+                None => consensus::keys::load_or_create(&cfg.data_dir.join("node.key"))?,
+            };
+            let net = consensus::start(
+                consensus::NetworkSetup {
+                    genesis,
+                    key,
+                    data_dir: cfg.data_dir.clone(),
+                    p2p_addr: cfg.p2p_addr,
+                    shards: senders,
+                },
+                consensus_cpu,
+            )?;
+            tracing::info!(role = ?net.role, key = %net.key, p2p = %cfg.p2p_addr, applied = net.ledger.applied_height(), "consensus started");
+            let orderer = net.orderer.clone();
+            network = Some(net);
+            orderer
+        }
+        None => {
+            let (handle, queue) = sequencer::queue();
+            std::thread::Builder::new()
+                .name("consensus".into())
+                .spawn(move || {
+                    if let Some(cpu) = consensus_cpu {
+                        pin_current_thread(cpu);
+                    }
+                    sequencer::run(queue, senders);
+                })
+                .context("starting the consensus thread")?;
+            Arc::new(handle)
+        }
+    };
 
     metrics::start(cfg.metrics_addr, cfg.data_dir.clone(), shard_count)
         .with_context(|| format!("metrics endpoint on {}", cfg.metrics_addr))?;
@@ -99,11 +162,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         io_memory_bytes: cfg.io_memory_bytes,
         limits: cfg.limits.clone(),
         agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
+        finalize_wait_ms: cfg.finalize_wait_ms,
     };
-    let shards =
-        guts_shards::start(shard_config, Arc::new(handle), receivers).context("starting shards")?;
+    let shards = guts_shards::start(shard_config, orderer, receivers).context("starting shards")?;
     tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at http://{}/git/OWNER/NAME.git", cfg.api_addr);
     let stopped = shards.wait_any();
+    drop(network);
     drop(lock);
     anyhow::bail!("shard {stopped:?} stopped unexpectedly; exiting so the node restarts clean (recovery is automatic)")
 }
@@ -149,7 +213,7 @@ fn plan_cores(cores: &[usize], requested: Option<usize>) -> (usize, Vec<usize>, 
     (shards, shard_cpus, consensus)
 }
 
-fn pin_current_thread(cpu: usize) {
+pub(crate) fn pin_current_thread(cpu: usize) {
     // SAFETY: plain libc call on a zeroed cpu set we own.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -69,6 +69,8 @@ pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>) {
             let batch = FinalizedBatch {
                 height,
                 transactions,
+                rejections: Vec::new(),
+                done: None,
             };
             // Blocks are delivered in height order; wait for room rather than drop.
             let sent = futures_lite::future::block_on(async {

@@ -84,4 +84,7 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// Server agent string advertised to clients.
     pub agent: String,
+    /// Longest a push waits for its update to be finalized (no quorum of
+    /// validators) before the client is told so.
+    pub finalize_wait_ms: u64,
 }

@@ -1,43 +1,110 @@
-//! The consensus boundary: how a shard hands ref updates to the ordering
+//! The consensus boundary: how a shard hands transactions to the ordering
 //! service and gets them back finalized.
 //!
-//! A push becomes a [`Transaction`] submitted through [`Orderer`]; the
-//! ordering service (a local sequencer today, Simplex BFT later) batches
-//! transactions into blocks and delivers each finalized block, in height
-//! order, to every shard owning one of its repositories as a
-//! [`FinalizedBatch`]. The shard applies the batch in order (durably) and
-//! only then answers the waiting pushes. Replacing the sequencer changes
-//! nothing on this side of the boundary.
+//! A push or a repository creation becomes a [`Transaction`] submitted
+//! through [`Orderer`]; the ordering service (the local sequencer of a
+//! single-validator node, or Simplex BFT among the validators of a
+//! network) orders transactions into blocks and delivers each finalized
+//! block, in height order, to every shard owning one of its repositories
+//! as a [`FinalizedBatch`]. The shard applies the batch (durably), then
+//! signals `done`: only then does the ordering service count the block as
+//! delivered, and only then are the waiting pushes answered.
+//!
+//! Transactions that the finalized state has made impossible (a
+//! concurrent push won the race) come back as [`Rejection`]s, so the
+//! waiting client gets `ng <ref> <reason>` instead of waiting forever.
 
+use futures_channel::oneshot;
 use guts_io::refs::RefUpdate;
 
-/// A unique transaction id: the submitting shard in the top 16 bits.
-pub type TxId = u64;
+/// A transaction's unique id across the network: the node that accepted
+/// it (its index in the genesis; 0 for a standalone node) and a nonce that
+/// node never reuses, also across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId {
+    pub origin: u32,
+    pub nonce: u64,
+}
 
-/// One ordered unit of work: a set of ref updates to one repository.
-#[derive(Debug, Clone)]
+/// A pack a transaction depends on, stored on the node that accepted the
+/// push as `objects/pack/pack-<checksum>.pack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackRef {
+    /// The pack's trailing SHA-1 (its file name).
+    pub checksum: [u8; 20],
+    /// Size of the `.pack` file in bytes.
+    pub size: u64,
+}
+
+impl PackRef {
+    /// `pack-<hex>` (the file stem in `objects/pack`).
+    pub fn file_stem(&self) -> String {
+        let mut s = String::with_capacity(45);
+        s.push_str("pack-");
+        for b in self.checksum {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+/// What a transaction does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create the empty repository.
+    CreateRepo,
+    /// Compare-and-swap ref updates (each carries the old id it expects).
+    Update {
+        updates: Vec<RefUpdate>,
+        /// All updates or none.
+        atomic: bool,
+        /// The pack that carries the new objects, if any.
+        pack: Option<PackRef>,
+    },
+}
+
+/// One ordered unit of work on one repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
-    /// Unique id, used to find the waiting push when the batch comes back.
+    /// Unique id, used to find the waiting client when the block comes back.
     pub id: TxId,
-    /// Shard that owns the repository and applies the update.
+    /// Shard of this node that owns the repository (not part of the
+    /// transaction on the wire: each node computes it from `repo`).
     pub shard: usize,
     /// `OWNER/NAME`.
     pub repo: String,
-    /// The updates; each carries the old id it expects (compare-and-swap).
-    pub updates: Vec<RefUpdate>,
-    /// All updates or none.
-    pub atomic: bool,
-    /// Checksum of the pack that carries the new objects, if any.
-    pub pack: Option<[u8; 20]>,
+    pub op: Op,
 }
 
-/// A finalized block as seen by one shard: its transactions, in order.
+impl Transaction {
+    /// Ref updates this transaction carries.
+    pub fn updates(&self) -> &[RefUpdate] {
+        match &self.op {
+            Op::CreateRepo => &[],
+            Op::Update { updates, .. } => updates,
+        }
+    }
+}
+
+/// A transaction the finalized state has made impossible, with a reason
+/// per ref update (or one reason for a repository creation).
 #[derive(Debug, Clone)]
+pub struct Rejection {
+    pub id: TxId,
+    pub reasons: Vec<String>,
+}
+
+/// A finalized block as seen by one shard.
+#[derive(Debug)]
 pub struct FinalizedBatch {
     /// Height of the block (strictly increasing per shard).
     pub height: u64,
     /// The transactions for this shard, in block order.
     pub transactions: Vec<Transaction>,
+    /// Transactions of this shard's clients that can no longer apply.
+    pub rejections: Vec<Rejection>,
+    /// Signalled once the batch is applied and durable.
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// Errors from handing a transaction to the ordering service.
@@ -49,12 +116,23 @@ pub enum OrdererError {
     /// Too many transactions are waiting; the push should be retried.
     #[error("ordering queue full ({limit} transactions)")]
     QueueFull { limit: usize },
+    /// This node does not accept writes (a read replica).
+    #[error("{0}")]
+    ReadOnly(String),
 }
 
 /// The ordering service as seen from a shard.
 pub trait Orderer: Send + Sync + 'static {
     /// Submit a transaction; its outcome arrives in a [`FinalizedBatch`].
     fn submit(&self, tx: Transaction) -> Result<(), OrdererError>;
+    /// This node's origin id for [`TxId`]s.
+    fn origin(&self) -> u32 {
+        0
+    }
+    /// Why writes are refused on this node, if they are (a read replica).
+    fn read_only(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The receiving end of finalized batches for one shard.

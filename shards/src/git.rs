@@ -218,6 +218,11 @@ async fn info_refs(
     let Some(service) = service else {
         return text(StatusCode::FORBIDDEN, "unsupported service: use the smart HTTP protocol (?service=git-upload-pack or git-receive-pack)");
     };
+    if service == Service::ReceivePack {
+        if let Some(why) = shard.read_only() {
+            return read_only_refusal(&why, true);
+        }
+    }
     let snap = match snapshot_or_404(shard, owner, name).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -791,7 +796,8 @@ async fn send_pack_data(
 // --------------------------------------------------------------- receive-pack
 
 /// Objects a push may refer to: the repository's store.
-struct StoreSource(ObjectStore);
+/// A repository's object store as the source ingest checks links against.
+pub struct StoreSource(pub ObjectStore);
 
 impl ObjectSource for StoreSource {
     fn contains(&self, oid: &ObjectId) -> bool {
@@ -848,6 +854,17 @@ impl PushReply {
     }
 }
 
+/// A read replica's answer to a push: an `ERR` pkt-line, which git prints as
+/// `remote error: ...` (after the service header on the advertisement).
+fn read_only_refusal(why: &str, advertisement: bool) -> Response<ResponseBody> {
+    let mut out = Vec::new();
+    if advertisement {
+        advertise::write_service_header(&mut out, Service::ReceivePack);
+    }
+    out.extend_from_slice(&pktline::err_pkt(why));
+    receive_response(out)
+}
+
 fn receive_response(out: Vec<u8>) -> Response<ResponseBody> {
     let service = Service::ReceivePack;
     git_result(service, ResponseBody::full(out))
@@ -861,6 +878,9 @@ async fn receive_pack(
     name: &str,
 ) -> Response<ResponseBody> {
     let service = Service::ReceivePack;
+    if let Some(why) = shard.read_only() {
+        return read_only_refusal(&why, false);
+    }
     let (parts, incoming) = req.into_parts();
     // Unknown repository: answer before reading any of the body.
     let snap = match snapshot_or_404(shard, owner, name).await {
@@ -992,6 +1012,10 @@ async fn receive_pack(
         .await;
     let outcomes: Vec<UpdateOutcome> = match outcome {
         Ok(Ok(o)) => o,
+        Ok(Err(e @ ShardError::NotFinalized { .. })) | Err(e @ ShardError::NotFinalized { .. }) => {
+            tracing::warn!(repo = %key, error = %e, "push not finalized in time");
+            vec![Err(e.to_string()); updates.len()]
+        }
         Ok(Err(e)) | Err(e) => {
             tracing::error!(repo = %key, error = %e, "push not applied");
             vec![Err(format!("not applied: {e}")); updates.len()]
@@ -1128,9 +1152,9 @@ async fn apply_push(
 ) -> Result<Vec<UpdateOutcome>, ShardError> {
     let repo = shard.repo(owner, name)?;
     let key = repo.borrow().key.clone();
-    let mut pack_checksum = None;
+    let mut pack_ref = None;
     if let Some(pack) = ingested {
-        pack_checksum = Some(pack.checksum());
+        let checksum = pack.checksum();
         if updates.is_empty() {
             // Nothing will refer to it: drop it (its temp files go with it).
             return Ok(Vec::new());
@@ -1140,6 +1164,8 @@ async fn apply_push(
             .await;
         match committed {
             Ok(Some((pack_path, idx_path))) => {
+                let size = std::fs::metadata(&pack_path).map(|m| m.len()).unwrap_or(0);
+                pack_ref = Some(crate::consensus::PackRef { checksum, size });
                 let mut r = repo.borrow_mut();
                 r.store
                     .add_pack(&pack_path, &idx_path)
@@ -1158,7 +1184,5 @@ async fn apply_push(
     if updates.is_empty() {
         return Ok(Vec::new());
     }
-    shard
-        .order_updates(&key, updates, atomic, pack_checksum)
-        .await
+    shard.order_updates(&key, updates, atomic, pack_ref).await
 }

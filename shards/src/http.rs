@@ -317,24 +317,43 @@ async fn create_repository(
         return json_error(StatusCode::BAD_REQUEST, e);
     }
     let key = format!("{}/{}", req.owner, name);
+    if let Some(why) = shard.read_only() {
+        return json_error(StatusCode::FORBIDDEN, why);
+    }
     let (owner, n) = (req.owner.clone(), name.clone());
+    let k = key.clone();
     let result = shard
-        .on_owner(&key, move |s| async move { s.create_repo(&owner, &n) })
-        .await;
+        .on_owner(&key, move |s| async move {
+            // Refuse a name that is taken here before asking the network.
+            if crate::repo::repo_dir(&s.config.data_dir, &owner, &n).exists() {
+                return Err(crate::shard::ShardError::Repo(RepoError::Exists(k)));
+            }
+            match s.order_create(&k).await? {
+                Ok(()) => Ok(()),
+                Err(reason) if reason.contains("already exists") => {
+                    Err(crate::shard::ShardError::Repo(RepoError::Exists(k)))
+                }
+                Err(reason) => Err(crate::shard::ShardError::Rejected(reason)),
+            }
+        })
+        .await
+        .and_then(|r| r);
     match result {
-        Ok(Ok(())) => {
-            tracing::info!(repo = %key, "repository created");
-            json(
-                StatusCode::CREATED,
-                &serde_json::json!({"owner": req.owner, "name": name, "full_name": key}),
-            )
-        }
-        Ok(Err(RepoError::Exists(k))) => json_error(
+        Ok(()) => json(
+            StatusCode::CREATED,
+            &serde_json::json!({"owner": req.owner, "name": name, "full_name": key}),
+        ),
+        Err(ShardError::Repo(RepoError::Exists(k))) => json_error(
             StatusCode::CONFLICT,
             format!("repository {k} already exists"),
         ),
-        Ok(Err(e @ RepoError::InvalidName { .. })) => json_error(StatusCode::BAD_REQUEST, e),
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(ShardError::Repo(e @ RepoError::InvalidName { .. })) => {
+            json_error(StatusCode::BAD_REQUEST, e)
+        }
+        Err(ShardError::Repo(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e @ ShardError::Orderer(crate::consensus::OrdererError::ReadOnly(_))) => {
+            json_error(StatusCode::FORBIDDEN, e)
+        }
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

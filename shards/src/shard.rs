@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::ShardConfig;
-use crate::consensus::{BatchReceiver, FinalizedBatch, Orderer, Transaction, TxId};
+use crate::consensus::{BatchReceiver, FinalizedBatch, Op, Orderer, PackRef, Transaction, TxId};
 use crate::repo::{check_name, repo_dir, RefSnapshot, Repo, RepoError};
 
 /// Repositories a shard keeps open (ref store, pack indexes, caches);
@@ -34,6 +34,10 @@ pub type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>
 /// The outcome of one ref update after ordering: `Ok` or the reason it failed.
 pub type UpdateOutcome = Result<(), String>;
 
+/// Default for how long a client waits for its transaction to be finalized
+/// before it is told that the network did not finalize it (no quorum).
+pub const FINALIZE_WAIT_MS: u64 = 30_000;
+
 /// Errors of the shard layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -43,8 +47,12 @@ pub enum ShardError {
     ShardGone(usize),
     #[error("ordering service: {0}")]
     Orderer(#[from] crate::consensus::OrdererError),
+    #[error("{0}")]
+    Rejected(String),
     #[error("ordering service dropped the transaction")]
     TransactionLost,
+    #[error("not finalized within {waited_ms} ms: the validators have no quorum right now; the update may still apply once they recover (fetch to check)")]
+    NotFinalized { waited_ms: u64 },
 }
 
 /// Stable owner of a repository among `shards` shards.
@@ -69,6 +77,9 @@ pub struct Shard {
     pending: RefCell<HashMap<TxId, oneshot::Sender<Vec<UpdateOutcome>>>>,
     orderer: Arc<dyn Orderer>,
     next_tx: Cell<u64>,
+    /// Nonces start from the wall clock at start, so they are never reused
+    /// across restarts; shards interleave (nonce ≡ shard id mod shards).
+    nonce_base: u64,
     peers: Vec<mpsc::Sender<ShardJob>>,
     /// Open connections on this shard.
     pub connections: Cell<usize>,
@@ -90,6 +101,11 @@ impl Shard {
             pending: RefCell::new(HashMap::new()),
             orderer,
             next_tx: Cell::new(0),
+            nonce_base: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0)
+                .saturating_mul(64),
             peers,
             connections: Cell::new(0),
         })
@@ -209,6 +225,11 @@ impl Shard {
         .map_err(ShardError::from)
     }
 
+    /// Why this node refuses writes, if it does (a read replica).
+    pub fn read_only(&self) -> Option<String> {
+        self.orderer.read_only()
+    }
+
     /// Hand ref updates of a repository owned by this shard to the ordering
     /// service and wait until they are finalized and applied durably.
     pub async fn order_updates(
@@ -216,48 +237,109 @@ impl Shard {
         key: &str,
         updates: Vec<RefUpdate>,
         atomic: bool,
-        pack: Option<[u8; 20]>,
+        pack: Option<PackRef>,
     ) -> Result<Vec<UpdateOutcome>, ShardError> {
+        self.order(
+            key,
+            Op::Update {
+                updates,
+                atomic,
+                pack,
+            },
+        )
+        .await
+    }
+
+    /// Order the creation of repository `key` (owned by this shard) and wait
+    /// until it is final and on disk.
+    pub async fn order_create(&self, key: &str) -> Result<UpdateOutcome, ShardError> {
+        let mut out = self.order(key, Op::CreateRepo).await?;
+        Ok(out.pop().unwrap_or(Ok(())))
+    }
+
+    async fn order(&self, key: &str, op: Op) -> Result<Vec<UpdateOutcome>, ShardError> {
+        if let Some(why) = self.orderer.read_only() {
+            return Err(crate::consensus::OrdererError::ReadOnly(why).into());
+        }
         let seq = self.next_tx.get() + 1;
         self.next_tx.set(seq);
-        let id = ((self.id as u64) << 48) | seq;
+        let id = TxId {
+            origin: self.orderer.origin(),
+            nonce: self.nonce_base + seq * self.count() as u64 + self.id as u64,
+        };
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
         let submitted = self.orderer.submit(Transaction {
             id,
             shard: self.id,
             repo: key.to_string(),
-            updates,
-            atomic,
-            pack,
+            op,
         });
         if let Err(e) = submitted {
             self.pending.borrow_mut().remove(&id);
             return Err(e.into());
         }
-        rx.await.map_err(|_| ShardError::TransactionLost)
+        let wait_ms = self.config.finalize_wait_ms;
+        let wait = std::time::Duration::from_millis(wait_ms);
+        let result = glommio::timer::timeout(wait, async {
+            Ok::<_, glommio::GlommioError<()>>(rx.await.map_err(|_| ShardError::TransactionLost))
+        })
+        .await;
+        match result {
+            Ok(r) => r,
+            Err(_) => {
+                self.pending.borrow_mut().remove(&id);
+                Err(ShardError::NotFinalized { waited_ms: wait_ms })
+            }
+        }
     }
 
     /// Apply finalized batches in order as they arrive; runs for the life of the shard.
     pub async fn apply_batches(self: Rc<Self>, mut batches: BatchReceiver) {
         let mut last_height = 0;
         while let Some(batch) = batches.next().await {
-            debug_assert!(batch.height > last_height, "finalized batches out of order");
-            last_height = batch.height;
+            if batch.height <= last_height && batch.height != 0 {
+                // Delivered again (at-least-once): already applied.
+                if let Some(done) = batch.done {
+                    let _ = done.send(());
+                }
+                continue;
+            }
+            last_height = batch.height.max(last_height);
             self.apply_batch(batch);
         }
     }
 
     fn apply_batch(&self, batch: FinalizedBatch) {
-        for tx in batch.transactions {
-            let outcomes = self.apply_transaction(&tx);
+        for tx in &batch.transactions {
+            let outcomes = self.apply_transaction(tx);
             if let Some(waiter) = self.pending.borrow_mut().remove(&tx.id) {
                 let _ = waiter.send(outcomes);
             }
         }
+        for r in batch.rejections {
+            if let Some(waiter) = self.pending.borrow_mut().remove(&r.id) {
+                let _ = waiter.send(r.reasons.into_iter().map(Err).collect());
+            }
+        }
+        if let Some(done) = batch.done {
+            let _ = done.send(());
+        }
     }
 
     fn apply_transaction(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
+        if tx.op == Op::CreateRepo {
+            let Some((owner, name)) = tx.repo.split_once('/') else {
+                return vec![Err("bad repository key".into())];
+            };
+            return match self.create_repo(owner, name) {
+                Ok(()) => {
+                    tracing::info!(repo = %tx.repo, "repository created");
+                    vec![Ok(())]
+                }
+                Err(e) => vec![Err(e.to_string())],
+            };
+        }
         let outcomes = self.apply_transaction_inner(tx);
         self.adopt_default_branch(tx, &outcomes);
         // A ref store that failed a write refuses further writes until it is
@@ -290,7 +372,7 @@ impl Shard {
             return;
         }
         let created: Vec<&str> = tx
-            .updates
+            .updates()
             .iter()
             .zip(outcomes)
             .filter(|(u, o)| o.is_ok() && !u.new.is_null() && u.name.starts_with("refs/heads/"))
@@ -313,21 +395,51 @@ impl Shard {
     }
 
     fn apply_transaction_inner(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
+        let Op::Update {
+            updates,
+            atomic,
+            pack,
+        } = &tx.op
+        else {
+            return Vec::new();
+        };
         let Some((owner, name)) = tx.repo.split_once('/') else {
-            return vec![Err("bad repository key".into()); tx.updates.len()];
+            return vec![Err("bad repository key".into()); updates.len()];
         };
         let repo = match self.repo(owner, name) {
             Ok(r) => r,
-            Err(e) => return vec![Err(e.to_string()); tx.updates.len()],
+            Err(e) => return vec![Err(e.to_string()); updates.len()],
         };
         let mut repo = repo.borrow_mut();
         repo.invalidate();
-        if tx.atomic {
-            return match repo.refs.apply(&tx.updates) {
-                Ok(()) => vec![Ok(()); tx.updates.len()],
+        if let Some(p) = pack {
+            // A pack that arrived from a peer is on disk but not yet in
+            // this shard's store: adopt it before the refs point into it.
+            if !repo
+                .store
+                .packs()
+                .iter()
+                .any(|k| k.checksum() == p.checksum)
+            {
+                let dir = repo.store.objects_dir().join("pack");
+                let stem = p.file_stem();
+                let (pack_path, idx_path) = (
+                    dir.join(format!("{stem}.pack")),
+                    dir.join(format!("{stem}.idx")),
+                );
+                if let Err(e) = repo.store.add_pack(&pack_path, &idx_path) {
+                    tracing::error!(repo = %tx.repo, pack = %stem, error = %e, "finalized update names a pack this node cannot open");
+                    return vec![Err(format!("pack {stem} unavailable: {e}")); updates.len()];
+                }
+            }
+        }
+        let updates = updates.as_slice();
+        if *atomic {
+            return match repo.refs.apply(updates) {
+                Ok(()) => vec![Ok(()); updates.len()],
                 Err(e) => {
                     let failing = failing_ref(&e);
-                    tx.updates
+                    updates
                         .iter()
                         .map(|u| {
                             if failing.as_deref() == Some(u.name.as_str()) {
@@ -341,9 +453,9 @@ impl Shard {
             };
         }
         // Non-atomic: each update stands alone; the valid ones are written in one record.
-        let mut outcomes: Vec<UpdateOutcome> = Vec::with_capacity(tx.updates.len());
+        let mut outcomes: Vec<UpdateOutcome> = Vec::with_capacity(updates.len());
         let mut valid = Vec::new();
-        for u in &tx.updates {
+        for u in updates {
             match repo.refs.check(std::slice::from_ref(u)) {
                 Ok(()) => {
                     outcomes.push(Ok(()));
@@ -359,7 +471,7 @@ impl Shard {
             // Updates valid alone may conflict together (D/F): apply one by one.
             tracing::debug!(repo = %tx.repo, error = %joint, "joint apply failed, applying singly");
             let mut k = 0;
-            for (i, u) in tx.updates.iter().enumerate() {
+            for (i, u) in updates.iter().enumerate() {
                 if outcomes[i].is_err() {
                     continue;
                 }

@@ -1,0 +1,275 @@
+//! Transactions as they travel between validators and sit in blocks.
+//!
+//! Encoded with commonware's codec; every length has an explicit bound, so
+//! a hostile peer cannot make a decoder allocate more than the bound.
+//!
+//! ```text
+//! tx      = origin u32 | nonce u64 | repo (len varint ≤ 201, bytes) | op
+//! op      = 0 (create repository)
+//!         | 1 | atomic bool | updates (count varint ≤ TX_UPDATES_MAX, update*) | pack?
+//! update  = name (len varint ≤ REF_NAME_MAX_BYTES) | old [20] | new [20]
+//! pack?   = 0 | 1 | checksum [20] | size u64
+//! ```
+
+use bytes::{Buf, BufMut, Bytes};
+use commonware_codec::{Decode, Encode, EncodeSize, Error as CodecError, RangeCfg, Read, Write};
+use guts_io::refs::RefUpdate;
+use guts_io::ObjectId;
+
+/// Longest `OWNER/NAME` key: two names of at most 100 bytes and a slash.
+pub const REPO_KEY_MAX_BYTES: usize = 201;
+/// Longest ref name carried in a transaction (C git's practical limit is
+/// the path length of the file system; 4096 covers every real ref).
+pub const REF_NAME_MAX_BYTES: usize = 4096;
+/// Most ref updates in one transaction.
+pub const TX_UPDATES_MAX: usize = 65_536;
+/// Most ref updates in one block (all transactions together).
+pub const BLOCK_UPDATES_MAX: usize = 65_536;
+/// Largest encoded transaction.
+pub const TX_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Most transactions in one block.
+pub const BLOCK_TXS_MAX: usize = 16_384;
+
+pub use guts_shards::consensus::{Op, PackRef};
+
+/// One ordered unit of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tx {
+    /// Index (in the genesis) of the validator that accepted it.
+    pub origin: u32,
+    /// Unique per origin (never reused, also across restarts).
+    pub nonce: u64,
+    /// `OWNER/NAME`.
+    pub repo: String,
+    pub op: Op,
+}
+
+impl Tx {
+    /// The transaction's unique id.
+    pub fn id(&self) -> (u32, u64) {
+        (self.origin, self.nonce)
+    }
+
+    /// Ref updates it carries.
+    pub fn update_count(&self) -> usize {
+        match &self.op {
+            Op::CreateRepo => 0,
+            Op::Update { updates, .. } => updates.len(),
+        }
+    }
+
+    /// Encode to bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(self.encode().to_vec())
+    }
+
+    /// Decode from bytes, refusing anything over the bounds or with trailing data.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Tx, CodecError> {
+        if bytes.len() > TX_MAX_BYTES {
+            return Err(CodecError::InvalidLength(bytes.len()));
+        }
+        Tx::decode_cfg(bytes.to_vec(), &())
+    }
+}
+
+fn write_str(s: &str, buf: &mut impl BufMut) {
+    Bytes::copy_from_slice(s.as_bytes()).write(buf);
+}
+
+fn str_size(s: &str) -> usize {
+    s.len().encode_size() + s.len()
+}
+
+fn read_str(
+    buf: &mut impl commonware_codec::Buf,
+    max: usize,
+    what: &'static str,
+) -> Result<String, CodecError> {
+    let raw = Bytes::read_cfg(buf, &RangeCfg::new(0..=max))?;
+    String::from_utf8(raw.to_vec()).map_err(|_| CodecError::Invalid(what, "not UTF-8"))
+}
+
+fn read_oid(buf: &mut impl commonware_codec::Buf) -> Result<ObjectId, CodecError> {
+    let raw = <[u8; 20]>::read_cfg(buf, &())?;
+    ObjectId::from_bytes(&raw).map_err(|_| CodecError::Invalid("object id", "length"))
+}
+
+impl Write for Tx {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.origin.write(buf);
+        self.nonce.write(buf);
+        write_str(&self.repo, buf);
+        match &self.op {
+            Op::CreateRepo => 0u8.write(buf),
+            Op::Update {
+                atomic,
+                updates,
+                pack,
+            } => {
+                1u8.write(buf);
+                atomic.write(buf);
+                updates.len().write(buf);
+                for u in updates {
+                    write_str(&u.name, buf);
+                    buf.put_slice(u.old.as_bytes());
+                    buf.put_slice(u.new.as_bytes());
+                }
+                match pack {
+                    None => 0u8.write(buf),
+                    Some(p) => {
+                        1u8.write(buf);
+                        p.checksum.write(buf);
+                        p.size.write(buf);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl EncodeSize for Tx {
+    fn encode_size(&self) -> usize {
+        let head = 4 + 8 + str_size(&self.repo) + 1;
+        match &self.op {
+            Op::CreateRepo => head,
+            Op::Update { updates, pack, .. } => {
+                head + 1
+                    + updates.len().encode_size()
+                    + updates
+                        .iter()
+                        .map(|u| str_size(&u.name) + 40)
+                        .sum::<usize>()
+                    + 1
+                    + if pack.is_some() { 28 } else { 0 }
+            }
+        }
+    }
+}
+
+impl Read for Tx {
+    type Cfg = ();
+
+    fn read_cfg(buf: &mut impl commonware_codec::Buf, _: &()) -> Result<Self, CodecError> {
+        let origin = u32::read_cfg(buf, &())?;
+        let nonce = u64::read_cfg(buf, &())?;
+        let repo = read_str(buf, REPO_KEY_MAX_BYTES, "repository")?;
+        let op = match u8::read_cfg(buf, &())? {
+            0 => Op::CreateRepo,
+            1 => {
+                let atomic = bool::read_cfg(buf, &())?;
+                let count = usize::read_cfg(buf, &RangeCfg::new(0..=TX_UPDATES_MAX))?;
+                // Each update takes at least 41 bytes: never allocate past the input.
+                if count.saturating_mul(41) > buf.remaining() {
+                    return Err(CodecError::EndOfBuffer);
+                }
+                let mut updates = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let name = read_str(buf, REF_NAME_MAX_BYTES, "ref name")?;
+                    let old = read_oid(buf)?;
+                    let new = read_oid(buf)?;
+                    updates.push(RefUpdate { name, old, new });
+                }
+                let pack = match u8::read_cfg(buf, &())? {
+                    0 => None,
+                    1 => Some(PackRef {
+                        checksum: <[u8; 20]>::read_cfg(buf, &())?,
+                        size: u64::read_cfg(buf, &())?,
+                    }),
+                    t => return Err(CodecError::InvalidEnum(t)),
+                };
+                Op::Update {
+                    atomic,
+                    updates,
+                    pack,
+                }
+            }
+            t => return Err(CodecError::InvalidEnum(t)),
+        };
+        Ok(Tx {
+            origin,
+            nonce,
+            repo,
+            op,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(b: u8) -> ObjectId {
+        ObjectId::from_bytes(&[b; 20]).unwrap()
+    }
+
+    fn sample() -> Tx {
+        Tx {
+            origin: 3,
+            nonce: 77,
+            repo: "alice/hello".into(),
+            op: Op::Update {
+                atomic: true,
+                updates: vec![
+                    RefUpdate {
+                        name: "refs/heads/main".into(),
+                        old: ObjectId::NULL_SHA1,
+                        new: oid(1),
+                    },
+                    RefUpdate {
+                        name: "refs/tags/v1".into(),
+                        old: oid(2),
+                        new: oid(3),
+                    },
+                ],
+                pack: Some(PackRef {
+                    checksum: [9; 20],
+                    size: 1234,
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        for tx in [
+            sample(),
+            Tx {
+                origin: 0,
+                nonce: 1,
+                repo: "a/b".into(),
+                op: Op::CreateRepo,
+            },
+        ] {
+            let bytes = tx.to_bytes();
+            assert_eq!(bytes.len(), tx.encode_size());
+            assert_eq!(Tx::from_bytes(&bytes).unwrap(), tx);
+        }
+    }
+
+    #[test]
+    fn refuses_truncated_trailing_and_oversized_input() {
+        let bytes = sample().to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(Tx::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert!(Tx::from_bytes(&long).is_err());
+        // A count claiming far more updates than the bytes hold.
+        let mut lying = Vec::new();
+        3u32.write(&mut lying);
+        1u64.write(&mut lying);
+        write_str("a/b", &mut lying);
+        1u8.write(&mut lying);
+        false.write(&mut lying);
+        60_000usize.write(&mut lying);
+        assert!(Tx::from_bytes(&lying).is_err());
+        // Over the bound.
+        let mut over = Vec::new();
+        3u32.write(&mut over);
+        1u64.write(&mut over);
+        write_str(&"x".repeat(REPO_KEY_MAX_BYTES + 1), &mut over);
+        0u8.write(&mut over);
+        assert!(Tx::from_bytes(&over).is_err());
+    }
+}

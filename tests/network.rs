@@ -1,0 +1,365 @@
+//! Networks of real guts-node processes on loopback: validators agree on
+//! every ref update with Simplex BFT, packs travel between them, crashed
+//! validators catch up, a full node follows and refuses pushes. Every
+//! check goes through the real git client.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Longest a network may take to agree on something in these tests.
+const AGREE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Net {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+fn keygen(path: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        .args(["keygen", "--output"])
+        .arg(path)
+        .output()
+        .expect("keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// `validators` validators plus `followers` full nodes, all started.
+fn network(validators: usize, followers: usize, extra: &[&str]) -> Net {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plans = Vec::new();
+    let mut v_entries = Vec::new();
+    let mut f_entries = Vec::new();
+    for i in 0..validators + followers {
+        let key = dir.path().join(format!("node-{i}.key"));
+        let public = keygen(&key);
+        let (api, metrics, p2p) = (addr(), addr(), addr());
+        let entry = serde_json::json!({
+            "name": format!("node-{i}"),
+            "pubkey": public,
+            "addr": p2p.to_string(),
+        });
+        if i < validators {
+            let mut e = entry;
+            e["api_url"] = serde_json::json!(format!("http://{api}"));
+            v_entries.push(e);
+        } else {
+            f_entries.push(entry);
+        }
+        plans.push((key, api, metrics, p2p));
+    }
+    let genesis = serde_json::json!({
+        "chain_id": "test-net",
+        "validators": v_entries,
+        "followers": f_entries,
+        "consensus": {"leader_timeout_ms": 500, "notarization_timeout_ms": 1000,
+                      "nullify_retry_ms": 500, "max_batch_updates": 4096, "max_batch_delay_ms": 0},
+    });
+    let genesis_path = dir.path().join("genesis.json");
+    std::fs::write(&genesis_path, genesis.to_string()).unwrap();
+    let mut nodes = Vec::new();
+    for (i, (key, api, metrics, p2p)) in plans.into_iter().enumerate() {
+        let mut args = vec![
+            "--genesis-file".to_string(),
+            genesis_path.display().to_string(),
+            "--private-key-file".to_string(),
+            key.display().to_string(),
+            "--shards".to_string(),
+            "1".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = Node {
+            child: None,
+            data_dir: dir.path().join(format!("node-{i}")),
+            api,
+            metrics,
+            p2p,
+            extra_args: args,
+            log: dir.path().join(format!("node-{i}.log")),
+            _tmp: None,
+        };
+        node.spawn();
+        nodes.push(node);
+    }
+    Net { nodes, _dir: dir }
+}
+
+impl Net {
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("=== node-{i}\n{}", tail(&n.log_text(), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Create `owner/name` through node `i` and wait until every running node has it.
+fn create_everywhere(net: &mut Net, i: usize, owner: &str, name: &str) {
+    net.nodes[i].create_repo(owner, name);
+    let path = format!("/api/repos/{owner}/{name}");
+    for (k, n) in net.nodes.iter_mut().enumerate() {
+        if !n.alive() {
+            continue;
+        }
+        let api = n.api;
+        let ok = wait_until(AGREE_TIMEOUT, || {
+            matches!(http(api, "GET", &path, &[], b""), Ok((200, _)))
+        });
+        assert!(ok, "node-{k} never saw {owner}/{name}\n{}", net.logs());
+    }
+}
+
+/// Refs of `url` as the server advertises them.
+fn remote_refs(scratch: &Path, url: &str) -> Vec<(String, String)> {
+    server_refs(scratch, url)
+}
+
+fn wait_refs(
+    net: &Net,
+    scratch: &Path,
+    nodes: &[usize],
+    owner: &str,
+    name: &str,
+    want: &[(String, String)],
+) {
+    for &k in nodes {
+        let url = net.nodes[k].url(owner, name);
+        let ok = wait_until(AGREE_TIMEOUT, || remote_refs(scratch, &url) == want);
+        assert!(
+            ok,
+            "node-{k} refs {:?} != {:?}\n{}",
+            remote_refs(scratch, &url),
+            want,
+            net.logs()
+        );
+    }
+}
+
+fn clone_and_fsck(scratch: &Path, url: &str, to: &str) -> PathBuf {
+    let dest = scratch.join(to);
+    git_ok(
+        scratch,
+        &["clone", "--mirror", "-q", url, dest.to_str().unwrap()],
+    );
+    fsck(&dest);
+    dest
+}
+
+#[test]
+fn four_validators_replicate_survive_a_crash_and_catch_up() {
+    let mut net = network(4, 0, &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    create_everywhere(&mut net, 0, "alice", "hello");
+
+    // A push to node 1 lands everywhere.
+    let wt = new_worktree(s, "wt");
+    let c1 = commit_file(&wt, "README", "hello\n", "first");
+    git_ok(
+        &wt,
+        &[
+            "push",
+            "-q",
+            &net.nodes[1].url("alice", "hello"),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    let want = vec![("refs/heads/main".to_string(), c1.clone())];
+    wait_refs(&net, s, &[0, 1, 2, 3], "alice", "hello", &want);
+    for k in [0, 2, 3] {
+        clone_and_fsck(
+            s,
+            &net.nodes[k].url("alice", "hello"),
+            &format!("clone-{k}"),
+        );
+    }
+
+    // A real repository's history travels too (packs of many objects).
+    create_everywhere(&mut net, 2, "corp", "guts");
+    let mirror = corpus_mirror(s, "guts");
+    git_ok(
+        &mirror,
+        &["push", "-q", "--mirror", &net.nodes[2].url("corp", "guts")],
+    );
+    let corpus_refs = refs_of(&mirror);
+    wait_refs(&net, s, &[0, 1, 3], "corp", "guts", &corpus_refs);
+    clone_and_fsck(s, &net.nodes[3].url("corp", "guts"), "corpus-3");
+
+    // One of four validators killed: pushes still finalize.
+    net.nodes[3].kill9();
+    let c2 = commit_file(&wt, "README", "two\n", "second");
+    git_ok(
+        &wt,
+        &[
+            "push",
+            "-q",
+            &net.nodes[0].url("alice", "hello"),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    let want = vec![("refs/heads/main".to_string(), c2.clone())];
+    wait_refs(&net, s, &[0, 1, 2], "alice", "hello", &want);
+
+    // The killed validator restarts and catches up, packs included.
+    net.nodes[3].spawn();
+    wait_refs(&net, s, &[3], "alice", "hello", &want);
+    clone_and_fsck(s, &net.nodes[3].url("alice", "hello"), "caught-up");
+}
+
+#[test]
+fn concurrent_pushes_to_one_branch_have_exactly_one_winner() {
+    let mut net = network(4, 0, &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    create_everywhere(&mut net, 0, "race", "r");
+    let mut handles = Vec::new();
+    for k in 0..4 {
+        let wt = new_worktree(s, &format!("wt{k}"));
+        commit_file(&wt, "f", &format!("writer {k}\n"), &format!("from {k}"));
+        let url = net.nodes[k].url("race", "r");
+        handles.push(std::thread::spawn(move || {
+            let out = git(&wt)
+                .args(["push", "--porcelain", &url, "HEAD:refs/heads/main"])
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+            )
+        }));
+    }
+    let results: Vec<(bool, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners = results.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(winners, 1, "exactly one push wins: {results:?}");
+    for (ok, out) in &results {
+        if !ok {
+            assert!(
+                out.contains("!") || out.contains("rejected") || out.contains("stale"),
+                "{out}"
+            );
+        }
+    }
+    let url0 = net.nodes[0].url("race", "r");
+    let want = remote_refs(s, &url0);
+    assert_eq!(want.len(), 1);
+    wait_refs(&net, s, &[0, 1, 2, 3], "race", "r", &want);
+}
+
+#[test]
+fn no_quorum_fails_cleanly_and_resumes() {
+    let mut net = network(4, 0, &["--finalize-wait-ms", "4000"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    create_everywhere(&mut net, 0, "q", "r");
+    net.nodes[2].kill9();
+    net.nodes[3].kill9();
+    let wt = new_worktree(s, "wt");
+    let c1 = commit_file(&wt, "f", "1\n", "one");
+    let started = Instant::now();
+    let out = git(&wt)
+        .args(["push", &net.nodes[0].url("q", "r"), "HEAD:refs/heads/main"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "push without quorum must fail: {stderr}"
+    );
+    assert!(
+        stderr.contains("not finalized") || stderr.contains("quorum"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Nothing half-applied on the nodes that are up.
+    for k in [0, 1] {
+        let refs = remote_refs(s, &net.nodes[k].url("q", "r"));
+        assert!(
+            refs.is_empty() || refs == vec![("refs/heads/main".to_string(), c1.clone())],
+            "{refs:?}"
+        );
+    }
+    // One validator returns: the network finalizes again.
+    net.nodes[2].spawn();
+    let c2 = commit_file(&wt, "f", "2\n", "two");
+    let ok = wait_until(AGREE_TIMEOUT, || {
+        git(&wt)
+            .args([
+                "push",
+                "-f",
+                "-q",
+                &net.nodes[1].url("q", "r"),
+                "HEAD:refs/heads/main",
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    assert!(ok, "push after a validator returned\n{}", net.logs());
+    let want = vec![("refs/heads/main".to_string(), c2)];
+    wait_refs(&net, s, &[0, 1, 2], "q", "r", &want);
+}
+
+#[test]
+fn a_full_node_follows_serves_clones_and_refuses_pushes() {
+    let mut net = network(4, 1, &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    create_everywhere(&mut net, 0, "f", "r");
+    let wt = new_worktree(s, "wt");
+    let c1 = commit_file(&wt, "f", "1\n", "one");
+    git_ok(
+        &wt,
+        &[
+            "push",
+            "-q",
+            &net.nodes[0].url("f", "r"),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    let want = vec![("refs/heads/main".to_string(), c1)];
+    wait_refs(&net, s, &[4], "f", "r", &want);
+    clone_and_fsck(s, &net.nodes[4].url("f", "r"), "from-replica");
+
+    let c2 = commit_file(&wt, "f", "2\n", "two");
+    let out = git(&wt)
+        .args(["push", &net.nodes[4].url("f", "r"), "HEAD:refs/heads/main"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("read replica"), "{stderr}");
+    assert!(
+        stderr.contains(&net.nodes[0].api.to_string()),
+        "names a validator: {stderr}"
+    );
+    assert_ne!(rev_parse(&wt, "HEAD"), "", "{c2}");
+    let (status, body) = http(
+        net.nodes[4].api,
+        "POST",
+        "/api/repos",
+        &[("Content-Type", "application/json")],
+        br#"{"owner":"x","name":"y"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+}
