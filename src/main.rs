@@ -89,6 +89,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
 
+    // Packs being received when the node last stopped are leftovers now.
+    for (owner, name) in guts_shards::repo::list_repos(&cfg.data_dir) {
+        let objects = guts_shards::repo::repo_dir(&cfg.data_dir, &owner, &name).join("objects");
+        match guts_io::store::ObjectStore::remove_leftovers(&objects) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(repo = %format!("{owner}/{name}"), files = n, "removed temporary pack files left by an earlier run")
+            }
+            Err(e) => {
+                tracing::warn!(repo = %format!("{owner}/{name}"), error = %e, "could not remove temporary pack files")
+            }
+        }
+    }
     let cores = available_cores();
     let (shard_count, shard_cpus, consensus_cpu) = plan_cores(&cores, cfg.shards);
     tracing::info!(

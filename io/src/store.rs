@@ -557,9 +557,31 @@ pub struct Location {
 }
 
 impl ObjectStore {
+    /// Remove `tmp_pack_*`/`tmp_idx_*` leftovers of a crash under
+    /// `objects_dir/pack`. Only at start, before anything writes packs: at
+    /// run time those files are packs being received. Returns how many.
+    pub fn remove_leftovers(objects_dir: &Path) -> Result<usize, StoreError> {
+        let pack_dir = objects_dir.join("pack");
+        let Ok(entries) = std::fs::read_dir(&pack_dir) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(&pack_dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with("tmp_pack_") || name.starts_with("tmp_idx_") {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Open the store under `objects_dir` (creating `objects_dir/pack` if
-    /// missing): remove `tmp_pack_*`/`tmp_idx_*` leftovers of a crash and load
-    /// every `pack-*.idx` whose `.pack` exists, newest first.
+    /// missing) and load every `pack-*.idx` whose `.pack` exists, newest
+    /// first. Temporary files of packs being received are left alone.
     pub fn open(objects_dir: &Path) -> Result<ObjectStore, StoreError> {
         let pack_dir = objects_dir.join("pack");
         std::fs::create_dir_all(&pack_dir).map_err(|e| io_err(&pack_dir, e))?;
@@ -569,10 +591,6 @@ impl ObjectStore {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let path = entry.path();
-            if name.starts_with("tmp_pack_") || name.starts_with("tmp_idx_") {
-                std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                continue;
-            }
             if let Some(stem) = name
                 .strip_prefix("pack-")
                 .and_then(|n| n.strip_suffix(".idx"))
@@ -946,6 +964,11 @@ mod tests {
         let (tmp, repo) = fixture();
         std::fs::write(tmp.path().join("objects/pack/tmp_pack_abc"), b"junk").unwrap();
         let store = ObjectStore::open(&tmp.path().join("objects")).unwrap();
+        assert!(tmp.path().join("objects/pack/tmp_pack_abc").exists());
+        assert_eq!(
+            ObjectStore::remove_leftovers(&tmp.path().join("objects")).unwrap(),
+            1
+        );
         assert!(!tmp.path().join("objects/pack/tmp_pack_abc").exists());
         assert_eq!(store.packs().len(), 1);
         let all = git(

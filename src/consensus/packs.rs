@@ -404,7 +404,8 @@ impl Packs {
             .name("pack-verify".into())
             .spawn(move || {
                 let result = (|| {
-                    let store = ObjectStore::open(&objects).map_err(|e| e.to_string())?;
+                    let store = ObjectStore::open(&objects)
+                        .map_err(|e| FetchFailure::Peer(format!("object store: {e}")))?;
                     let source = StoreSource(store);
                     let checks = CheckOptions {
                         strict: true,
@@ -412,16 +413,17 @@ impl Packs {
                     };
                     let ingested = ingest
                         .finish(&source, &checks)
-                        .map_err(|e| e.to_string().replace('\n', " "))?;
-                    ingested.commit().map_err(|e| e.to_string())?;
-                    Ok::<(), String>(())
+                        .map_err(|e| FetchFailure::Invalid(e.to_string().replace('\n', " ")))?;
+                    ingested
+                        .commit()
+                        .map_err(|e| FetchFailure::Peer(format!("storing the pack: {e}")))?;
+                    Ok::<(), FetchFailure>(())
                 })();
                 let _ = done_tx.send(result);
             })
             .map_err(|e| FetchFailure::Peer(format!("cannot start verification: {e}")))?;
         match done_rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(FetchFailure::Invalid(reason)),
+            Ok(result) => result,
             Err(_) => Err(FetchFailure::Peer("verification thread died".into())),
         }
     }
