@@ -145,6 +145,21 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 consensus_cpu,
             )?;
             tracing::info!(role = ?net.role, key = %net.key, p2p = %cfg.p2p_addr, applied = net.ledger.applied_height(), "consensus started");
+            guts_shards::metrics::record_block(net.ledger.applied_height(), 0);
+            let (status, ledger) = (net.status.clone(), net.ledger.clone());
+            std::thread::Builder::new()
+                .name("consensus-metrics".into())
+                .spawn(move || loop {
+                    let applied = ledger.applied_height();
+                    let lag = status.finalized_height().saturating_sub(applied);
+                    guts_shards::metrics::record_network(
+                        status.current_view(),
+                        status.connected_peers() as u64,
+                        lag,
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                })
+                .context("starting the consensus metrics thread")?;
             let orderer = net.orderer.clone();
             network = Some(net);
             orderer

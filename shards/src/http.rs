@@ -12,6 +12,9 @@ use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard};
 use crate::repo::{check_name, list_repos, RepoError};
 use crate::shard::{Shard, ShardError};
 
+/// A node further behind the finalized chain than this is not ready.
+pub const READY_LAG_MAX_BLOCKS: u64 = 8;
+
 /// How often the watchdog looks at a connection.
 const WATCHDOG_TICK_MS: u64 = 1000;
 /// A response write that makes no progress for this long closes the connection.
@@ -207,10 +210,20 @@ async fn route(
     match (method.clone(), path.as_str()) {
         (Method::GET | Method::HEAD, "/health/live") => return text(StatusCode::OK, "ok"),
         (Method::GET | Method::HEAD, "/health" | "/health/ready") => {
+            let lag = crate::metrics::replication_lag();
+            let height = crate::metrics::block_height();
+            if path == "/health/ready" && lag > READY_LAG_MAX_BLOCKS {
+                return json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "catching_up", "shard": shard.id,
+                        "height": height, "lag_blocks": lag,
+                        "reason": format!("{lag} finalized blocks not applied yet (ready at {READY_LAG_MAX_BLOCKS} or fewer)")}),
+                );
+            }
             return json(
                 StatusCode::OK,
-                &serde_json::json!({"status": "ok", "shard": shard.id}),
-            )
+                &serde_json::json!({"status": "ok", "shard": shard.id, "height": height, "lag_blocks": lag}),
+            );
         }
         _ => {}
     }

@@ -89,6 +89,28 @@ pub fn record_pack_sent(bytes: u64, objects: u64) {
 }
 
 /// Record a finalized block.
+static CONSENSUS_VIEW: AtomicU64 = AtomicU64::new(0);
+static P2P_PEERS: AtomicU64 = AtomicU64::new(0);
+static REPLICATION_LAG: AtomicU64 = AtomicU64::new(0);
+
+/// Progress of the consensus core of a network node: its current view,
+/// connected peers, and how many finalized blocks it has yet to apply.
+pub fn record_network(view: u64, peers: u64, lag_blocks: u64) {
+    CONSENSUS_VIEW.store(view, Relaxed);
+    P2P_PEERS.store(peers, Relaxed);
+    REPLICATION_LAG.store(lag_blocks, Relaxed);
+}
+
+/// Height of the last block applied here.
+pub fn block_height() -> u64 {
+    BLOCK_HEIGHT.load(Relaxed)
+}
+
+/// Finalized blocks this node has not applied yet (0 on a standalone node).
+pub fn replication_lag() -> u64 {
+    REPLICATION_LAG.load(Relaxed)
+}
+
 pub fn record_block(height: u64, transactions: u64) {
     BLOCK_HEIGHT.store(height, Relaxed);
     BLOCK_TRANSACTIONS.fetch_add(transactions, Relaxed);
@@ -165,6 +187,9 @@ pub fn render(shards: usize, storage_available_bytes: Option<u64>, uptime_second
     let _ = writeln!(o, "# HELP guts_git_pack_sent_bytes_total Pack bytes sent to clients.\n# TYPE guts_git_pack_sent_bytes_total counter\nguts_git_pack_sent_bytes_total {}", PACK_BYTES_SENT.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_git_pack_sent_objects_total Objects sent to clients.\n# TYPE guts_git_pack_sent_objects_total counter\nguts_git_pack_sent_objects_total {}", PACK_OBJECTS_SENT.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_consensus_block_height Height of the last finalized block.\n# TYPE guts_consensus_block_height gauge\nguts_consensus_block_height {}", BLOCK_HEIGHT.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_consensus_view Current consensus view (0 on a standalone node).\n# TYPE guts_consensus_view gauge\nguts_consensus_view {}", CONSENSUS_VIEW.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_p2p_peers_connected Authenticated peer connections.\n# TYPE guts_p2p_peers_connected gauge\nguts_p2p_peers_connected {}", P2P_PEERS.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_replication_lag_blocks Finalized blocks not yet applied here.\n# TYPE guts_replication_lag_blocks gauge\nguts_replication_lag_blocks {}", REPLICATION_LAG.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_consensus_transactions_total Transactions finalized.\n# TYPE guts_consensus_transactions_total counter\nguts_consensus_transactions_total {}", BLOCK_TRANSACTIONS.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_p2p_peers_connected Connected peers (a single-validator node has none).\n# TYPE guts_p2p_peers_connected gauge\nguts_p2p_peers_connected 0");
     if let Some(avail) = storage_available_bytes {

@@ -180,11 +180,6 @@ impl Ledger {
         lock(&self.state).applied
     }
 
-    /// Transactions waiting to be ordered.
-    pub fn mempool_len(&self) -> usize {
-        lock(&self.mempool).txs.len()
-    }
-
     /// A transaction gossiped by a peer.
     pub fn on_gossip(&self, bytes: &[u8]) {
         let Ok(tx) = Tx::from_bytes(bytes) else {

@@ -150,6 +150,13 @@ pub fn start(setup: NetworkSetup, cpu: Option<usize>) -> anyhow::Result<Network>
         .try_into()
         .map_err(|_| anyhow::anyhow!("public key length"))?;
     let me = g.index_of(&me_pub).map(|i| i as u32);
+    tracing::info!(
+        chain = %g.chain_id,
+        validators = g.validators.len(),
+        quorum = g.quorum(),
+        followers = g.followers.len(),
+        "genesis loaded"
+    );
     let read_only = match me {
         Some(_) => None,
         None => {

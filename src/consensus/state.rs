@@ -52,16 +52,6 @@ impl ChainState {
         Ok(ChainState { repos, applied })
     }
 
-    /// Number of repositories.
-    pub fn repo_count(&self) -> usize {
-        self.repos.len()
-    }
-
-    /// Whether `repo` exists.
-    pub fn has_repo(&self, repo: &str) -> bool {
-        self.repos.contains_key(repo)
-    }
-
     /// A view for checking transactions on top of this state.
     pub fn view(&self) -> View<'_> {
         View {

@@ -45,11 +45,6 @@ pub struct Tx {
 }
 
 impl Tx {
-    /// The transaction's unique id.
-    pub fn id(&self) -> (u32, u64) {
-        (self.origin, self.nonce)
-    }
-
     /// Ref updates it carries.
     pub fn update_count(&self) -> usize {
         match &self.op {

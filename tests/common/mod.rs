@@ -29,7 +29,7 @@ pub struct Node {
     pub p2p: SocketAddr,
     pub extra_args: Vec<String>,
     pub log: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    pub _tmp: Option<tempfile::TempDir>,
 }
 
 impl Node {
