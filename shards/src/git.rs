@@ -860,6 +860,11 @@ fn read_only_refusal(why: &str, advertisement: bool) -> Response<ResponseBody> {
     let mut out = Vec::new();
     if advertisement {
         advertise::write_service_header(&mut out, Service::ReceivePack);
+        out.extend_from_slice(&pktline::err_pkt(why));
+        return git_response(
+            Service::ReceivePack.advertisement_content_type(),
+            ResponseBody::full(out),
+        );
     }
     out.extend_from_slice(&pktline::err_pkt(why));
     receive_response(out)
