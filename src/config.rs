@@ -91,6 +91,12 @@ pub struct Cli {
     /// Open connections per shard.
     #[arg(long, env = "GUTS_CONNECTIONS_MAX", global = true)]
     pub connections_max: Option<usize>,
+    /// Failed authentication attempts per client address and window before 429.
+    #[arg(long, env = "GUTS_AUTH_FAILURES_MAX", global = true)]
+    pub auth_failures_max: Option<u32>,
+    /// Window in milliseconds over which failed authentication attempts are counted.
+    #[arg(long, env = "GUTS_AUTH_FAILURE_WINDOW_MS", global = true)]
+    pub auth_failure_window_ms: Option<u64>,
 }
 
 /// Subcommands.
@@ -100,6 +106,39 @@ pub enum Command {
     Run,
     /// Print the resolved configuration and exit.
     Config,
+    /// Manage API tokens on a running node (with its admin token, from
+    /// `DATA/admin.token` or `GUTS_TOKEN`).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+/// `guts-node token ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is shown only once).
+    Create {
+        /// The user the token belongs to (the HTTP Basic user name).
+        #[arg(long)]
+        user: String,
+        /// Limit the token to one repository, OWNER/NAME.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Allow pushes (and creating repositories within its scope).
+        #[arg(long)]
+        write: bool,
+        /// Allow everything, the admin API included.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id (see `token list`).
+        id: u64,
+    },
 }
 
 /// The TOML file's shape (every key optional).
@@ -130,6 +169,8 @@ pub struct FileLimits {
     pub body_min_bytes_per_sec: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub connections_max: Option<usize>,
+    pub auth_failures_max: Option<u32>,
+    pub auth_failure_window_ms: Option<u64>,
 }
 
 /// The resolved configuration of a node.
@@ -206,6 +247,14 @@ impl NodeConfig {
                 .connections_max
                 .or(fl.connections_max)
                 .unwrap_or(d.connections_max),
+            auth_failures_max: cli
+                .auth_failures_max
+                .or(fl.auth_failures_max)
+                .unwrap_or(d.auth_failures_max),
+            auth_failure_window_ms: cli
+                .auth_failure_window_ms
+                .or(fl.auth_failure_window_ms)
+                .unwrap_or(d.auth_failure_window_ms),
         };
         let parse = |s: &str| -> SocketAddr {
             s.parse()

@@ -4,6 +4,7 @@
 //! embedded defaults. Configuration precedence: flags > `GUTS_*`
 //! environment > TOML file (`--config`) > embedded defaults.
 
+mod admin;
 mod config;
 mod metrics;
 mod sequencer;
@@ -21,6 +22,9 @@ fn main() {
         None => run(&cli),
         Some(Command::Run) => run(&cli),
         Some(Command::Config) => show_config(&cli),
+        Some(Command::Token { action }) => {
+            NodeConfig::resolve(&cli).and_then(|cfg| admin::token(&cfg, &action))
+        }
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
@@ -54,6 +58,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(cfg.data_dir.join("repos"))
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
+    let (admin_token_sha256, created) =
+        guts_shards::auth::load_or_create_admin_token(&cfg.data_dir)
+            .context("the admin token")?;
+    let admin_token_path = cfg.data_dir.join(guts_shards::auth::ADMIN_TOKEN_FILE_NAME);
+    if created {
+        tracing::info!(
+            path = %admin_token_path.display(),
+            "created the admin token (user admin; mode 0600): use it as the HTTP Basic password for pushes and the admin API"
+        );
+    }
 
     let cores = available_cores();
     let (shard_count, shard_cpus, consensus_cpu) = plan_cores(&cores, cfg.shards);
@@ -99,6 +113,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         io_memory_bytes: cfg.io_memory_bytes,
         limits: cfg.limits.clone(),
         agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
+        admin_token_sha256,
     };
     let shards =
         guts_shards::start(shard_config, Arc::new(handle), receivers).context("starting shards")?;

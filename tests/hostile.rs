@@ -127,12 +127,25 @@ fn request(
     out
 }
 
+/// `headers` and the admin's credentials for the node at `addr`, so that
+/// hostile input reaches the code behind authentication.
+fn with_admin<'a>(addr: SocketAddr, headers: &[(&'a str, &'a str)], auth: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut h = headers.to_vec();
+    let _ = addr;
+    h.push(("Authorization", auth));
+    h
+}
+
 fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Outcome {
-    raw_exchange(addr, &request("POST", path, headers, body, true), PROMPT_MS)
+    let auth = admin_auth(addr);
+    let h = with_admin(addr, headers, &auth);
+    raw_exchange(addr, &request("POST", path, &h, body, true), PROMPT_MS)
 }
 
 fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Outcome {
-    raw_exchange(addr, &request("GET", path, headers, b"", false), PROMPT_MS)
+    let auth = admin_auth(addr);
+    let h = with_admin(addr, headers, &auth);
+    raw_exchange(addr, &request("GET", path, &h, b"", false), PROMPT_MS)
 }
 
 fn show(body: &[u8]) -> String {

@@ -7,8 +7,9 @@ use hyper::body::Incoming;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, Caller};
 use crate::body::{RequestBody, ResponseBody};
-use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard};
+use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard, RequestLog};
 use crate::repo::{check_name, list_repos, RepoError};
 use crate::shard::{Shard, ShardError};
 
@@ -52,7 +53,7 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
-    let state = ConnState::new();
+    let state = ConnState::new(stream.peer_addr().ok());
     let io = HyperStream::new(stream, state.clone());
     let svc_shard = shard.clone();
     let svc_state = state.clone();
@@ -93,15 +94,32 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     state.set_phase(Phase::Responding);
-    let guard = PhaseGuard(state.clone());
     let started = Instant::now();
     let class = request_class(req.uri().path());
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    *state.caller.borrow_mut() = "-".into();
     let response = route(&shard, &state, req).await;
     crate::metrics::record_request(
         class,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    let log = RequestLog {
+        method,
+        path,
+        status: response.status().as_u16(),
+        client: state.peer,
+        caller: state.caller.borrow().clone(),
+        started,
+        bytes: 0,
+        complete: false,
+    };
+    let guard = PhaseGuard::new(state.clone(), Some(log));
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_guard(guard))
 }
@@ -153,7 +171,129 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseB
         .unwrap_or_else(|_| Response::new(ResponseBody::empty()))
 }
 
-fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response<ResponseBody> {
+/// A 401 with the Basic challenge, so git asks for (or looks up) credentials.
+pub fn unauthorized(msg: impl Into<String>) -> Response<ResponseBody> {
+    let mut r = text(StatusCode::UNAUTHORIZED, msg);
+    let challenge = format!("Basic realm=\"{}\"", auth::REALM);
+    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// What a request without the right credentials hears: 401 (and the
+/// challenge) when it brought none, 403 when its token lacks the right.
+pub fn forbidden(caller: &Caller, what: &str) -> Response<ResponseBody> {
+    match caller {
+        Caller::Anonymous => unauthorized(format!(
+            "authentication required to {what}: send an API token as the HTTP Basic password \
+             (user admin with the node's DATA/admin.token, or the token's user)"
+        )),
+        other => text(
+            StatusCode::FORBIDDEN,
+            format!("{} may not {what}", describe(other)),
+        ),
+    }
+}
+
+fn describe(caller: &Caller) -> String {
+    match caller {
+        Caller::Anonymous => "an anonymous client".into(),
+        Caller::Admin => "the admin token".into(),
+        Caller::Token(g) => format!("token {} of user {}", g.id, g.user),
+    }
+}
+
+/// Who sent the request: anonymous, or the holder of valid credentials.
+/// Bad credentials get 400 or 401 and count against the client's address;
+/// an address past [`crate::config::Limits::auth_failures_max`] failures in
+/// the window gets 429 until the window ends.
+#[allow(clippy::result_large_err)] // the error is the response to send
+fn authenticate(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    headers: &http::HeaderMap,
+) -> Result<Caller, Response<ResponseBody>> {
+    let parsed = auth::parse_authorization(headers);
+    if matches!(parsed, Ok(None)) {
+        return Ok(Caller::Anonymous);
+    }
+    let ip = state.peer.map(|p| p.ip());
+    let now = Instant::now();
+    if let Some(ip) = ip {
+        let blocked = shard.auth_failures.borrow_mut().blocked(ip, now);
+        if let Some(wait) = blocked {
+            crate::metrics::record_auth_rate_limited();
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed authentication attempts from {ip}; retry in {secs} s"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+            return Err(r);
+        }
+    }
+    let refused = match parsed {
+        Ok(None) => return Ok(Caller::Anonymous),
+        Ok(Some(creds)) => {
+            let table = shard.access.borrow();
+            match auth::verify(&creds, &shard.config.admin_token_sha256, &table) {
+                Some(caller) => return Ok(caller),
+                None => unauthorized("wrong user name or token, or the token was revoked"),
+            }
+        }
+        Err(e) if e.is_bad_request() => {
+            text(StatusCode::BAD_REQUEST, format!("bad Authorization header: {e}"))
+        }
+        Err(e) => unauthorized(e.to_string()),
+    };
+    crate::metrics::record_auth_failure();
+    if let Some(ip) = ip {
+        shard.auth_failures.borrow_mut().record_failure(ip, now);
+    }
+    tracing::info!(client = ?state.peer, status = refused.status().as_u16(), "authentication failed");
+    Err(refused)
+}
+
+/// May `caller` use `/git/OWNER/NAME.git/...` (`rest` is after `/git/`)?
+/// A private repository is "not found" for a token that may not see it
+/// (and asks for credentials from an anonymous client, so git can send
+/// them); pushing needs a token with write access. Malformed paths pass:
+/// the git router refuses them.
+#[allow(clippy::result_large_err)] // the error is the response to send
+fn authorize_git(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<(), Response<ResponseBody>> {
+    let mut parts = rest.splitn(3, '/');
+    let (Some(owner), Some(name), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    if check_name("owner", owner).is_err() || check_name("repository name", name).is_err() {
+        return Ok(());
+    }
+    let key = format!("{owner}/{name}");
+    let write = tail == "git-receive-pack"
+        || (tail == "info/refs"
+            && query.is_some_and(|q| q.split('&').any(|kv| kv == "service=git-receive-pack")));
+    let private = shard.access.borrow().is_private(&key);
+    if !caller.can_read(&key, private) {
+        return Err(match caller {
+            Caller::Anonymous => unauthorized(format!("authentication required for {key}")),
+            _ => text(StatusCode::NOT_FOUND, format!("repository {key} not found")),
+        });
+    }
+    if write && !caller.can_write(&key) {
+        return Err(forbidden(caller, &format!("push to {key}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response<ResponseBody> {
     json(status, &serde_json::json!({ "error": msg.to_string() }))
 }
 
@@ -214,28 +354,45 @@ async fn route(
         }
         _ => {}
     }
+    let caller = match authenticate(shard, state, req.headers()) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    *state.caller.borrow_mut() = caller.label();
     if path == "/api/repos" || path == "/api/repos/" {
         return match method {
-            Method::GET => list_repositories(shard),
-            Method::POST => create_repository(shard, state, req).await,
+            Method::GET => list_repositories(shard, &caller),
+            Method::POST => create_repository(shard, state, req, &caller).await,
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
         };
     }
     if let Some(rest) = path.strip_prefix("/api/repos/") {
-        if method != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
-        }
-        return show_repository(shard, rest).await;
+        return match method {
+            Method::GET => show_repository(shard, rest, &caller).await,
+            Method::PATCH => crate::access_api::set_visibility(shard, state, req, rest, &caller).await,
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or PATCH"),
+        };
+    }
+    if path == "/api/tokens" || path.starts_with("/api/tokens/") {
+        return crate::access_api::route(shard, state, req, &caller).await;
     }
     if let Some(rest) = path.strip_prefix("/git/") {
+        if let Err(r) = authorize_git(shard, &caller, rest, req.uri().query()) {
+            return r;
+        }
         return crate::git::route(shard, state, req, rest.to_string()).await;
     }
     text(StatusCode::NOT_FOUND, "not found")
 }
 
-fn list_repositories(shard: &Rc<Shard>) -> Response<ResponseBody> {
+fn list_repositories(shard: &Rc<Shard>, caller: &Caller) -> Response<ResponseBody> {
+    let access = shard.access.borrow();
     let repos: Vec<_> = list_repos(&shard.config.data_dir)
         .into_iter()
+        .filter(|(owner, name)| {
+            let key = format!("{owner}/{name}");
+            caller.can_read(&key, access.is_private(&key))
+        })
         .map(|(owner, name)| serde_json::json!({"owner": owner, "name": name, "full_name": format!("{owner}/{name}")}))
         .collect();
     json(StatusCode::OK, &serde_json::Value::Array(repos))
@@ -245,42 +402,52 @@ fn list_repositories(shard: &Rc<Shard>) -> Response<ResponseBody> {
 struct CreateRepo {
     owner: String,
     name: String,
+    #[serde(default)]
+    private: bool,
 }
 
-async fn create_repository(
+/// Read a bounded JSON API request body.
+pub(crate) async fn read_api_body(
     shard: &Rc<Shard>,
     state: &Rc<ConnState>,
     req: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Result<bytes::Bytes, Response<ResponseBody>> {
     let (parts, incoming) = req.into_parts();
     let encoding = parts
         .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Err(r) =
-        crate::git::check_declared_length(&parts.headers, shard.config.limits.api_body_max_bytes)
-    {
-        return r;
-    }
-    let body = match RequestBody::new(
+    crate::git::check_declared_length(&parts.headers, shard.config.limits.api_body_max_bytes)?;
+    let body = RequestBody::new(
         incoming,
         encoding.as_deref(),
         shard.config.limits.api_body_max_bytes,
         state.clone(),
-    ) {
-        Ok(b) => b,
-        Err(e) => return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e),
-    };
-    let data = match body.collect().await {
+    )
+    .map_err(|e| json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e))?;
+    match body.collect().await {
+        Ok(d) => Ok(d),
+        Err(crate::body::BodyError::TooLarge { limit }) => Err(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes"),
+        )),
+        Err(e) => Err(json_error(StatusCode::BAD_REQUEST, e)),
+    }
+}
+
+async fn create_repository(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    req: Request<Incoming>,
+    caller: &Caller,
+) -> Response<ResponseBody> {
+    if matches!(caller, Caller::Anonymous) {
+        return forbidden(caller, "create repositories");
+    }
+    let data = match read_api_body(shard, state, req).await {
         Ok(d) => d,
-        Err(crate::body::BodyError::TooLarge { limit }) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds {limit} bytes"),
-            )
-        }
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+        Err(r) => return r,
     };
     // Only a JSON object will do (serde would also take `["owner", "name"]`).
     let req: CreateRepo = match serde_json::from_slice::<serde_json::Value>(&data) {
@@ -317,35 +484,40 @@ async fn create_repository(
         return json_error(StatusCode::BAD_REQUEST, e);
     }
     let key = format!("{}/{}", req.owner, name);
-    let (owner, n) = (req.owner.clone(), name.clone());
+    if !caller.can_write(&key) {
+        return forbidden(caller, &format!("create {key}"));
+    }
+    let (owner, n, private) = (req.owner.clone(), name.clone(), req.private);
     let result = shard
-        .on_owner(&key, move |s| async move { s.create_repo(&owner, &n) })
+        .on_owner(&key, move |s| async move {
+            crate::access_api::create_repo(s, owner, n, private).await
+        })
         .await;
     match result {
         Ok(Ok(())) => {
-            tracing::info!(repo = %key, "repository created");
+            tracing::info!(repo = %key, private = req.private, user = %caller.label(), "repository created");
             json(
                 StatusCode::CREATED,
-                &serde_json::json!({"owner": req.owner, "name": name, "full_name": key}),
+                &serde_json::json!({"owner": req.owner, "name": name, "full_name": key, "private": req.private}),
             )
         }
-        Ok(Err(RepoError::Exists(k))) => json_error(
-            StatusCode::CONFLICT,
-            format!("repository {k} already exists"),
-        ),
-        Ok(Err(e @ RepoError::InvalidName { .. })) => json_error(StatusCode::BAD_REQUEST, e),
-        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err((status, msg))) => json_error(status, msg),
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
-async fn show_repository(shard: &Rc<Shard>, rest: &str) -> Response<ResponseBody> {
+async fn show_repository(shard: &Rc<Shard>, rest: &str, caller: &Caller) -> Response<ResponseBody> {
     let rest = rest.trim_end_matches('/');
     let Some((owner, name)) = rest.split_once('/') else {
         return json_error(StatusCode::NOT_FOUND, "expected /api/repos/OWNER/NAME");
     };
     let name = name.strip_suffix(".git").unwrap_or(name);
     if check_name("owner", owner).is_err() || check_name("repository name", name).is_err() {
+        return json_error(StatusCode::NOT_FOUND, "repository not found");
+    }
+    let key = format!("{owner}/{name}");
+    let private = shard.access.borrow().is_private(&key);
+    if !caller.can_read(&key, private) {
         return json_error(StatusCode::NOT_FOUND, "repository not found");
     }
     match shard.snapshot(owner, name).await {
@@ -362,6 +534,7 @@ async fn show_repository(shard: &Rc<Shard>, rest: &str) -> Response<ResponseBody
                     "name": name,
                     "full_name": snap.key,
                     "head": snap.head_target,
+                    "private": private,
                     "refs": refs,
                 }),
             )

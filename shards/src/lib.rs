@@ -7,6 +7,8 @@
 //! updates cross the consensus boundary ([`consensus`]) and come back as
 //! finalized batches applied in order on the owning shard.
 
+pub mod access_api;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod conn;
@@ -25,7 +27,8 @@ use std::thread::JoinHandle;
 
 pub use config::{Limits, ShardConfig};
 pub use consensus::{
-    batch_channel, BatchReceiver, BatchSender, FinalizedBatch, Orderer, OrdererError, Transaction,
+    batch_channel, split_block, BatchReceiver, BatchSender, FinalizedBatch, Operation, Orderer,
+    OrdererError, Transaction,
 };
 use shard::{Shard, ShardJob, SHARD_INBOX_MAX};
 
@@ -47,6 +50,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         reason: String,
     },
+    #[error("access table: {0}")]
+    Access(#[from] auth::AccessFileError),
     #[error("expected {expected} batch receivers, got {got}")]
     Receivers { expected: usize, got: usize },
 }
@@ -106,6 +111,7 @@ pub fn start(
             );
         }
     }
+    let access = auth::AccessTable::load(&config.data_dir)?;
     let mut inboxes = Vec::with_capacity(n);
     let mut inbox_rx = Vec::with_capacity(n);
     for _ in 0..n {
@@ -126,6 +132,7 @@ pub fn start(
         let orderer = orderer.clone();
         let peers = inboxes.clone();
         let ready = ready_tx.clone();
+        let access = access.clone();
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
@@ -147,7 +154,7 @@ pub fn start(
                     return;
                 }
             };
-            let shard = Shard::new(id, config, orderer, peers);
+            let shard = Shard::new(id, config, orderer, peers, access);
             glommio::spawn_local(shard.clone().apply_batches(batches)).detach();
             let inbox_shard = shard.clone();
             glommio::spawn_local(async move {

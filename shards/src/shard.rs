@@ -17,8 +17,11 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::auth::{AccessOutcome, AccessTable, FailureLimiter};
 use crate::config::ShardConfig;
-use crate::consensus::{BatchReceiver, FinalizedBatch, Orderer, Transaction, TxId};
+use crate::consensus::{
+    BatchReceiver, FinalizedBatch, Operation, Orderer, Transaction, TxId, ACCESS_SHARD,
+};
 use crate::repo::{check_name, repo_dir, RefSnapshot, Repo, RepoError};
 
 /// Repositories a shard keeps open (ref store, pack indexes, caches);
@@ -34,6 +37,15 @@ pub type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>
 /// The outcome of one ref update after ordering: `Ok` or the reason it failed.
 pub type UpdateOutcome = Result<(), String>;
 
+/// What a waiting request hears once its transaction is applied.
+#[derive(Debug)]
+pub enum TxOutcome {
+    /// One outcome per ref update, in order.
+    Refs(Vec<UpdateOutcome>),
+    /// The outcome of an access change.
+    Access(AccessOutcome),
+}
+
 /// Errors of the shard layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -45,6 +57,8 @@ pub enum ShardError {
     Orderer(#[from] crate::consensus::OrdererError),
     #[error("ordering service dropped the transaction")]
     TransactionLost,
+    #[error("access changes are ordered by shard {ACCESS_SHARD}, not shard {0}")]
+    NotAccessShard(usize),
 }
 
 /// Stable owner of a repository among `shards` shards.
@@ -66,12 +80,19 @@ pub struct Shard {
     /// Open repositories and when each was last used (a use counter).
     repos: RefCell<HashMap<String, OpenRepo>>,
     use_clock: Cell<u64>,
-    pending: RefCell<HashMap<TxId, oneshot::Sender<Vec<UpdateOutcome>>>>,
+    pending: RefCell<HashMap<TxId, oneshot::Sender<TxOutcome>>>,
     orderer: Arc<dyn Orderer>,
     next_tx: Cell<u64>,
     peers: Vec<mpsc::Sender<ShardJob>>,
     /// Open connections on this shard.
     pub connections: Cell<usize>,
+    /// This shard's copy of the access table (tokens, private
+    /// repositories), changed only by applying finalized batches.
+    pub access: RefCell<AccessTable>,
+    /// Failed authentication attempts per client address.
+    pub auth_failures: RefCell<FailureLimiter>,
+    /// Repositories being created right now (owner shard only).
+    pub creating: RefCell<std::collections::HashSet<String>>,
 }
 
 impl Shard {
@@ -81,7 +102,12 @@ impl Shard {
         config: ShardConfig,
         orderer: Arc<dyn Orderer>,
         peers: Vec<mpsc::Sender<ShardJob>>,
+        access: AccessTable,
     ) -> Rc<Shard> {
+        let auth_failures = FailureLimiter::new(
+            config.limits.auth_failures_max,
+            config.limits.auth_failure_window_ms,
+        );
         Rc::new(Shard {
             id,
             config,
@@ -92,6 +118,9 @@ impl Shard {
             next_tx: Cell::new(0),
             peers,
             connections: Cell::new(0),
+            access: RefCell::new(access),
+            auth_failures: RefCell::new(auth_failures),
+            creating: RefCell::new(Default::default()),
         })
     }
 
@@ -112,9 +141,21 @@ impl Shard {
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
     {
-        let owner = self.owner(key);
+        self.on_shard(self.owner(key), job).await
+    }
+
+    /// Run `job` on shard `owner` and return its result.
+    pub async fn on_shard<T, F, Fut>(self: &Rc<Self>, owner: usize, job: F) -> Result<T, ShardError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
         if owner == self.id {
             return Ok(job(self.clone()).await);
+        }
+        if owner >= self.peers.len() {
+            return Err(ShardError::ShardGone(owner));
         }
         let (tx, rx) = oneshot::channel();
         let boxed: ShardJob = Box::new(move |shard| {
@@ -218,6 +259,34 @@ impl Shard {
         atomic: bool,
         pack: Option<[u8; 20]>,
     ) -> Result<Vec<UpdateOutcome>, ShardError> {
+        let count = updates.len();
+        let op = Operation::RefUpdates {
+            repo: key.to_string(),
+            updates,
+            atomic,
+            pack,
+        };
+        match self.order(op).await? {
+            TxOutcome::Refs(outcomes) => Ok(outcomes),
+            TxOutcome::Access(_) => Ok(vec![Err("unexpected outcome".into()); count]),
+        }
+    }
+
+    /// Order an access change (token creation or revocation, repository
+    /// visibility) and wait until every shard's table will have it and it
+    /// is on disk. Only [`ACCESS_SHARD`] submits access changes.
+    pub async fn order_access(&self, op: Operation) -> Result<AccessOutcome, ShardError> {
+        debug_assert!(op.is_node_wide(), "not an access change");
+        if self.id != ACCESS_SHARD {
+            return Err(ShardError::NotAccessShard(self.id));
+        }
+        match self.order(op).await? {
+            TxOutcome::Access(outcome) => Ok(outcome),
+            TxOutcome::Refs(_) => Ok(Err("unexpected outcome".into())),
+        }
+    }
+
+    async fn order(&self, op: Operation) -> Result<TxOutcome, ShardError> {
         let seq = self.next_tx.get() + 1;
         self.next_tx.set(seq);
         let id = ((self.id as u64) << 48) | seq;
@@ -226,10 +295,7 @@ impl Shard {
         let submitted = self.orderer.submit(Transaction {
             id,
             shard: self.id,
-            repo: key.to_string(),
-            updates,
-            atomic,
-            pack,
+            op,
         });
         if let Err(e) = submitted {
             self.pending.borrow_mut().remove(&id);
@@ -250,27 +316,58 @@ impl Shard {
 
     fn apply_batch(&self, batch: FinalizedBatch) {
         for tx in batch.transactions {
-            let outcomes = self.apply_transaction(&tx);
+            let outcome = match &tx.op {
+                Operation::RefUpdates {
+                    repo,
+                    updates,
+                    atomic,
+                    ..
+                } => TxOutcome::Refs(self.apply_ref_updates(repo, updates, *atomic)),
+                op => TxOutcome::Access(self.apply_access(op)),
+            };
+            if tx.shard != self.id {
+                continue;
+            }
             if let Some(waiter) = self.pending.borrow_mut().remove(&tx.id) {
-                let _ = waiter.send(outcomes);
+                let _ = waiter.send(outcome);
             }
         }
     }
 
-    fn apply_transaction(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
-        let outcomes = self.apply_transaction_inner(tx);
-        self.adopt_default_branch(tx, &outcomes);
+    /// Apply an access change to this shard's table; [`ACCESS_SHARD`] also
+    /// writes the table to disk before the change is answered.
+    fn apply_access(&self, op: &Operation) -> AccessOutcome {
+        let outcome = self.access.borrow_mut().apply(op);
+        if self.id == ACCESS_SHARD && outcome.is_ok() {
+            if let Err(e) = self.access.borrow().save(&self.config.data_dir) {
+                tracing::error!(error = %e, "access table not written; it is written again with the next change");
+                return Err(format!(
+                    "the change is final but was not written to disk: {e}"
+                ));
+            }
+        }
+        outcome
+    }
+
+    fn apply_ref_updates(
+        &self,
+        repo: &str,
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> Vec<UpdateOutcome> {
+        let outcomes = self.apply_ref_updates_inner(repo, updates, atomic);
+        self.adopt_default_branch(repo, updates, &outcomes);
         // A ref store that failed a write refuses further writes until it is
         // reopened (whether the record reached the disk is unknown); close it
         // so the next use replays its log and settles the question.
         let failed_io = self
             .repos
             .borrow()
-            .get(&tx.repo)
+            .get(repo)
             .is_some_and(|(r, _)| r.try_borrow().is_ok_and(|r| r.refs.is_poisoned()));
         if failed_io {
-            tracing::error!(repo = %tx.repo, "ref store write failed; closing the repository so it is recovered on next use");
-            self.repos.borrow_mut().remove(&tx.repo);
+            tracing::error!(repo = %repo, "ref store write failed; closing the repository so it is recovered on next use");
+            self.repos.borrow_mut().remove(repo);
         }
         outcomes
     }
@@ -279,8 +376,8 @@ impl Shard {
     /// point it at the first branch a push creates — `main` or `master`
     /// when present — so clones check out what was pushed, as hosting
     /// services do.
-    fn adopt_default_branch(&self, tx: &Transaction, outcomes: &[UpdateOutcome]) {
-        let Some((entry, _)) = self.repos.borrow().get(&tx.repo).cloned() else {
+    fn adopt_default_branch(&self, key: &str, updates: &[RefUpdate], outcomes: &[UpdateOutcome]) {
+        let Some((entry, _)) = self.repos.borrow().get(key).cloned() else {
             return;
         };
         let Ok(mut repo) = entry.try_borrow_mut() else {
@@ -289,8 +386,7 @@ impl Shard {
         if repo.refs.get(repo.refs.head_target()).is_some() {
             return;
         }
-        let created: Vec<&str> = tx
-            .updates
+        let created: Vec<&str> = updates
             .iter()
             .zip(outcomes)
             .filter(|(u, o)| o.is_ok() && !u.new.is_null() && u.name.starts_with("refs/heads/"))
@@ -304,30 +400,36 @@ impl Shard {
             let target = target.to_string();
             match repo.refs.set_head(&target) {
                 Ok(()) => {
-                    tracing::info!(repo = %tx.repo, head = %target, "HEAD now points at the first pushed branch");
+                    tracing::info!(repo = %key, head = %target, "HEAD now points at the first pushed branch");
                     repo.invalidate();
                 }
-                Err(e) => tracing::warn!(repo = %tx.repo, error = %e, "could not move HEAD"),
+                Err(e) => tracing::warn!(repo = %key, error = %e, "could not move HEAD"),
             }
         }
     }
 
-    fn apply_transaction_inner(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
-        let Some((owner, name)) = tx.repo.split_once('/') else {
-            return vec![Err("bad repository key".into()); tx.updates.len()];
+    fn apply_ref_updates_inner(
+        &self,
+        repo: &str,
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> Vec<UpdateOutcome> {
+        let key = repo;
+        let Some((owner, name)) = key.split_once('/') else {
+            return vec![Err("bad repository key".into()); updates.len()];
         };
         let repo = match self.repo(owner, name) {
             Ok(r) => r,
-            Err(e) => return vec![Err(e.to_string()); tx.updates.len()],
+            Err(e) => return vec![Err(e.to_string()); updates.len()],
         };
         let mut repo = repo.borrow_mut();
         repo.invalidate();
-        if tx.atomic {
-            return match repo.refs.apply(&tx.updates) {
-                Ok(()) => vec![Ok(()); tx.updates.len()],
+        if atomic {
+            return match repo.refs.apply(updates) {
+                Ok(()) => vec![Ok(()); updates.len()],
                 Err(e) => {
                     let failing = failing_ref(&e);
-                    tx.updates
+                    updates
                         .iter()
                         .map(|u| {
                             if failing.as_deref() == Some(u.name.as_str()) {
@@ -341,9 +443,9 @@ impl Shard {
             };
         }
         // Non-atomic: each update stands alone; the valid ones are written in one record.
-        let mut outcomes: Vec<UpdateOutcome> = Vec::with_capacity(tx.updates.len());
+        let mut outcomes: Vec<UpdateOutcome> = Vec::with_capacity(updates.len());
         let mut valid = Vec::new();
-        for u in &tx.updates {
+        for u in updates {
             match repo.refs.check(std::slice::from_ref(u)) {
                 Ok(()) => {
                     outcomes.push(Ok(()));
@@ -357,9 +459,9 @@ impl Shard {
         }
         if let Err(joint) = repo.refs.apply(&valid) {
             // Updates valid alone may conflict together (D/F): apply one by one.
-            tracing::debug!(repo = %tx.repo, error = %joint, "joint apply failed, applying singly");
+            tracing::debug!(repo = %key, error = %joint, "joint apply failed, applying singly");
             let mut k = 0;
-            for (i, u) in tx.updates.iter().enumerate() {
+            for (i, u) in updates.iter().enumerate() {
                 if outcomes[i].is_err() {
                     continue;
                 }

@@ -7,7 +7,48 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The admin token of every node this test process started, by API address.
+static ADMIN_TOKENS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
+
+/// The admin token of the node listening on `addr`, if this process started it.
+pub fn admin_token(addr: SocketAddr) -> Option<String> {
+    let tokens = ADMIN_TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    tokens.iter().find(|(a, _)| *a == addr).map(|(_, t)| t.clone())
+}
+
+/// Standard base64 (for Basic credentials in hand-made requests).
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `Basic ...` for `user:password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+}
+
+/// The `Authorization` header value of the admin of the node at `addr`
+/// (empty if this process did not start it).
+pub fn admin_auth(addr: SocketAddr) -> String {
+    admin_token(addr)
+        .map(|t| basic_auth("admin", &t))
+        .unwrap_or_default()
+}
 
 /// Longest a node may take to answer /health/live after start.
 pub const NODE_START_TIMEOUT_MS: u64 = 20_000;
@@ -29,6 +70,8 @@ pub struct Node {
     pub p2p: SocketAddr,
     pub extra_args: Vec<String>,
     pub log: PathBuf,
+    /// The node's admin token (read from `DATA/admin.token` once it started).
+    pub admin_token: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -50,6 +93,7 @@ impl Node {
             p2p: SocketAddr::from(([127, 0, 0, 1], free_port())),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             log: tmp.path().join("node.log"),
+            admin_token: String::new(),
             _tmp: Some(tmp),
         };
         node.spawn();
@@ -81,7 +125,14 @@ impl Node {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
         loop {
-            if let Ok((200, _)) = http(self.api, "GET", "/health/live", &[], b"") {
+            if let Ok((200, _)) = http_anonymous(self.api, "GET", "/health/live", &[], b"") {
+                self.admin_token = std::fs::read_to_string(self.data_dir.join("admin.token"))
+                    .expect("DATA/admin.token after start")
+                    .trim()
+                    .to_string();
+                let mut tokens = ADMIN_TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+                tokens.retain(|(a, _)| *a != self.api);
+                tokens.push((self.api, self.admin_token.clone()));
                 return;
             }
             if let Some(c) = self.child.as_mut() {
@@ -120,12 +171,27 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Base URL of repository `owner/name`.
+    /// Base URL of repository `owner/name`, with the admin token as its
+    /// credentials (git sends them only when the node asks: pushes, and
+    /// reads of private repositories).
     pub fn url(&self, owner: &str, name: &str) -> String {
+        format!(
+            "http://admin:{}@{}/git/{owner}/{name}.git",
+            self.admin_token, self.api
+        )
+    }
+
+    /// Base URL of repository `owner/name` without credentials.
+    pub fn url_anonymous(&self, owner: &str, name: &str) -> String {
         format!("http://{}/git/{owner}/{name}.git", self.api)
     }
 
-    /// Create a repository through the API; panics unless 201.
+    /// The `Authorization` header value of this node's admin.
+    pub fn admin_auth(&self) -> String {
+        basic_auth("admin", &self.admin_token)
+    }
+
+    /// Create a repository through the API (as the admin); panics unless 201.
     pub fn create_repo(&self, owner: &str, name: &str) -> String {
         let body = format!("{{\"owner\":\"{owner}\",\"name\":\"{name}\"}}");
         let (status, text) = http(
@@ -160,8 +226,31 @@ impl Drop for Node {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// One HTTP/1.1 request with `Connection: close`, as the admin of the
+/// node at `addr` when this process started it (unless `headers` carry an
+/// `Authorization` of their own); returns status and body.
 pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let auth = admin_auth(addr);
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !auth.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        all.push(("Authorization", &auth));
+    }
+    http_anonymous(addr, method, path, &all, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close` and only the given
+/// headers (no credentials unless they carry some).
+pub fn http_anonymous(
     addr: SocketAddr,
     method: &str,
     path: &str,
