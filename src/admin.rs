@@ -24,7 +24,8 @@ pub fn token(cfg: &NodeConfig, action: &TokenCommand) -> anyhow::Result<()> {
             write,
             admin,
         } => {
-            let body = serde_json::json!({"user": user, "repo": repo, "write": write, "admin": admin});
+            let body =
+                serde_json::json!({"user": user, "repo": repo, "write": write, "admin": admin});
             let v = api.call("POST", "/api/tokens", Some(&body))?;
             let token = v["token"].as_str().context("no token in the answer")?;
             println!("{token}");
@@ -114,8 +115,9 @@ impl Api {
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
         let timeout = Duration::from_millis(ADMIN_REQUEST_TIMEOUT_MS);
-        let mut s = TcpStream::connect_timeout(&self.addr, timeout)
-            .with_context(|| format!("connecting to the node's API at {} (--api-addr)", self.addr))?;
+        let mut s = TcpStream::connect_timeout(&self.addr, timeout).with_context(|| {
+            format!("connecting to the node's API at {} (--api-addr)", self.addr)
+        })?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();

@@ -59,8 +59,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     let (admin_token_sha256, created) =
-        guts_shards::auth::load_or_create_admin_token(&cfg.data_dir)
-            .context("the admin token")?;
+        guts_shards::auth::load_or_create_admin_token(&cfg.data_dir).context("the admin token")?;
     let admin_token_path = cfg.data_dir.join(guts_shards::auth::ADMIN_TOKEN_FILE_NAME);
     if created {
         tracing::info!(

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use crate::auth::{self, Caller};
 use crate::body::ResponseBody;
 use crate::conn::ConnState;
-use crate::consensus::{Operation, ACCESS_SHARD};
+use crate::consensus::{Op, ACCESS_SHARD};
 use crate::http::{forbidden, json, json_error, read_api_body};
 use crate::repo::{check_name, repo_dir, RepoError};
 use crate::shard::Shard;
@@ -120,15 +120,15 @@ async fn create(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let op = Operation::TokenCreate {
+    let op = Op::TokenCreate {
         user: want.user.clone(),
-        repo: want.repo.clone(),
+        scope: want.repo.clone(),
         write: want.write,
         admin: want.admin,
         secret_sha256: auth::sha256(token.as_bytes()),
         created_unix_s,
     };
-    match order(shard, op).await {
+    match order(shard, String::new(), op).await {
         Ok(Some(id)) => {
             tracing::info!(token = id, user = %want.user, repo = ?want.repo, write = want.write, admin = want.admin, by = %caller.label(), "token created");
             json(
@@ -143,7 +143,10 @@ async fn create(
                 }),
             )
         }
-        Ok(None) => json_error(StatusCode::SERVICE_UNAVAILABLE, "token created without an id"),
+        Ok(None) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token created without an id",
+        ),
         Err((status, msg)) => json_error(status, msg),
     }
 }
@@ -155,10 +158,13 @@ async fn revoke(shard: &Rc<Shard>, id: &str, caller: &Caller) -> Response<Respon
     if shard.access.borrow().token(id).is_none() {
         return json_error(StatusCode::NOT_FOUND, format!("no token {id}"));
     }
-    match order(shard, Operation::TokenRevoke { token_id: id }).await {
+    match order(shard, String::new(), Op::TokenRevoke { token_id: id }).await {
         Ok(_) => {
             tracing::info!(token = id, by = %caller.label(), "token revoked");
-            json(StatusCode::OK, &serde_json::json!({"id": id, "revoked": true}))
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"id": id, "revoked": true}),
+            )
         }
         Err((status, msg)) => json_error(status, msg),
     }
@@ -202,11 +208,10 @@ pub async fn set_visibility(
         return json_error(StatusCode::NOT_FOUND, "repository not found");
     }
     let key = format!("{owner}/{name}");
-    let op = Operation::RepoVisibility {
-        repo: key.clone(),
+    let op = Op::SetVisibility {
         private: want.private,
     };
-    match order(shard, op).await {
+    match order(shard, key.clone(), op).await {
         Ok(_) => {
             tracing::info!(repo = %key, private = want.private, by = %caller.label(), "repository visibility changed");
             json(
@@ -219,10 +224,14 @@ pub async fn set_visibility(
 }
 
 /// Order an access change on [`ACCESS_SHARD`] and wait for it to be applied.
-async fn order(shard: &Rc<Shard>, op: Operation) -> Result<Option<u64>, (StatusCode, String)> {
+async fn order(
+    shard: &Rc<Shard>,
+    repo: String,
+    op: Op,
+) -> Result<Option<u64>, (StatusCode, String)> {
     let result = shard
         .on_shard(ACCESS_SHARD, move |s| async move {
-            s.order_access(op).await.map_err(|e| e.to_string())
+            s.order_access(&repo, op).await.map_err(|e| e.to_string())
         })
         .await;
     match result {
@@ -243,7 +252,10 @@ pub async fn create_repo(
 ) -> Result<(), (StatusCode, String)> {
     let key = format!("{owner}/{name}");
     let refused = |e: RepoError| match e {
-        RepoError::Exists(k) => (StatusCode::CONFLICT, format!("repository {k} already exists")),
+        RepoError::Exists(k) => (
+            StatusCode::CONFLICT,
+            format!("repository {k} already exists"),
+        ),
         e @ RepoError::InvalidName { .. } => (StatusCode::BAD_REQUEST, e.to_string()),
         e => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -258,11 +270,7 @@ pub async fn create_repo(
     }
     let result = async {
         if private {
-            let op = Operation::RepoVisibility {
-                repo: key.clone(),
-                private: true,
-            };
-            order(&shard, op).await?;
+            order(&shard, key.clone(), Op::SetVisibility { private: true }).await?;
         }
         shard.create_repo(&owner, &name).map_err(refused)
     }

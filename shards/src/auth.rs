@@ -9,7 +9,7 @@
 //! bytes), stored only as SHA-256 hashes and compared in constant time.
 //!
 //! The [`AccessTable`] (tokens and private repositories) changes only
-//! through ordered transactions ([`crate::consensus::Operation`]): every
+//! through ordered transactions ([`crate::consensus::Op`]): every
 //! shard applies them to its own copy in block order, and
 //! [`crate::consensus::ACCESS_SHARD`] also writes the table to
 //! [`ACCESS_FILE_NAME`] before the change is acknowledged. So every node
@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::consensus::Operation;
+use crate::consensus::{Op, Transaction};
 use crate::repo::check_name;
 
 /// The node's admin token, in the data directory (mode 0600).
@@ -74,13 +74,8 @@ pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: getrandom writes at most `len` bytes into the slice we own.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -257,7 +252,8 @@ impl AccessTable {
             path: path.clone(),
             reason,
         };
-        let file: AccessFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let file: AccessFile =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if file.version != ACCESS_FILE_VERSION {
             return Err(corrupt(format!("unknown version {}", file.version)));
         }
@@ -266,8 +262,8 @@ impl AccessTable {
             ..AccessTable::default()
         };
         for t in file.tokens {
-            let hash = unhex32(&t.sha256)
-                .ok_or_else(|| corrupt(format!("token {}: bad sha256", t.id)))?;
+            let hash =
+                unhex32(&t.sha256).ok_or_else(|| corrupt(format!("token {}: bad sha256", t.id)))?;
             if t.id >= table.next_token_id {
                 return Err(corrupt(format!("token {} is past next_token_id", t.id)));
             }
@@ -313,12 +309,12 @@ impl AccessTable {
     /// Apply one ordered access change. Deterministic: every node applying
     /// the same changes in the same order gets the same table and outcomes.
     /// Applying a creation again (a replayed block) finds the same token.
-    pub fn apply(&mut self, op: &Operation) -> AccessOutcome {
-        match op {
-            Operation::RefUpdates { .. } => Err("not an access change".into()),
-            Operation::TokenCreate {
+    pub fn apply(&mut self, tx: &Transaction) -> AccessOutcome {
+        match &tx.op {
+            Op::Update { .. } => Err("not an access change".into()),
+            Op::TokenCreate {
                 user,
-                repo,
+                scope: repo,
                 write,
                 admin,
                 secret_sha256,
@@ -357,7 +353,7 @@ impl AccessTable {
                     .push((id, *secret_sha256));
                 Ok(Some(id))
             }
-            Operation::TokenRevoke { token_id } => {
+            Op::TokenRevoke { token_id } => {
                 let Some(t) = self.tokens.get_mut(token_id) else {
                     return Err(format!("no token {token_id}"));
                 };
@@ -368,7 +364,8 @@ impl AccessTable {
                 }
                 Ok(None)
             }
-            Operation::RepoVisibility { repo, private } => {
+            Op::SetVisibility { private } => {
+                let repo = &tx.repo;
                 check_repo_key(repo)?;
                 if *private {
                     if self.private.len() >= PRIVATE_REPOS_MAX && !self.private.contains(repo) {
@@ -701,7 +698,10 @@ mod tests {
             })
         );
         let err = |v: &[u8]| parse_authorization(&headers(&[v])).unwrap_err();
-        assert_eq!(err(b"Bearer abc"), HeaderError::UnknownScheme("Bearer".into()));
+        assert_eq!(
+            err(b"Bearer abc"),
+            HeaderError::UnknownScheme("Bearer".into())
+        );
         assert_eq!(err(b"Basic !!!"), HeaderError::BadBase64);
         assert_eq!(err(&basic(b"no-colon")), HeaderError::NoColon);
         assert_eq!(err(&basic(b"alice:tok\0en")), HeaderError::BadCharacters);
@@ -717,22 +717,41 @@ mod tests {
         assert!(HeaderError::BadBase64.is_bad_request());
     }
 
-    fn create(user: &str, repo: Option<&str>, write: bool, secret: &str) -> Operation {
-        Operation::TokenCreate {
-            user: user.into(),
-            repo: repo.map(str::to_string),
-            write,
-            admin: false,
-            secret_sha256: sha256(secret.as_bytes()),
-            created_unix_s: 1,
+    fn access(op: Op, repo: &str) -> Transaction {
+        Transaction {
+            id: 1,
+            shard: 0,
+            repo: repo.into(),
+            op,
         }
+    }
+
+    fn revoke(token_id: u64) -> Transaction {
+        access(Op::TokenRevoke { token_id }, "")
+    }
+
+    fn create(user: &str, repo: Option<&str>, write: bool, secret: &str) -> Transaction {
+        access(
+            Op::TokenCreate {
+                user: user.into(),
+                scope: repo.map(str::to_string),
+                write,
+                admin: false,
+                secret_sha256: sha256(secret.as_bytes()),
+                created_unix_s: 1,
+            },
+            "",
+        )
     }
 
     #[test]
     fn tokens_are_found_by_hash_and_revocation_sticks() {
         let mut t = AccessTable::load(Path::new("/nonexistent")).unwrap();
         assert_eq!(t.apply(&create("alice", None, true, "s1")), Ok(Some(1)));
-        assert_eq!(t.apply(&create("bob", Some("a/b"), false, "s2")), Ok(Some(2)));
+        assert_eq!(
+            t.apply(&create("bob", Some("a/b"), false, "s2")),
+            Ok(Some(2))
+        );
         // A replayed creation finds the same token.
         assert_eq!(t.apply(&create("alice", None, true, "s1")), Ok(Some(1)));
         let admin = sha256(b"admin-secret");
@@ -740,7 +759,10 @@ mod tests {
             user: u.into(),
             password: p.into(),
         };
-        assert_eq!(verify(&creds("admin", "admin-secret"), &admin, &t), Some(Caller::Admin));
+        assert_eq!(
+            verify(&creds("admin", "admin-secret"), &admin, &t),
+            Some(Caller::Admin)
+        );
         assert_eq!(verify(&creds("admin", "s1"), &admin, &t), None);
         assert_eq!(verify(&creds("bob", "s1"), &admin, &t), None, "wrong user");
         let alice = verify(&creds("alice", "s1"), &admin, &t).unwrap();
@@ -750,9 +772,9 @@ mod tests {
         assert!(bob.can_read("a/b", true) && !bob.can_read("a/c", true));
         assert!(Caller::Anonymous.can_read("a/c", false));
         assert!(!Caller::Anonymous.can_read("a/c", true));
-        assert_eq!(t.apply(&Operation::TokenRevoke { token_id: 1 }), Ok(None));
+        assert_eq!(t.apply(&revoke(1)), Ok(None));
         assert_eq!(verify(&creds("alice", "s1"), &admin, &t), None);
-        assert!(t.apply(&Operation::TokenRevoke { token_id: 7 }).is_err());
+        assert!(t.apply(&revoke(7)).is_err());
         assert!(t.apply(&create("admin", None, true, "s3")).is_err());
         assert!(t.apply(&create("ok", Some("nope"), true, "s3")).is_err());
     }
@@ -763,15 +785,15 @@ mod tests {
         let mut t = AccessTable::load(dir.path()).unwrap();
         t.apply(&create("alice", Some("a/b"), true, "s1")).unwrap();
         t.apply(&create("carol", None, false, "s2")).unwrap();
-        t.apply(&Operation::TokenRevoke { token_id: 2 }).unwrap();
-        t.apply(&Operation::RepoVisibility {
-            repo: "a/b".into(),
-            private: true,
-        })
-        .unwrap();
+        t.apply(&revoke(2)).unwrap();
+        t.apply(&access(Op::SetVisibility { private: true }, "a/b"))
+            .unwrap();
         t.save(dir.path()).unwrap();
         let u = AccessTable::load(dir.path()).unwrap();
-        assert_eq!(u.tokens().cloned().collect::<Vec<_>>(), t.tokens().cloned().collect::<Vec<_>>());
+        assert_eq!(
+            u.tokens().cloned().collect::<Vec<_>>(),
+            t.tokens().cloned().collect::<Vec<_>>()
+        );
         assert!(u.is_private("a/b"));
         assert!(u.find(&sha256(b"s1")).is_some());
         assert!(u.find(&sha256(b"s2")).is_none(), "revoked");

@@ -10,8 +10,8 @@
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -149,7 +149,7 @@ impl RequestLog {
         tracing::info!(
             target: "guts::request",
             method = %self.method,
-            path,
+            path = %path,
             status = self.status,
             bytes = self.bytes,
             duration_ms = self.started.elapsed().as_millis() as u64,

@@ -30,18 +30,19 @@ pub struct Transaction {
     /// Shard that submitted it: for ref updates the repository's owner,
     /// which applies them; for access changes [`ACCESS_SHARD`].
     pub shard: usize,
+    /// `OWNER/NAME` the transaction is about; empty for token changes,
+    /// which concern no one repository.
+    pub repo: String,
     /// What to do.
-    pub op: Operation,
+    pub op: Op,
 }
 
 /// What a transaction does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operation {
-    /// A push: ref updates to one repository.
-    RefUpdates {
-        /// `OWNER/NAME`.
-        repo: String,
-        /// The updates; each carries the old id it expects (compare-and-swap).
+pub enum Op {
+    /// A push: compare-and-swap ref updates to `repo`.
+    Update {
+        /// The updates; each carries the old id it expects.
         updates: Vec<RefUpdate>,
         /// All updates or none.
         atomic: bool,
@@ -54,7 +55,7 @@ pub enum Operation {
         /// The user the token belongs to (the HTTP Basic user name).
         user: String,
         /// `OWNER/NAME` the token is limited to; `None`: every repository.
-        repo: Option<String>,
+        scope: Option<String>,
         /// May push (and create repositories within its scope).
         write: bool,
         /// May do everything, the admin API included.
@@ -69,20 +70,21 @@ pub enum Operation {
         /// The token's id.
         token_id: u64,
     },
-    /// Make a repository private (reads need a token that may see it) or public.
-    RepoVisibility {
-        /// `OWNER/NAME`.
-        repo: String,
+    /// Make `repo` private (reads need a token that may see it) or public.
+    SetVisibility {
         /// Private when true.
         private: bool,
     },
 }
 
-impl Operation {
+impl Op {
     /// Whether every shard applies it (access changes) rather than only the
     /// submitting shard (ref updates, applied by the repository's owner).
     pub fn is_node_wide(&self) -> bool {
-        !matches!(self, Operation::RefUpdates { .. })
+        matches!(
+            self,
+            Op::TokenCreate { .. } | Op::TokenRevoke { .. } | Op::SetVisibility { .. }
+        )
     }
 }
 
@@ -113,7 +115,10 @@ pub fn split_block(
         } else if let Some(batch) = per_shard.get_mut(tx.shard) {
             batch.push(tx);
         } else {
-            tracing::error!(shard = tx.shard, "finalized transaction for an unknown shard");
+            tracing::error!(
+                shard = tx.shard,
+                "finalized transaction for an unknown shard"
+            );
         }
     }
     per_shard
@@ -170,8 +175,8 @@ mod tests {
         Transaction {
             id,
             shard,
-            op: Operation::RefUpdates {
-                repo: "alice/x".into(),
+            repo: "alice/x".into(),
+            op: Op::Update {
                 updates: Vec::new(),
                 atomic: false,
                 pack: None,
@@ -184,7 +189,8 @@ mod tests {
         let revoke = Transaction {
             id: 9,
             shard: ACCESS_SHARD,
-            op: Operation::TokenRevoke { token_id: 3 },
+            repo: String::new(),
+            op: Op::TokenRevoke { token_id: 3 },
         };
         let block = vec![push(1, 1), revoke.clone(), push(2, 1), push(3, 5)];
         let batches = split_block(7, block, 3);

@@ -243,9 +243,10 @@ fn authenticate(
                 None => unauthorized("wrong user name or token, or the token was revoked"),
             }
         }
-        Err(e) if e.is_bad_request() => {
-            text(StatusCode::BAD_REQUEST, format!("bad Authorization header: {e}"))
-        }
+        Err(e) if e.is_bad_request() => text(
+            StatusCode::BAD_REQUEST,
+            format!("bad Authorization header: {e}"),
+        ),
         Err(e) => unauthorized(e.to_string()),
     };
     crate::metrics::record_auth_failure();
@@ -293,7 +294,10 @@ fn authorize_git(
     Ok(())
 }
 
-pub(crate) fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response<ResponseBody> {
+pub(crate) fn json_error(
+    status: StatusCode,
+    msg: impl std::fmt::Display,
+) -> Response<ResponseBody> {
     json(status, &serde_json::json!({ "error": msg.to_string() }))
 }
 
@@ -369,7 +373,9 @@ async fn route(
     if let Some(rest) = path.strip_prefix("/api/repos/") {
         return match method {
             Method::GET => show_repository(shard, rest, &caller).await,
-            Method::PATCH => crate::access_api::set_visibility(shard, state, req, rest, &caller).await,
+            Method::PATCH => {
+                crate::access_api::set_visibility(shard, state, req, rest, &caller).await
+            }
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or PATCH"),
         };
     }

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 
 pub use config::{Limits, ShardConfig};
 pub use consensus::{
-    batch_channel, split_block, BatchReceiver, BatchSender, FinalizedBatch, Operation, Orderer,
+    batch_channel, split_block, BatchReceiver, BatchSender, FinalizedBatch, Op, Orderer,
     OrdererError, Transaction,
 };
 use shard::{Shard, ShardJob, SHARD_INBOX_MAX};

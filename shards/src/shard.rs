@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::auth::{AccessOutcome, AccessTable, FailureLimiter};
 use crate::config::ShardConfig;
 use crate::consensus::{
-    BatchReceiver, FinalizedBatch, Operation, Orderer, Transaction, TxId, ACCESS_SHARD,
+    BatchReceiver, FinalizedBatch, Op, Orderer, Transaction, TxId, ACCESS_SHARD,
 };
 use crate::repo::{check_name, repo_dir, RefSnapshot, Repo, RepoError};
 
@@ -260,13 +260,12 @@ impl Shard {
         pack: Option<[u8; 20]>,
     ) -> Result<Vec<UpdateOutcome>, ShardError> {
         let count = updates.len();
-        let op = Operation::RefUpdates {
-            repo: key.to_string(),
+        let op = Op::Update {
             updates,
             atomic,
             pack,
         };
-        match self.order(op).await? {
+        match self.order(key, op).await? {
             TxOutcome::Refs(outcomes) => Ok(outcomes),
             TxOutcome::Access(_) => Ok(vec![Err("unexpected outcome".into()); count]),
         }
@@ -275,18 +274,19 @@ impl Shard {
     /// Order an access change (token creation or revocation, repository
     /// visibility) and wait until every shard's table will have it and it
     /// is on disk. Only [`ACCESS_SHARD`] submits access changes.
-    pub async fn order_access(&self, op: Operation) -> Result<AccessOutcome, ShardError> {
+    /// `repo` is the repository a visibility change is about, empty for tokens.
+    pub async fn order_access(&self, repo: &str, op: Op) -> Result<AccessOutcome, ShardError> {
         debug_assert!(op.is_node_wide(), "not an access change");
         if self.id != ACCESS_SHARD {
             return Err(ShardError::NotAccessShard(self.id));
         }
-        match self.order(op).await? {
+        match self.order(repo, op).await? {
             TxOutcome::Access(outcome) => Ok(outcome),
             TxOutcome::Refs(_) => Ok(Err("unexpected outcome".into())),
         }
     }
 
-    async fn order(&self, op: Operation) -> Result<TxOutcome, ShardError> {
+    async fn order(&self, repo: &str, op: Op) -> Result<TxOutcome, ShardError> {
         let seq = self.next_tx.get() + 1;
         self.next_tx.set(seq);
         let id = ((self.id as u64) << 48) | seq;
@@ -295,6 +295,7 @@ impl Shard {
         let submitted = self.orderer.submit(Transaction {
             id,
             shard: self.id,
+            repo: repo.to_string(),
             op,
         });
         if let Err(e) = submitted {
@@ -317,13 +318,10 @@ impl Shard {
     fn apply_batch(&self, batch: FinalizedBatch) {
         for tx in batch.transactions {
             let outcome = match &tx.op {
-                Operation::RefUpdates {
-                    repo,
-                    updates,
-                    atomic,
-                    ..
-                } => TxOutcome::Refs(self.apply_ref_updates(repo, updates, *atomic)),
-                op => TxOutcome::Access(self.apply_access(op)),
+                Op::Update {
+                    updates, atomic, ..
+                } => TxOutcome::Refs(self.apply_ref_updates(&tx.repo, updates, *atomic)),
+                _ => TxOutcome::Access(self.apply_access(&tx)),
             };
             if tx.shard != self.id {
                 continue;
@@ -336,8 +334,8 @@ impl Shard {
 
     /// Apply an access change to this shard's table; [`ACCESS_SHARD`] also
     /// writes the table to disk before the change is answered.
-    fn apply_access(&self, op: &Operation) -> AccessOutcome {
-        let outcome = self.access.borrow_mut().apply(op);
+    fn apply_access(&self, tx: &Transaction) -> AccessOutcome {
+        let outcome = self.access.borrow_mut().apply(tx);
         if self.id == ACCESS_SHARD && outcome.is_ok() {
             if let Err(e) = self.access.borrow().save(&self.config.data_dir) {
                 tracing::error!(error = %e, "access table not written; it is written again with the next change");

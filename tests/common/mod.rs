@@ -16,7 +16,10 @@ static ADMIN_TOKENS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
 /// The admin token of the node listening on `addr`, if this process started it.
 pub fn admin_token(addr: SocketAddr) -> Option<String> {
     let tokens = ADMIN_TOKENS.lock().unwrap_or_else(|e| e.into_inner());
-    tokens.iter().find(|(a, _)| *a == addr).map(|(_, t)| t.clone())
+    tokens
+        .iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, t)| t.clone())
 }
 
 /// Standard base64 (for Basic credentials in hand-made requests).
@@ -24,7 +27,11 @@ pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
