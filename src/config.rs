@@ -15,6 +15,9 @@ pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9090";
 /// Default p2p address.
 pub const DEFAULT_P2P_ADDR: &str = "127.0.0.1:9000";
+/// Default time requests in flight get to finish after SIGTERM/SIGINT
+/// (below systemd's default stop timeout of 90 s and the unit's 30 s).
+pub const DEFAULT_SHUTDOWN_DRAIN_MS: u64 = 20_000;
 
 /// guts-node: a git host node (smart HTTP, consensus-ordered ref updates).
 #[derive(Debug, Clone, Parser)]
@@ -55,6 +58,9 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "GUTS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Milliseconds requests in flight get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "GUTS_SHUTDOWN_DRAIN_MS", global = true)]
+    pub shutdown_drain_ms: Option<u64>,
     /// Bytes of io_uring registered memory per shard.
     #[arg(long, env = "GUTS_IO_MEMORY_BYTES", global = true)]
     pub io_memory_bytes: Option<usize>,
@@ -151,6 +157,7 @@ pub struct FileConfig {
     pub p2p_addr: Option<SocketAddr>,
     pub shards: Option<usize>,
     pub io_memory_bytes: Option<usize>,
+    pub shutdown_drain_ms: Option<u64>,
     pub limits: Option<FileLimits>,
 }
 
@@ -182,6 +189,7 @@ pub struct NodeConfig {
     pub p2p_addr: SocketAddr,
     pub shards: Option<usize>,
     pub io_memory_bytes: usize,
+    pub shutdown_drain_ms: u64,
     pub limits: Limits,
 }
 
@@ -283,6 +291,10 @@ impl NodeConfig {
                 .io_memory_bytes
                 .or(file.io_memory_bytes)
                 .unwrap_or(guts_shards::config::IO_MEMORY_BYTES),
+            shutdown_drain_ms: cli
+                .shutdown_drain_ms
+                .or(file.shutdown_drain_ms)
+                .unwrap_or(DEFAULT_SHUTDOWN_DRAIN_MS),
             limits,
         })
     }

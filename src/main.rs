@@ -6,6 +6,7 @@
 
 mod admin;
 mod config;
+mod lifecycle;
 mod metrics;
 mod sequencer;
 
@@ -16,6 +17,9 @@ use std::sync::Arc;
 use config::{Cli, Command, NodeConfig};
 
 fn main() {
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the signal thread takes SIGTERM/SIGINT/SIGHUP.
+    lifecycle::block_signals();
     let cli = Cli::parse();
     init_logging(cli.log_format.as_deref());
     let result = match cli.command.clone() {
@@ -58,6 +62,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(cfg.data_dir.join("repos"))
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
+    lifecycle::check_address_free(cfg.api_addr)?;
     let (admin_token_sha256, created) =
         guts_shards::auth::load_or_create_admin_token(&cfg.data_dir).context("the admin token")?;
     let admin_token_path = cfg.data_dir.join(guts_shards::auth::ADMIN_TOKEN_FILE_NAME);
@@ -116,10 +121,62 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     };
     let shards =
         guts_shards::start(shard_config, Arc::new(handle), receivers).context("starting shards")?;
+    let (signal_tx, signals) = crossbeam_channel::bounded(16);
+    lifecycle::forward_signals(signal_tx).context("starting the signal thread")?;
     tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at http://{}/git/OWNER/NAME.git", cfg.api_addr);
-    let stopped = shards.wait_any();
+    lifecycle::sd_notify("READY=1");
+
+    let first = loop {
+        crossbeam_channel::select! {
+            recv(shards.exited()) -> stopped => {
+                drop(lock);
+                anyhow::bail!("shard {:?} stopped unexpectedly; exiting so the node restarts clean (recovery is automatic)", stopped.ok())
+            }
+            recv(signals) -> signal => match signal {
+                Ok(lifecycle::Signal::Stop(sig)) => break sig,
+                Ok(lifecycle::Signal::Reload) => {
+                    tracing::info!("SIGHUP: nothing to reload");
+                }
+                Err(_) => anyhow::bail!("the signal thread stopped"),
+            },
+        }
+    };
+
+    // Stop: no new connections, requests in flight get the drain time.
+    let drain = std::time::Duration::from_millis(cfg.shutdown_drain_ms);
+    tracing::info!(
+        signal = lifecycle::signal_name(first),
+        drain_ms = cfg.shutdown_drain_ms,
+        "stopping: no new connections; requests in flight may finish (a second signal stops at once)"
+    );
+    lifecycle::sd_notify("STOPPING=1");
+    std::thread::Builder::new()
+        .name("second-signal".into())
+        .spawn(move || {
+            for signal in signals {
+                if let lifecycle::Signal::Stop(sig) = signal {
+                    tracing::warn!(
+                        signal = lifecycle::signal_name(sig),
+                        "second signal: stopping at once"
+                    );
+                    std::process::exit(128 + sig);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    let report = shards.drain(std::time::Instant::now() + drain);
+    if report.open_connections > 0 || report.pending_transactions > 0 {
+        tracing::warn!(
+            open_connections = report.open_connections,
+            pending_transactions = report.pending_transactions,
+            "drain time over: closing the connections still open (their pushes were not ordered, or landed durably)"
+        );
+    }
+    // Everything acknowledged is already durable (ref logs, packs and the
+    // access table are synced before an answer); nothing is buffered.
     drop(lock);
-    anyhow::bail!("shard {stopped:?} stopped unexpectedly; exiting so the node restarts clean (recovery is automatic)")
+    tracing::info!("stopped");
+    std::process::exit(0)
 }
 
 /// CPUs this process may run on.

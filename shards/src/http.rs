@@ -18,10 +18,22 @@ const WATCHDOG_TICK_MS: u64 = 1000;
 /// A response write that makes no progress for this long closes the connection.
 const WRITE_STALL_TIMEOUT_MS: u64 = 120_000;
 
-/// Accept connections for this shard until the listener fails.
+/// Accept connections for this shard until the node stops.
 pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     loop {
-        let stream = match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.stopped().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            // Closing the listener is what stops the kernel from handing
+            // this shard new connections.
+            drop(listener);
+            tracing::info!(shard = shard.id, "no longer accepting connections");
+            return;
+        };
+        let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(shard = shard.id, error = %e, "accept failed");
@@ -68,6 +80,31 @@ async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     let limits = shard.config.limits.clone();
+    // When the node stops, the request in flight is answered and then the
+    // connection closes (an idle one closes at once).
+    let stop_shard = shard.clone();
+    let conn = async move {
+        let mut conn = std::pin::pin!(conn);
+        let stopping = futures_lite::future::or(
+            async {
+                let _ = conn.as_mut().await.map_err(|e| {
+                    tracing::debug!(error = %e, "connection ended with error");
+                });
+                false
+            },
+            async {
+                stop_shard.stopped().await;
+                true
+            },
+        )
+        .await;
+        if stopping {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        } else {
+            Ok(())
+        }
+    };
     let watchdog = async move {
         loop {
             glommio::timer::sleep(Duration::from_millis(WATCHDOG_TICK_MS)).await;
@@ -310,6 +347,10 @@ pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
         ShardError::Repo(e @ RepoError::InvalidName { .. }) => {
             text(StatusCode::NOT_FOUND, e.to_string())
         }
+        ShardError::Repo(e @ RepoError::Damaged { .. }) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        ShardError::Stopping => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         other => {
             tracing::error!(error = %other, "internal error");
             text(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
@@ -351,10 +392,23 @@ async fn route(
     match (method.clone(), path.as_str()) {
         (Method::GET | Method::HEAD, "/health/live") => return text(StatusCode::OK, "ok"),
         (Method::GET | Method::HEAD, "/health" | "/health/ready") => {
+            // Damaged repositories do not stop the node serving the others:
+            // still 200, but "degraded", and which ones and why.
+            if shard.damaged.is_empty() {
+                return json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ok", "shard": shard.id}),
+                );
+            }
+            let damaged: Vec<serde_json::Value> = shard
+                .damaged
+                .iter()
+                .map(|d| serde_json::json!({"repo": d.repo, "error": d.reason}))
+                .collect();
             return json(
                 StatusCode::OK,
-                &serde_json::json!({"status": "ok", "shard": shard.id}),
-            )
+                &serde_json::json!({"status": "degraded", "shard": shard.id, "damaged_repositories": damaged}),
+            );
         }
         _ => {}
     }

@@ -22,7 +22,7 @@ use crate::config::ShardConfig;
 use crate::consensus::{
     BatchReceiver, FinalizedBatch, Op, Orderer, Transaction, TxId, ACCESS_SHARD,
 };
-use crate::repo::{check_name, repo_dir, RefSnapshot, Repo, RepoError};
+use crate::repo::{check_name, repo_dir, DamagedRepo, RefSnapshot, Repo, RepoError};
 
 /// Repositories a shard keeps open (ref store, pack indexes, caches);
 /// the least recently used idle ones are closed beyond this.
@@ -57,6 +57,8 @@ pub enum ShardError {
     Orderer(#[from] crate::consensus::OrdererError),
     #[error("ordering service dropped the transaction")]
     TransactionLost,
+    #[error("the node is shutting down; nothing was changed, retry against a running node")]
+    Stopping,
     #[error("access changes are ordered by shard {ACCESS_SHARD}, not shard {0}")]
     NotAccessShard(usize),
 }
@@ -93,6 +95,15 @@ pub struct Shard {
     pub auth_failures: RefCell<FailureLimiter>,
     /// Repositories being created right now (owner shard only).
     pub creating: RefCell<std::collections::HashSet<String>>,
+    /// Set when the node stops: no new connections, connections close
+    /// once their request in flight is answered.
+    pub stopping: Cell<bool>,
+    /// Closed when the node stops: waiting on it is how tasks hear of it.
+    stop: glommio::sync::Semaphore,
+    /// Set when the drain time is over: no new transactions are submitted.
+    pub halted: Cell<bool>,
+    /// Repositories found damaged at start (reported by `/health`).
+    pub damaged: Arc<Vec<DamagedRepo>>,
 }
 
 impl Shard {
@@ -103,6 +114,7 @@ impl Shard {
         orderer: Arc<dyn Orderer>,
         peers: Vec<mpsc::Sender<ShardJob>>,
         access: AccessTable,
+        damaged: Arc<Vec<DamagedRepo>>,
     ) -> Rc<Shard> {
         let auth_failures = FailureLimiter::new(
             config.limits.auth_failures_max,
@@ -121,7 +133,33 @@ impl Shard {
             access: RefCell::new(access),
             auth_failures: RefCell::new(auth_failures),
             creating: RefCell::new(Default::default()),
+            stopping: Cell::new(false),
+            stop: glommio::sync::Semaphore::new(0),
+            halted: Cell::new(false),
+            damaged,
         })
+    }
+
+    /// Begin stopping: the accept loop ends, connections finish their
+    /// request in flight and close.
+    pub fn begin_stop(&self) {
+        if !self.stopping.replace(true) {
+            self.stop.close();
+        }
+    }
+
+    /// Resolves once the node is stopping.
+    pub async fn stopped(&self) {
+        if self.stopping.get() {
+            return;
+        }
+        // Nobody signals the semaphore: acquiring fails once it is closed.
+        let _ = self.stop.acquire(1).await;
+    }
+
+    /// Transactions submitted and not yet applied.
+    pub fn pending_transactions(&self) -> usize {
+        self.pending.borrow().len()
     }
 
     /// Number of shards.
@@ -287,6 +325,9 @@ impl Shard {
     }
 
     async fn order(&self, repo: &str, op: Op) -> Result<TxOutcome, ShardError> {
+        if self.halted.get() {
+            return Err(ShardError::Stopping);
+        }
         let seq = self.next_tx.get() + 1;
         self.next_tx.set(seq);
         let id = ((self.id as u64) << 48) | seq;

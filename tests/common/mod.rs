@@ -76,6 +76,8 @@ pub struct Node {
     pub metrics: SocketAddr,
     pub p2p: SocketAddr,
     pub extra_args: Vec<String>,
+    /// Extra environment variables for the process.
+    pub extra_env: Vec<(String, String)>,
     pub log: PathBuf,
     /// The node's admin token (read from `DATA/admin.token` once it started).
     pub admin_token: String,
@@ -90,6 +92,11 @@ impl Node {
 
     /// Start a node with extra flags.
     pub fn start_with(extra: &[&str]) -> Node {
+        Node::start_with_env(extra, &[])
+    }
+
+    /// Start a node with extra flags and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let mut node = Node {
@@ -99,6 +106,10 @@ impl Node {
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             p2p: SocketAddr::from(([127, 0, 0, 1], free_port())),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: tmp.path().join("node.log"),
             admin_token: String::new(),
             _tmp: Some(tmp),
@@ -124,6 +135,7 @@ impl Node {
             .arg("--p2p-addr")
             .arg(self.p2p.to_string())
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("GUTS_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
