@@ -58,6 +58,12 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "GUTS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// PEM certificate chain for TLS on the API address (with --tls-key).
+    #[arg(long, env = "GUTS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "GUTS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
     /// Milliseconds requests in flight get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "GUTS_SHUTDOWN_DRAIN_MS", global = true)]
     pub shutdown_drain_ms: Option<u64>,
@@ -158,7 +164,16 @@ pub struct FileConfig {
     pub shards: Option<usize>,
     pub io_memory_bytes: Option<usize>,
     pub shutdown_drain_ms: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub limits: Option<FileLimits>,
+}
+
+/// Where the TLS certificate chain and key are.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[limits]` in the TOML file.
@@ -190,6 +205,7 @@ pub struct NodeConfig {
     pub shards: Option<usize>,
     pub io_memory_bytes: usize,
     pub shutdown_drain_ms: u64,
+    pub tls: Option<TlsPaths>,
     pub limits: Limits,
 }
 
@@ -268,6 +284,15 @@ impl NodeConfig {
             s.parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
         };
+        let tls = match (
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsPaths { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
+        };
         Ok(NodeConfig {
             data_dir: cli
                 .data_dir
@@ -295,6 +320,7 @@ impl NodeConfig {
                 .shutdown_drain_ms
                 .or(file.shutdown_drain_ms)
                 .unwrap_or(DEFAULT_SHUTDOWN_DRAIN_MS),
+            tls,
             limits,
         })
     }

@@ -118,12 +118,20 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
         admin_token_sha256,
+        tls: match &cfg.tls {
+            Some(paths) => Some(
+                guts_shards::tls::load_server_config(&paths.cert, &paths.key)
+                    .context("--tls-cert/--tls-key")?,
+            ),
+            None => None,
+        },
     };
     let shards =
         guts_shards::start(shard_config, Arc::new(handle), receivers).context("starting shards")?;
     let (signal_tx, signals) = crossbeam_channel::bounded(16);
     lifecycle::forward_signals(signal_tx).context("starting the signal thread")?;
-    tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at http://{}/git/OWNER/NAME.git", cfg.api_addr);
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at {scheme}://{}/git/OWNER/NAME.git", cfg.api_addr);
     lifecycle::sd_notify("READY=1");
 
     let first = loop {
@@ -134,9 +142,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             recv(signals) -> signal => match signal {
                 Ok(lifecycle::Signal::Stop(sig)) => break sig,
-                Ok(lifecycle::Signal::Reload) => {
-                    tracing::info!("SIGHUP: nothing to reload");
-                }
+                Ok(lifecycle::Signal::Reload) => reload_tls(&cfg, &shards),
                 Err(_) => anyhow::bail!("the signal thread stopped"),
             },
         }
@@ -177,6 +183,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     drop(lock);
     tracing::info!("stopped");
     std::process::exit(0)
+}
+
+/// SIGHUP: read the TLS certificate and key again and serve new
+/// connections with them; on any error keep the ones in use.
+fn reload_tls(cfg: &NodeConfig, shards: &guts_shards::Shards) {
+    let Some(paths) = &cfg.tls else {
+        tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+        return;
+    };
+    match guts_shards::tls::load_server_config(&paths.cert, &paths.key) {
+        Ok(config) => {
+            shards.set_tls(config);
+            tracing::info!(cert = %paths.cert.display(), "SIGHUP: TLS certificate reloaded; new connections use it");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays");
+        }
+    }
 }
 
 /// CPUs this process may run on.

@@ -94,4 +94,6 @@ pub struct ShardConfig {
     pub agent: String,
     /// SHA-256 of the node's admin token (`DATA/admin.token`).
     pub admin_token_sha256: [u8; 32],
+    /// TLS on the API listener, if configured (`--tls-cert`, `--tls-key`).
+    pub tls: Option<std::sync::Arc<futures_rustls::rustls::ServerConfig>>,
 }

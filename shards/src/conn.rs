@@ -198,20 +198,20 @@ impl Drop for PhaseGuard {
     }
 }
 
-/// A glommio TCP stream usable by hyper.
-pub struct HyperStream {
-    inner: TcpStream,
+/// A glommio TCP stream (or a TLS session over one) usable by hyper.
+pub struct HyperStream<S = TcpStream> {
+    inner: S,
     state: Rc<ConnState>,
 }
 
-impl HyperStream {
+impl<S> HyperStream<S> {
     /// Wrap an accepted stream.
-    pub fn new(inner: TcpStream, state: Rc<ConnState>) -> Self {
+    pub fn new(inner: S, state: Rc<ConnState>) -> Self {
         HyperStream { inner, state }
     }
 }
 
-impl hyper::rt::Read for HyperStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for HyperStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -235,7 +235,7 @@ impl hyper::rt::Read for HyperStream {
     }
 }
 
-impl hyper::rt::Write for HyperStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for HyperStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

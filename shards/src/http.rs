@@ -55,8 +55,17 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         shard.connections.set(shard.connections.get() + 1);
         crate::metrics::set_connections(shard.id, shard.connections.get());
         let shard2 = shard.clone();
+        let tls = shard.tls.borrow().clone();
         glommio::spawn_local(async move {
-            serve_connection(shard2.clone(), stream).await;
+            let peer = stream.peer_addr().ok();
+            match tls {
+                None => serve_connection(shard2.clone(), stream, peer).await,
+                Some(acceptor) => {
+                    if let Some(session) = tls_handshake(&shard2, acceptor, stream, peer).await {
+                        serve_connection(shard2.clone(), session, peer).await
+                    }
+                }
+            }
             shard2.connections.set(shard2.connections.get() - 1);
             crate::metrics::set_connections(shard2.id, shard2.connections.get());
         })
@@ -64,8 +73,38 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     }
 }
 
-async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
-    let state = ConnState::new(stream.peer_addr().ok());
+/// The TLS handshake of a new connection, within the time a client has
+/// to send a request head; `None` if it fails or takes too long.
+async fn tls_handshake(
+    shard: &Rc<Shard>,
+    acceptor: futures_rustls::TlsAcceptor,
+    stream: glommio::net::TcpStream,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
+    let limit = Duration::from_millis(shard.config.limits.header_timeout_ms);
+    let result = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await;
+    match result {
+        Some(Ok(session)) => Some(session),
+        Some(Err(e)) => {
+            tracing::debug!(client = ?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        None => {
+            tracing::debug!(client = ?peer, "TLS handshake not completed in time");
+            None
+        }
+    }
+}
+
+async fn serve_connection<S>(shard: Rc<Shard>, stream: S, peer: Option<std::net::SocketAddr>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let state = ConnState::new(peer);
     let io = HyperStream::new(stream, state.clone());
     let svc_shard = shard.clone();
     let svc_state = state.clone();

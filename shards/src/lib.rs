@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod repo;
 pub mod shard;
+pub mod tls;
 
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
@@ -168,7 +169,24 @@ impl Shards {
         }
     }
 
-    /// Block until a shard thread ends (which only happens on a fatal
+    /// Serve new TLS connections with `config` (connections already open
+    /// keep their session). Used on SIGHUP after the certificate changed.
+    pub fn set_tls(&self, config: std::sync::Arc<futures_rustls::rustls::ServerConfig>) {
+        for inbox in &self.inboxes {
+            let config = config.clone();
+            let job: ShardJob = Box::new(move |shard: std::rc::Rc<Shard>| {
+                Box::pin(async move {
+                    *shard.tls.borrow_mut() = Some(tls::acceptor(config));
+                })
+            });
+            let mut inbox = inbox.clone();
+            let _ = futures_lite::future::block_on(async {
+                futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx)).await?;
+                inbox.start_send(job)
+            });
+        }
+    }
+
     /// Block until a shard thread ends (which only happens on a fatal
     /// error) and return its index. The node should then exit: recovery on
     /// restart is automatic, and a node missing a shard would silently

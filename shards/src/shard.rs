@@ -104,6 +104,8 @@ pub struct Shard {
     pub halted: Cell<bool>,
     /// Repositories found damaged at start (reported by `/health`).
     pub damaged: Arc<Vec<DamagedRepo>>,
+    /// TLS for new connections, if configured (replaced on reload).
+    pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
 }
 
 impl Shard {
@@ -122,7 +124,6 @@ impl Shard {
         );
         Rc::new(Shard {
             id,
-            config,
             repos: RefCell::new(HashMap::new()),
             use_clock: Cell::new(0),
             pending: RefCell::new(HashMap::new()),
@@ -137,6 +138,8 @@ impl Shard {
             stop: glommio::sync::Semaphore::new(0),
             halted: Cell::new(false),
             damaged,
+            tls: RefCell::new(config.tls.clone().map(crate::tls::acceptor)),
+            config,
         })
     }
 

@@ -120,6 +120,7 @@ impl Node {
 
     /// Start (or restart) the process on the same data dir and ports.
     pub fn spawn(&mut self) {
+        let ready_lines = self.log_text().matches("ready: git over HTTP").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -143,8 +144,18 @@ impl Node {
             .expect("spawn guts-node");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
+        // A node with TLS does not answer plain HTTP: its log says when it serves.
+        let tls = self.extra_args.iter().any(|a| a == "--tls-cert");
         loop {
-            if let Ok((200, _)) = http_anonymous(self.api, "GET", "/health/live", &[], b"") {
+            let ready = if tls {
+                self.log_text().matches("ready: git over HTTP").count() > ready_lines
+            } else {
+                matches!(
+                    http_anonymous(self.api, "GET", "/health/live", &[], b""),
+                    Ok((200, _))
+                )
+            };
+            if ready {
                 self.admin_token = std::fs::read_to_string(self.data_dir.join("admin.token"))
                     .expect("DATA/admin.token after start")
                     .trim()
