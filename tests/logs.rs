@@ -162,3 +162,45 @@ fn too_many_push_options_are_refused_with_a_reason_git_prints() {
         "{log}"
     );
 }
+
+#[test]
+fn a_client_cut_off_by_a_limit_leaves_a_trace() {
+    use std::io::{Read, Write};
+    let node = Node::start_with(&[
+        "--body-rate-window-ms",
+        "1000",
+        "--body-min-bytes-per-sec",
+        "1000",
+    ]);
+    node.create_repo("alice", "repo");
+    let mut s = std::net::TcpStream::connect(node.api).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(
+        b"POST /git/alice/repo.git/git-upload-pack HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: 100000\r\n\r\n0032want ",
+    )
+    .unwrap();
+    // The node closes the connection for the slow body; nothing is answered.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        plain_log(&node).contains("request body below the minimum rate")
+    }));
+    let log = plain_log(&node);
+    let cut = lines_with(
+        &log,
+        &["closing connection", "request body below the minimum rate"],
+    );
+    assert_eq!(cut.len(), 1, "{log}");
+    assert!(cut[0].contains("127.0.0.1:"), "{}", cut[0]);
+    let unanswered = lines_with(
+        &log,
+        &[
+            "guts::request",
+            "path=/git/alice/repo.git/git-upload-pack ",
+            "status=0 ",
+        ],
+    );
+    assert_eq!(unanswered.len(), 1, "{log}");
+    assert!(unanswered[0].contains("complete=false"));
+}

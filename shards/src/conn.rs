@@ -161,6 +161,42 @@ impl RequestLog {
     }
 }
 
+/// The request log line of a request not yet answered: if the handler is
+/// dropped before it answers (the client went away, or a limit closed the
+/// connection), the line is still written, with status 0.
+pub struct UnansweredRequest {
+    log: Option<RequestLog>,
+    state: Rc<ConnState>,
+}
+
+impl UnansweredRequest {
+    /// Track `log` for the request in flight on `state`.
+    pub fn new(log: RequestLog, state: Rc<ConnState>) -> Self {
+        UnansweredRequest {
+            log: Some(log),
+            state,
+        }
+    }
+
+    /// The request is answered with `status`: the log line is now the
+    /// response body's to write.
+    pub fn answered(mut self, status: u16) -> Option<RequestLog> {
+        let mut log = self.log.take()?;
+        log.status = status;
+        log.caller = self.state.caller.borrow().clone();
+        Some(log)
+    }
+}
+
+impl Drop for UnansweredRequest {
+    fn drop(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.caller = self.state.caller.borrow().clone();
+            log.emit();
+        }
+    }
+}
+
 /// Resets the connection to idle when the response is done (dropped), and
 /// writes the request log line.
 pub struct PhaseGuard {

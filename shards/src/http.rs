@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{self, Caller};
 use crate::body::{RequestBody, ResponseBody};
-use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard, RequestLog};
+use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard, RequestLog, UnansweredRequest};
 use crate::repo::{check_name, list_repos, RepoError};
 use crate::shard::{Shard, ShardError};
 
@@ -119,6 +119,7 @@ where
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     let limits = shard.config.limits.clone();
+    let client = peer;
     // When the node stops, the request in flight is answered and then the
     // connection closes (an idle one closes at once).
     let stop_shard = shard.clone();
@@ -148,7 +149,13 @@ where
         loop {
             glommio::timer::sleep(Duration::from_millis(WATCHDOG_TICK_MS)).await;
             if let Some(why) = state.verdict(&limits, Instant::now()) {
-                tracing::debug!(reason = why, "closing connection");
+                // An idle keep-alive connection closing is routine; a client
+                // cut off by a limit is worth an operator's attention.
+                if why == "idle timeout" {
+                    tracing::debug!(client = ?client, reason = why, "closing connection");
+                } else {
+                    tracing::info!(client = ?client, reason = why, "closing connection");
+                }
                 return;
             }
         }
@@ -179,23 +186,27 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     *state.caller.borrow_mut() = "-".into();
+    let unanswered = UnansweredRequest::new(
+        RequestLog {
+            method,
+            path,
+            status: 0,
+            client: state.peer,
+            caller: String::new(),
+            started,
+            bytes: 0,
+            complete: false,
+        },
+        state.clone(),
+    );
     let response = route(&shard, &state, req).await;
     crate::metrics::record_request(
         class,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
-    let log = RequestLog {
-        method,
-        path,
-        status: response.status().as_u16(),
-        client: state.peer,
-        caller: state.caller.borrow().clone(),
-        started,
-        bytes: 0,
-        complete: false,
-    };
-    let guard = PhaseGuard::new(state.clone(), Some(log));
+    let log = unanswered.answered(response.status().as_u16());
+    let guard = PhaseGuard::new(state.clone(), log);
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_guard(guard))
 }
