@@ -15,6 +15,9 @@ pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9090";
 /// Default p2p address.
 pub const DEFAULT_P2P_ADDR: &str = "127.0.0.1:9000";
+/// Default time requests in flight get to finish after SIGTERM/SIGINT
+/// (below systemd's default stop timeout of 90 s and the unit's 30 s).
+pub const DEFAULT_SHUTDOWN_DRAIN_MS: u64 = 20_000;
 
 /// guts-node: a git host node (smart HTTP, consensus-ordered ref updates).
 #[derive(Debug, Clone, Parser)]
@@ -59,6 +62,15 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "GUTS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// PEM certificate chain for TLS on the API address (with --tls-key).
+    #[arg(long, env = "GUTS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "GUTS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Milliseconds requests in flight get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "GUTS_SHUTDOWN_DRAIN_MS", global = true)]
+    pub shutdown_drain_ms: Option<u64>,
     /// Bytes of io_uring registered memory per shard.
     #[arg(long, env = "GUTS_IO_MEMORY_BYTES", global = true)]
     pub io_memory_bytes: Option<usize>,
@@ -99,6 +111,12 @@ pub struct Cli {
     /// network has no quorum, in milliseconds.
     #[arg(long, env = "GUTS_FINALIZE_WAIT_MS", global = true)]
     pub finalize_wait_ms: Option<u64>,
+    /// Failed authentication attempts per client address and window before 429.
+    #[arg(long, env = "GUTS_AUTH_FAILURES_MAX", global = true)]
+    pub auth_failures_max: Option<u32>,
+    /// Window in milliseconds over which failed authentication attempts are counted.
+    #[arg(long, env = "GUTS_AUTH_FAILURE_WINDOW_MS", global = true)]
+    pub auth_failure_window_ms: Option<u64>,
 }
 
 /// Subcommands.
@@ -117,6 +135,12 @@ pub enum Command {
     /// A local network of validators on this machine.
     #[command(subcommand)]
     Devnet(DevnetCommand),
+    /// Manage API tokens on a running node (with its admin token, from
+    /// `DATA/admin.token` or `GUTS_TOKEN`).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
 }
 
 /// `guts-node devnet ...`
@@ -143,6 +167,33 @@ pub enum DevnetCommand {
     },
 }
 
+/// `guts-node token ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is shown only once).
+    Create {
+        /// The user the token belongs to (the HTTP Basic user name).
+        #[arg(long)]
+        user: String,
+        /// Limit the token to one repository, OWNER/NAME.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Allow pushes (and creating repositories within its scope).
+        #[arg(long)]
+        write: bool,
+        /// Allow everything, the admin API included.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id (see `token list`).
+        id: u64,
+    },
+}
+
 /// The TOML file's shape (every key optional).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,7 +207,17 @@ pub struct FileConfig {
     pub genesis_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
     pub finalize_wait_ms: Option<u64>,
+    pub shutdown_drain_ms: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub limits: Option<FileLimits>,
+}
+
+/// Where the TLS certificate chain and key are.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[limits]` in the TOML file.
@@ -174,6 +235,8 @@ pub struct FileLimits {
     pub body_min_bytes_per_sec: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub connections_max: Option<usize>,
+    pub auth_failures_max: Option<u32>,
+    pub auth_failure_window_ms: Option<u64>,
 }
 
 /// The resolved configuration of a node.
@@ -185,6 +248,8 @@ pub struct NodeConfig {
     pub p2p_addr: SocketAddr,
     pub shards: Option<usize>,
     pub io_memory_bytes: usize,
+    pub shutdown_drain_ms: u64,
+    pub tls: Option<TlsPaths>,
     pub limits: Limits,
     /// Genesis file: present on a node of a network.
     pub genesis_file: Option<PathBuf>,
@@ -291,10 +356,27 @@ impl NodeConfig {
                 .connections_max
                 .or(fl.connections_max)
                 .unwrap_or(d.connections_max),
+            auth_failures_max: cli
+                .auth_failures_max
+                .or(fl.auth_failures_max)
+                .unwrap_or(d.auth_failures_max),
+            auth_failure_window_ms: cli
+                .auth_failure_window_ms
+                .or(fl.auth_failure_window_ms)
+                .unwrap_or(d.auth_failure_window_ms),
         };
         let parse = |s: &str| -> SocketAddr {
             s.parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
+        let tls = match (
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsPaths { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
         };
         Ok(NodeConfig {
             data_dir: cli
@@ -319,6 +401,11 @@ impl NodeConfig {
                 .io_memory_bytes
                 .or(file.io_memory_bytes)
                 .unwrap_or(guts_shards::config::IO_MEMORY_BYTES),
+            shutdown_drain_ms: cli
+                .shutdown_drain_ms
+                .or(file.shutdown_drain_ms)
+                .unwrap_or(DEFAULT_SHUTDOWN_DRAIN_MS),
+            tls,
             limits,
             genesis_file,
             key,

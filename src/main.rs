@@ -4,9 +4,11 @@
 //! embedded defaults. Configuration precedence: flags > `GUTS_*`
 //! environment > TOML file (`--config`) > embedded defaults.
 
+mod admin;
 mod config;
 mod consensus;
 mod devnet;
+mod lifecycle;
 mod metrics;
 mod sequencer;
 
@@ -17,6 +19,9 @@ use std::sync::Arc;
 use config::{Cli, Command, NodeConfig};
 
 fn main() {
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the signal thread takes SIGTERM/SIGINT/SIGHUP.
+    lifecycle::block_signals();
     let cli = Cli::parse();
     init_logging(cli.log_format.as_deref());
     let result = match cli.command.clone() {
@@ -25,6 +30,9 @@ fn main() {
         Some(Command::Config) => show_config(&cli),
         Some(Command::Keygen { output }) => keygen(&output),
         Some(Command::Devnet(cmd)) => devnet::run(&cli, cmd),
+        Some(Command::Token { action }) => {
+            NodeConfig::resolve(&cli).and_then(|cfg| admin::token(&cfg, &action))
+        }
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
@@ -88,6 +96,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(cfg.data_dir.join("repos"))
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
+    lifecycle::check_address_free(cfg.api_addr)?;
+    let (admin_token_sha256, created) =
+        guts_shards::auth::load_or_create_admin_token(&cfg.data_dir).context("the admin token")?;
+    let admin_token_path = cfg.data_dir.join(guts_shards::auth::ADMIN_TOKEN_FILE_NAME);
+    if created {
+        tracing::info!(
+            path = %admin_token_path.display(),
+            "created the admin token (user admin; mode 0600): use it as the HTTP Basic password for pushes and the admin API"
+        );
+    }
 
     // Packs being received when the node last stopped are leftovers now.
     for (owner, name) in guts_shards::repo::list_repos(&cfg.data_dir) {
@@ -191,13 +209,90 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
         finalize_wait_ms: cfg.finalize_wait_ms,
+        admin_token_sha256,
+        tls: match &cfg.tls {
+            Some(paths) => Some(
+                guts_shards::tls::load_server_config(&paths.cert, &paths.key)
+                    .context("--tls-cert/--tls-key")?,
+            ),
+            None => None,
+        },
     };
     let shards = guts_shards::start(shard_config, orderer, receivers).context("starting shards")?;
-    tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at http://{}/git/OWNER/NAME.git", cfg.api_addr);
-    let stopped = shards.wait_any();
+    let (signal_tx, signals) = crossbeam_channel::bounded(16);
+    lifecycle::forward_signals(signal_tx).context("starting the signal thread")?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    tracing::info!(api = %cfg.api_addr, "ready: git over HTTP at {scheme}://{}/git/OWNER/NAME.git", cfg.api_addr);
+    lifecycle::sd_notify("READY=1");
+
+    let first = loop {
+        crossbeam_channel::select! {
+            recv(shards.exited()) -> stopped => {
+                drop(lock);
+                anyhow::bail!("shard {:?} stopped unexpectedly; exiting so the node restarts clean (recovery is automatic)", stopped.ok())
+            }
+            recv(signals) -> signal => match signal {
+                Ok(lifecycle::Signal::Stop(sig)) => break sig,
+                Ok(lifecycle::Signal::Reload) => reload_tls(&cfg, &shards),
+                Err(_) => anyhow::bail!("the signal thread stopped"),
+            },
+        }
+    };
+
+    // Stop: no new connections, requests in flight get the drain time.
+    let drain = std::time::Duration::from_millis(cfg.shutdown_drain_ms);
+    tracing::info!(
+        signal = lifecycle::signal_name(first),
+        drain_ms = cfg.shutdown_drain_ms,
+        "stopping: no new connections; requests in flight may finish (a second signal stops at once)"
+    );
+    lifecycle::sd_notify("STOPPING=1");
+    std::thread::Builder::new()
+        .name("second-signal".into())
+        .spawn(move || {
+            for signal in signals {
+                if let lifecycle::Signal::Stop(sig) = signal {
+                    tracing::warn!(
+                        signal = lifecycle::signal_name(sig),
+                        "second signal: stopping at once"
+                    );
+                    std::process::exit(128 + sig);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    let report = shards.drain(std::time::Instant::now() + drain);
+    if report.open_connections > 0 || report.pending_transactions > 0 {
+        tracing::warn!(
+            open_connections = report.open_connections,
+            pending_transactions = report.pending_transactions,
+            "drain time over: closing the connections still open (their pushes were not ordered, or landed durably)"
+        );
+    }
     drop(network);
+    // Everything acknowledged is already durable (ref logs, packs and the
+    // access table are synced before an answer); nothing is buffered.
     drop(lock);
-    anyhow::bail!("shard {stopped:?} stopped unexpectedly; exiting so the node restarts clean (recovery is automatic)")
+    tracing::info!("stopped");
+    std::process::exit(0)
+}
+
+/// SIGHUP: read the TLS certificate and key again and serve new
+/// connections with them; on any error keep the ones in use.
+fn reload_tls(cfg: &NodeConfig, shards: &guts_shards::Shards) {
+    let Some(paths) = &cfg.tls else {
+        tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+        return;
+    };
+    match guts_shards::tls::load_server_config(&paths.cert, &paths.key) {
+        Ok(config) => {
+            shards.set_tls(config);
+            tracing::info!(cert = %paths.cert.display(), "SIGHUP: TLS certificate reloaded; new connections use it");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays");
+        }
+    }
 }
 
 /// CPUs this process may run on.

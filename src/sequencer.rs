@@ -7,8 +7,7 @@
 //! order and only then acknowledge the pushes.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use guts_shards::{BatchSender, FinalizedBatch, Orderer, OrdererError, Transaction};
-use std::collections::BTreeMap;
+use guts_shards::{BatchSender, Orderer, OrdererError, Transaction};
 
 /// Transactions that may wait for the sequencer before submitters are refused.
 pub const PENDING_TRANSACTIONS_MAX: usize = 65_536;
@@ -49,28 +48,18 @@ pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>) {
             }
         }
         height += 1;
-        let mut per_shard: BTreeMap<usize, Vec<Transaction>> = BTreeMap::new();
-        for tx in block {
-            per_shard.entry(tx.shard).or_default().push(tx);
-        }
-        let transactions: usize = per_shard.values().map(Vec::len).sum();
+        let transactions = block.len();
         guts_shards::metrics::record_block(height, transactions as u64);
+        let batches = guts_shards::consensus::split_block(height, block, shards.len());
         tracing::debug!(
             height,
-            shards = per_shard.len(),
+            shards = batches.len(),
             transactions,
             "block finalized"
         );
-        for (shard, transactions) in per_shard {
+        for (shard, batch) in batches {
             let Some(sender) = shards.get_mut(shard) else {
-                tracing::error!(shard, "finalized transaction for an unknown shard");
                 continue;
-            };
-            let batch = FinalizedBatch {
-                height,
-                transactions,
-                rejections: Vec::new(),
-                done: None,
             };
             // Blocks are delivered in height order; wait for room rather than drop.
             let sent = futures_lite::future::block_on(async {

@@ -127,12 +127,29 @@ fn request(
     out
 }
 
+/// `headers` and the admin's credentials for the node at `addr`, so that
+/// hostile input reaches the code behind authentication.
+fn with_admin<'a>(
+    addr: SocketAddr,
+    headers: &[(&'a str, &'a str)],
+    auth: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut h = headers.to_vec();
+    let _ = addr;
+    h.push(("Authorization", auth));
+    h
+}
+
 fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Outcome {
-    raw_exchange(addr, &request("POST", path, headers, body, true), PROMPT_MS)
+    let auth = admin_auth(addr);
+    let h = with_admin(addr, headers, &auth);
+    raw_exchange(addr, &request("POST", path, &h, body, true), PROMPT_MS)
 }
 
 fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Outcome {
-    raw_exchange(addr, &request("GET", path, headers, b"", false), PROMPT_MS)
+    let auth = admin_auth(addr);
+    let h = with_admin(addr, headers, &auth);
+    raw_exchange(addr, &request("GET", path, &h, b"", false), PROMPT_MS)
 }
 
 fn show(body: &[u8]) -> String {
@@ -728,10 +745,15 @@ fn content_type_service_and_missing_repository() {
             let path = format!("{base}/{svc}");
             assert_status(&path, post(a, &path, &[("Content-Type", ct)], flush), 404);
             // Head only, declaring a body that never comes.
+            let auth = admin_auth(a);
             let head_only = request(
                 "POST",
                 &path,
-                &[("Content-Type", ct), ("Content-Length", "100000")],
+                &[
+                    ("Content-Type", ct),
+                    ("Content-Length", "100000"),
+                    ("Authorization", &auth),
+                ],
                 b"",
                 false,
             );
@@ -1071,12 +1093,16 @@ fn path_traversal_never_leaves_the_repository_store() {
         "/%2e%2e/secret",
         "/git/alice/real.git/../../../../../../../../../../etc/passwd",
     ];
+    // With credentials, so every target reaches the routing behind them.
+    let auth = admin_auth(a);
     for t in targets {
         let path_part = t.split('?').next().unwrap();
         // GET every target; POST the git service ones; repo-ish targets also
         // as upload-pack and receive-pack endpoints.
-        let mut reqs: Vec<(String, Vec<u8>)> =
-            vec![(format!("GET {t}"), request("GET", t, &[], b"", false))];
+        let mut reqs: Vec<(String, Vec<u8>)> = vec![(
+            format!("GET {t}"),
+            request("GET", t, &[("Authorization", &auth)], b"", false),
+        )];
         if path_part.starts_with("/git/") || path_part.starts_with("http") {
             let base = path_part.trim_end_matches("/info/refs");
             for (svc, ct) in [
@@ -1086,7 +1112,13 @@ fn path_traversal_never_leaves_the_repository_store() {
                 let p = format!("{base}/{svc}");
                 reqs.push((
                     format!("POST {p}"),
-                    request("POST", &p, &[("Content-Type", ct)], b"0000", true),
+                    request(
+                        "POST",
+                        &p,
+                        &[("Content-Type", ct), ("Authorization", &auth)],
+                        b"0000",
+                        true,
+                    ),
                 ));
             }
         }
@@ -1177,6 +1209,7 @@ fn huge_content_length_is_refused_early() {
     let tmp = tempfile::tempdir().unwrap();
     let (_wt, head) = seeded_repo(&node, tmp.path(), "alice", "repo");
     let a = node.api;
+    let auth = admin_auth(a);
     let zero = "0".repeat(40);
     let push_cmd = cat(&[
         &pkt(format!("{head} {zero} refs/heads/main\0report-status\n").as_bytes()),
@@ -1234,6 +1267,7 @@ fn huge_content_length_is_refused_early() {
         for length in [huge, "18446744073709551615", "99999999999999999999999"] {
             let mut h = headers.clone();
             h.push(("Content-Length", length));
+            h.push(("Authorization", &auth));
             let bytes = request("POST", path, &h, &body, false);
             match raw_exchange(a, &bytes, PROMPT_MS) {
                 Outcome::Response(status, _, text) => {
@@ -1394,7 +1428,12 @@ fn gzip_bomb_is_refused_without_exhausting_memory() {
     ] {
         let before = peak_rss_kib(pid);
         for round in 0..2 {
-            let h = [("Content-Type", ct), ("Content-Encoding", "gzip")];
+            let auth = admin_auth(a);
+            let h = [
+                ("Content-Type", ct),
+                ("Content-Encoding", "gzip"),
+                ("Authorization", &auth),
+            ];
             let mut s = TcpStream::connect(a).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
             let mut w = s.try_clone().unwrap();
@@ -1523,8 +1562,11 @@ fn slow_clients_are_cut_off_and_do_not_starve_others() {
     const GIVE_UP: Duration = Duration::from_secs(20);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut threads = Vec::new();
+    // Pushes need credentials: the slow receive-pack body must get past them.
+    let auth = admin_auth(addr);
     for i in 0..16 {
         let done = done.clone();
+        let auth = auth.clone();
         threads.push(std::thread::spawn(move || {
             let start = Instant::now();
             let mut ends = Vec::new();
@@ -1544,7 +1586,7 @@ fn slow_clients_are_cut_off_and_do_not_starve_others() {
                     // A chunked receive-pack body, one byte a second.
                     _ => drip(
                         addr,
-                        format!("POST /git/alice/repo.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {RECEIVE_REQ}\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
+                        format!("POST /git/alice/repo.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nContent-Type: {RECEIVE_REQ}\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
                         b"1\r\nx\r\n",
                         GIVE_UP,
                     ),
@@ -1666,7 +1708,11 @@ fn api_rejects_bad_requests() {
     let mut node = Node::start();
     let tmp = tempfile::tempdir().unwrap();
     let a = node.api;
-    let json = [("Content-Type", "application/json")];
+    let auth = admin_auth(a);
+    let json = [
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
     let post_api = |body: &[u8]| http(a, "POST", "/api/repos", &json, body).expect("api");
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("not json", b"owner=alice&name=x".to_vec()),
@@ -1781,6 +1827,7 @@ fn api_rejects_bad_requests() {
             &[
                 ("Content-Type", "application/json"),
                 ("Transfer-Encoding", "chunked"),
+                ("Authorization", auth.as_str()),
             ],
             b"",
             false,

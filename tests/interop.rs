@@ -43,7 +43,7 @@ fn run_script(script: &str, modules: &[&str]) {
     let out = Command::new("python3")
         .arg(dir.join("tests/interop").join(script))
         .arg("--api")
-        .arg(format!("http://{}", node.api))
+        .arg(format!("http://admin:{}@{}", node.admin_token, node.api))
         .arg("--work")
         .arg(tmp.path())
         .arg("--corpus")

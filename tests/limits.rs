@@ -204,30 +204,22 @@ fn size_limits_come_from_flags() {
         "refused push moved the branch"
     );
 
-    // API body bytes.
+    // API body bytes (as the admin: an anonymous creation is refused first).
     let body = format!(
         "{{\"owner\": \"alice\", \"name\": \"pad\", \"x\": \"{}\"}}",
         "p".repeat(400)
     );
-    let (status, _) = exchange(
-        a,
-        &req(
-            "POST",
-            "/api/repos",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        ),
-    )
-    .expect("answer");
+    let auth = node.admin_auth();
+    let api_headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    let (status, _) =
+        exchange(a, &req("POST", "/api/repos", &api_headers, body.as_bytes())).expect("answer");
     assert_eq!(status, 413);
     let (status, _) = exchange(
         a,
-        &chunked(
-            "POST",
-            "/api/repos",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        ),
+        &chunked("POST", "/api/repos", &api_headers, body.as_bytes()),
     )
     .expect("answer");
     assert_eq!(status, 413);

@@ -316,6 +316,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn empty_tree_constant_is_the_hash_of_the_empty_tree() {
+        assert_eq!(
+            hash_object(ObjectKind::Tree, b""),
+            crate::ObjectId::EMPTY_TREE_SHA1
+        );
+    }
+
+    #[test]
     fn empty_blob_hash() {
         assert_eq!(
             hash_object(ObjectKind::Blob, b"").to_hex(),

@@ -47,6 +47,15 @@ impl ObjectId {
     /// The all-zero id git uses for "no object" (ref creation/deletion).
     pub const NULL_SHA1: ObjectId = ObjectId { bytes: [0; 20] };
 
+    /// The empty tree (`4b825dc6…`), which git treats as present in every
+    /// repository whether or not it is stored.
+    pub const EMPTY_TREE_SHA1: ObjectId = ObjectId {
+        bytes: [
+            0x4b, 0x82, 0x5d, 0xc6, 0x42, 0xcb, 0x6e, 0xb9, 0xa0, 0x60, 0xe5, 0x4b, 0xf8, 0xd6,
+            0x92, 0x88, 0xfb, 0xee, 0x49, 0x04,
+        ],
+    };
+
     /// Build an id from raw SHA-1 bytes.
     pub const fn from_sha1(bytes: [u8; 20]) -> Self {
         ObjectId { bytes }

@@ -16,7 +16,6 @@ use crate::object::{self, CommitInfo, ObjectKind, ParseError};
 use crate::oid::ObjectId;
 use crate::pack::entry::{decode_header, EntryError, EntryKind};
 use crate::pack::idx::{IdxError, PackIndex};
-use crate::pack::ingest::EMPTY_TREE;
 use crate::pack::{PACK_HEADER_BYTES, PACK_SIGNATURE};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -664,14 +663,14 @@ impl ObjectStore {
     /// True if the store holds `oid`.
     pub fn contains(&self, oid: &ObjectId) -> bool {
         // git treats the empty tree as always present, stored or not.
-        self.packs.iter().any(|p| p.index.find(oid).is_some()) || *oid == EMPTY_TREE
+        self.packs.iter().any(|p| p.index.find(oid).is_some()) || *oid == ObjectId::EMPTY_TREE_SHA1
     }
 
     /// Read a whole object, resolving delta chains.
     pub fn read(&self, oid: &ObjectId) -> Result<Option<(ObjectKind, Bytes)>, StoreError> {
         match self.locate(oid) {
             Some(loc) => self.read_at(loc).map(Some),
-            None if *oid == EMPTY_TREE => Ok(Some((ObjectKind::Tree, Bytes::new()))),
+            None if *oid == ObjectId::EMPTY_TREE_SHA1 => Ok(Some((ObjectKind::Tree, Bytes::new()))),
             None => Ok(None),
         }
     }
@@ -816,7 +815,7 @@ impl ObjectStore {
     pub fn read_header(&self, oid: &ObjectId) -> Result<Option<(ObjectKind, u64)>, StoreError> {
         match self.locate(oid) {
             Some(loc) => self.read_header_at(loc).map(Some),
-            None if *oid == EMPTY_TREE => Ok(Some((ObjectKind::Tree, 0))),
+            None if *oid == ObjectId::EMPTY_TREE_SHA1 => Ok(Some((ObjectKind::Tree, 0))),
             None => Ok(None),
         }
     }

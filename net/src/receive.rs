@@ -338,6 +338,13 @@ impl PushParser {
         Ok(PushStep::NeedMore { consumed })
     }
 
+    /// What has been parsed so far (commands, capabilities, options):
+    /// enough to answer a request refused part way with a report in the
+    /// form the client asked for.
+    pub fn request_so_far(&self) -> &PushRequest {
+        &self.request
+    }
+
     /// Call when the body ended: an error unless the header was complete.
     pub fn finish(&self) -> Result<(), ReceiveError> {
         match self.section {

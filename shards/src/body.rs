@@ -51,9 +51,15 @@ impl ResponseBody {
     }
 
     /// Attach the guard that marks the connection idle once the body is done.
-    pub fn with_guard(mut self, guard: PhaseGuard) -> Self {
+    pub fn with_guard(mut self, mut guard: PhaseGuard) -> Self {
         match &mut self {
-            ResponseBody::Full(_, g) | ResponseBody::Stream(_, g) => *g = Some(guard),
+            ResponseBody::Full(data, g) => {
+                // One frame (or none): hyper may never poll again after it.
+                guard.sent(data.as_ref().map_or(0, Bytes::len));
+                guard.complete();
+                *g = Some(guard)
+            }
+            ResponseBody::Stream(_, g) => *g = Some(guard),
         }
         self
     }
@@ -69,15 +75,23 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             ResponseBody::Full(data, guard) => {
-                let out = data.take().map(|d| Ok(Frame::data(d)));
+                let out = data.take();
                 if out.is_none() {
                     guard.take();
                 }
-                Poll::Ready(out)
+                Poll::Ready(out.map(|d| Ok(Frame::data(d))))
             }
             ResponseBody::Stream(rx, guard) => match rx.poll_next(cx) {
-                Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Poll::Ready(Some(chunk)) => {
+                    if let Some(g) = guard.as_mut() {
+                        g.sent(chunk.len());
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
                 Poll::Ready(None) => {
+                    if let Some(g) = guard.as_mut() {
+                        g.complete();
+                    }
                     guard.take();
                     Poll::Ready(None)
                 }

@@ -30,6 +30,10 @@ pub const BODY_MIN_BYTES_PER_SEC: u64 = 256;
 pub const REQUEST_TIMEOUT_MS: u64 = 3_600_000;
 /// Open connections per shard beyond which new ones are closed at once.
 pub const CONNECTIONS_MAX: usize = 16_384;
+/// Failed authentication attempts per client address and window before 429.
+pub const AUTH_FAILURES_MAX: u32 = crate::auth::AUTH_FAILURES_MAX;
+/// Window over which failed authentication attempts are counted.
+pub const AUTH_FAILURE_WINDOW_MS: u64 = crate::auth::AUTH_FAILURE_WINDOW_MS;
 /// Bytes of I/O memory each shard registers with io_uring.
 pub const IO_MEMORY_BYTES: usize = 1024 * 1024;
 
@@ -47,6 +51,8 @@ pub struct Limits {
     pub body_min_bytes_per_sec: u64,
     pub request_timeout_ms: u64,
     pub connections_max: usize,
+    pub auth_failures_max: u32,
+    pub auth_failure_window_ms: u64,
 }
 
 impl Default for Limits {
@@ -63,6 +69,8 @@ impl Default for Limits {
             body_min_bytes_per_sec: BODY_MIN_BYTES_PER_SEC,
             request_timeout_ms: REQUEST_TIMEOUT_MS,
             connections_max: CONNECTIONS_MAX,
+            auth_failures_max: AUTH_FAILURES_MAX,
+            auth_failure_window_ms: AUTH_FAILURE_WINDOW_MS,
         }
     }
 }
@@ -87,4 +95,8 @@ pub struct ShardConfig {
     /// Longest a push waits for its update to be finalized (no quorum of
     /// validators) before the client is told so.
     pub finalize_wait_ms: u64,
+    /// SHA-256 of the node's admin token (`DATA/admin.token`).
+    pub admin_token_sha256: [u8; 32],
+    /// TLS on the API listener, if configured (`--tls-cert`, `--tls-key`).
+    pub tls: Option<std::sync::Arc<futures_rustls::rustls::ServerConfig>>,
 }

@@ -9,8 +9,9 @@
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -39,11 +40,16 @@ pub struct ConnState {
     bytes_read: Cell<u64>,
     window_start: Cell<Instant>,
     window_bytes_start: Cell<u64>,
+    /// The client's address, if the socket knows it.
+    pub peer: Option<SocketAddr>,
+    /// Who the request in flight authenticated as (for logs): `-`,
+    /// `admin` or `USER#TOKEN_ID`. One request at a time per connection.
+    pub caller: RefCell<String>,
 }
 
 impl ConnState {
-    /// A fresh connection, idle since now.
-    pub fn new() -> Rc<ConnState> {
+    /// A fresh connection from `peer`, idle since now.
+    pub fn new(peer: Option<SocketAddr>) -> Rc<ConnState> {
         let now = Instant::now();
         Rc::new(ConnState {
             phase: Cell::new(Phase::Idle),
@@ -51,6 +57,8 @@ impl ConnState {
             bytes_read: Cell::new(0),
             window_start: Cell::new(now),
             window_bytes_start: Cell::new(0),
+            peer,
+            caller: RefCell::new("-".into()),
         })
     }
 
@@ -105,29 +113,141 @@ impl ConnState {
     }
 }
 
-/// Resets the connection to idle when the response is done (dropped).
-pub struct PhaseGuard(pub Rc<ConnState>);
+/// Longest request path written to the request log.
+pub const LOGGED_PATH_MAX_BYTES: usize = 256;
 
-impl Drop for PhaseGuard {
-    fn drop(&mut self) {
-        self.0.set_phase(Phase::Idle);
+/// The request log line of one request, written when its response is done
+/// (or abandoned): method, path, status, bytes, duration, client address.
+#[derive(Debug)]
+pub struct RequestLog {
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    pub client: Option<SocketAddr>,
+    pub caller: String,
+    pub started: Instant,
+    /// Response body bytes sent so far.
+    pub bytes: u64,
+    /// Whether the whole body was produced.
+    pub complete: bool,
+}
+
+impl RequestLog {
+    fn emit(&self) {
+        let mut path = self.path.as_str();
+        if path.len() > LOGGED_PATH_MAX_BYTES {
+            let mut end = LOGGED_PATH_MAX_BYTES;
+            while !path.is_char_boundary(end) {
+                end -= 1;
+            }
+            path = &path[..end];
+        }
+        let client = self
+            .client
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
+        tracing::info!(
+            target: "guts::request",
+            method = %self.method,
+            path = %path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            client = %client,
+            user = %self.caller,
+            complete = self.complete,
+            "request"
+        );
     }
 }
 
-/// A glommio TCP stream usable by hyper.
-pub struct HyperStream {
-    inner: TcpStream,
+/// The request log line of a request not yet answered: if the handler is
+/// dropped before it answers (the client went away, or a limit closed the
+/// connection), the line is still written, with status 0.
+pub struct UnansweredRequest {
+    log: Option<RequestLog>,
     state: Rc<ConnState>,
 }
 
-impl HyperStream {
+impl UnansweredRequest {
+    /// Track `log` for the request in flight on `state`.
+    pub fn new(log: RequestLog, state: Rc<ConnState>) -> Self {
+        UnansweredRequest {
+            log: Some(log),
+            state,
+        }
+    }
+
+    /// The request is answered with `status`: the log line is now the
+    /// response body's to write.
+    pub fn answered(mut self, status: u16) -> Option<RequestLog> {
+        let mut log = self.log.take()?;
+        log.status = status;
+        log.caller = self.state.caller.borrow().clone();
+        Some(log)
+    }
+}
+
+impl Drop for UnansweredRequest {
+    fn drop(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.caller = self.state.caller.borrow().clone();
+            log.emit();
+        }
+    }
+}
+
+/// Resets the connection to idle when the response is done (dropped), and
+/// writes the request log line.
+pub struct PhaseGuard {
+    state: Rc<ConnState>,
+    log: Option<RequestLog>,
+}
+
+impl PhaseGuard {
+    /// A guard for the response in flight on `state`.
+    pub fn new(state: Rc<ConnState>, log: Option<RequestLog>) -> Self {
+        PhaseGuard { state, log }
+    }
+
+    /// Count response body bytes handed to the connection.
+    pub fn sent(&mut self, bytes: usize) {
+        if let Some(log) = &mut self.log {
+            log.bytes += bytes as u64;
+        }
+    }
+
+    /// The whole body was produced.
+    pub fn complete(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.complete = true;
+        }
+    }
+}
+
+impl Drop for PhaseGuard {
+    fn drop(&mut self) {
+        self.state.set_phase(Phase::Idle);
+        if let Some(log) = &self.log {
+            log.emit();
+        }
+    }
+}
+
+/// A glommio TCP stream (or a TLS session over one) usable by hyper.
+pub struct HyperStream<S = TcpStream> {
+    inner: S,
+    state: Rc<ConnState>,
+}
+
+impl<S> HyperStream<S> {
     /// Wrap an accepted stream.
-    pub fn new(inner: TcpStream, state: Rc<ConnState>) -> Self {
+    pub fn new(inner: S, state: Rc<ConnState>) -> Self {
         HyperStream { inner, state }
     }
 }
 
-impl hyper::rt::Read for HyperStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for HyperStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -151,7 +271,7 @@ impl hyper::rt::Read for HyperStream {
     }
 }
 
-impl hyper::rt::Write for HyperStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for HyperStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

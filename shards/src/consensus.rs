@@ -61,7 +61,48 @@ pub enum Op {
         /// The pack that carries the new objects, if any.
         pack: Option<PackRef>,
     },
+    /// Create an API token. Its id is assigned when the transaction is
+    /// applied (the next free one, in block order), so every node agrees.
+    TokenCreate {
+        /// The user the token belongs to (the HTTP Basic user name).
+        user: String,
+        /// `OWNER/NAME` the token is limited to; `None`: every repository.
+        scope: Option<String>,
+        /// May push (and create repositories within its scope).
+        write: bool,
+        /// May do everything, the admin API included.
+        admin: bool,
+        /// SHA-256 of the token's secret; the secret itself is never ordered.
+        secret_sha256: [u8; 32],
+        /// When it was created, seconds since the Unix epoch.
+        created_unix_s: u64,
+    },
+    /// Revoke an API token.
+    TokenRevoke {
+        /// The token's id.
+        token_id: u64,
+    },
+    /// Make `repo` private (reads need a token that may see it) or public.
+    SetVisibility {
+        /// Private when true.
+        private: bool,
+    },
 }
+
+impl Op {
+    /// Whether every shard applies it (access changes) rather than only the
+    /// repository's owner (creations, ref updates).
+    pub fn is_node_wide(&self) -> bool {
+        matches!(
+            self,
+            Op::TokenCreate { .. } | Op::TokenRevoke { .. } | Op::SetVisibility { .. }
+        )
+    }
+}
+
+/// The shard that applies access changes durably and answers for them
+/// (every shard applies them to its own copy of the access table).
+pub const ACCESS_SHARD: usize = 0;
 
 /// One ordered unit of work on one repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +112,8 @@ pub struct Transaction {
     /// Shard of this node that owns the repository (not part of the
     /// transaction on the wire: each node computes it from `repo`).
     pub shard: usize,
-    /// `OWNER/NAME`.
+    /// `OWNER/NAME` the transaction is about; empty for token changes,
+    /// which concern no one repository.
     pub repo: String,
     pub op: Op,
 }
@@ -80,8 +122,8 @@ impl Transaction {
     /// Ref updates this transaction carries.
     pub fn updates(&self) -> &[RefUpdate] {
         match &self.op {
-            Op::CreateRepo => &[],
             Op::Update { updates, .. } => updates,
+            _ => &[],
         }
     }
 }
@@ -105,6 +147,48 @@ pub struct FinalizedBatch {
     pub rejections: Vec<Rejection>,
     /// Signalled once the batch is applied and durable.
     pub done: Option<oneshot::Sender<()>>,
+}
+
+/// Split a finalized block into the batch each of `shards` shards applies:
+/// ref updates go to the shard that submitted them (the repository's
+/// owner), access changes to every shard, each in block order. Shards with
+/// nothing to apply get no batch.
+pub fn split_block(
+    height: u64,
+    transactions: Vec<Transaction>,
+    shards: usize,
+) -> Vec<(usize, FinalizedBatch)> {
+    let mut per_shard: Vec<Vec<Transaction>> = vec![Vec::new(); shards.max(1)];
+    for tx in transactions {
+        if tx.op.is_node_wide() {
+            for batch in per_shard.iter_mut() {
+                batch.push(tx.clone());
+            }
+        } else if let Some(batch) = per_shard.get_mut(tx.shard) {
+            batch.push(tx);
+        } else {
+            tracing::error!(
+                shard = tx.shard,
+                "finalized transaction for an unknown shard"
+            );
+        }
+    }
+    per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, t)| !t.is_empty())
+        .map(|(shard, transactions)| {
+            (
+                shard,
+                FinalizedBatch {
+                    height,
+                    transactions,
+                    rejections: Vec::new(),
+                    done: None,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Errors from handing a transaction to the ordering service.
@@ -146,4 +230,45 @@ pub const BATCH_QUEUE_MAX: usize = 1024;
 /// Make the batch channel of one shard.
 pub fn batch_channel() -> (BatchSender, BatchReceiver) {
     futures_channel::mpsc::channel(BATCH_QUEUE_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(nonce: u64) -> TxId {
+        TxId { origin: 0, nonce }
+    }
+
+    fn push(n: u64, shard: usize) -> Transaction {
+        Transaction {
+            id: id(n),
+            shard,
+            repo: "alice/x".into(),
+            op: Op::Update {
+                updates: Vec::new(),
+                atomic: false,
+                pack: None,
+            },
+        }
+    }
+
+    #[test]
+    fn split_sends_pushes_to_their_owner_and_access_changes_everywhere() {
+        let revoke = Transaction {
+            id: id(9),
+            shard: ACCESS_SHARD,
+            repo: String::new(),
+            op: Op::TokenRevoke { token_id: 3 },
+        };
+        let block = vec![push(1, 1), revoke.clone(), push(2, 1), push(3, 5)];
+        let batches = split_block(7, block, 3);
+        let ids: Vec<(usize, Vec<u64>)> = batches
+            .iter()
+            .map(|(s, b)| (*s, b.transactions.iter().map(|t| t.id.nonce).collect()))
+            .collect();
+        // Shard 5 does not exist: its transaction is dropped (and logged).
+        assert_eq!(ids, vec![(0, vec![9]), (1, vec![1, 9, 2]), (2, vec![9])]);
+        assert!(batches.iter().all(|(_, b)| b.height == 7));
+    }
 }

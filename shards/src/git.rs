@@ -929,6 +929,29 @@ async fn receive_pack(
                 let rest = pending.split_off(consumed);
                 break (request, rest);
             }
+            Err(
+                e @ (guts_net::receive::ReceiveError::TooManyPushOptions { .. }
+                | guts_net::receive::ReceiveError::PushOptionsTooLarge { .. }),
+            ) => {
+                // Refuse in the client's own report format, which git prints
+                // ("remote unpack failed: ..." and "[remote rejected]"),
+                // rather than a bare 400 that git shows as "RPC failed".
+                let so_far = parser.request_so_far();
+                let reply = PushReply::from_request(so_far);
+                let msg = e.to_string();
+                let refs: Vec<RefReport<'_>> = so_far
+                    .commands
+                    .iter()
+                    .map(|c| RefReport {
+                        name: &c.name,
+                        result: Err(msg.as_str()),
+                    })
+                    .collect();
+                log_push(&snap.key, state, &refs, Some(&msg));
+                // Read the rest (the pack) so the client reads the answer.
+                while let Ok(Some(_)) = body.next_chunk().await {}
+                return receive_response(reply.render(&[], Err(&msg), &refs));
+            }
             Err(e) => return bad_request(format!("receive-pack request: {e}")),
         }
     };
@@ -953,6 +976,7 @@ async fn receive_pack(
                         result: Err("unpacker error"),
                     })
                     .collect();
+                log_push(&snap.key, state, &refs, Some(&msg));
                 return receive_response(reply.render(&[], Err(&msg), &refs));
             }
         }
@@ -1050,7 +1074,46 @@ async fn receive_pack(
         results.len() as u64 - rejected,
         results.len()
     ));
+    log_push(&key, state, &refs, None);
     receive_response(reply.render(&progress, Ok(()), &refs))
+}
+
+/// Longest ref-results summary in a push log line.
+const PUSH_LOG_REFS_MAX_BYTES: usize = 4096;
+
+/// The push log line: repository, who, each ref's result, and the unpack
+/// error if the pack was refused.
+fn log_push(repo: &str, state: &Rc<ConnState>, refs: &[RefReport<'_>], unpack: Option<&str>) {
+    let mut summary = String::new();
+    for r in refs {
+        if summary.len() > PUSH_LOG_REFS_MAX_BYTES {
+            summary.push_str(" ...");
+            break;
+        }
+        if !summary.is_empty() {
+            summary.push_str(", ");
+        }
+        match r.result {
+            Ok(()) => summary.push_str(&format!("{} ok", r.name)),
+            Err(why) => summary.push_str(&format!("{} ng ({why})", r.name)),
+        }
+    }
+    let ok = refs.iter().filter(|r| r.result.is_ok()).count();
+    let client = state
+        .peer
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "-".into());
+    tracing::info!(
+        target: "guts::push",
+        repo = %repo,
+        user = %state.caller.borrow(),
+        client = %client,
+        refs_ok = ok,
+        refs_rejected = refs.len() - ok,
+        unpack = %unpack.unwrap_or("ok"),
+        refs = %summary,
+        "push"
+    );
 }
 
 /// Stream the pack part of a push into an ingest; returns the verified,

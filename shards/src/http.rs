@@ -7,8 +7,9 @@ use hyper::body::Incoming;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, Caller};
 use crate::body::{RequestBody, ResponseBody};
-use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard};
+use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard, RequestLog, UnansweredRequest};
 use crate::repo::{check_name, list_repos, RepoError};
 use crate::shard::{Shard, ShardError};
 
@@ -20,10 +21,22 @@ const WATCHDOG_TICK_MS: u64 = 1000;
 /// A response write that makes no progress for this long closes the connection.
 const WRITE_STALL_TIMEOUT_MS: u64 = 120_000;
 
-/// Accept connections for this shard until the listener fails.
+/// Accept connections for this shard until the node stops.
 pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     loop {
-        let stream = match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.stopped().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            // Closing the listener is what stops the kernel from handing
+            // this shard new connections.
+            drop(listener);
+            tracing::info!(shard = shard.id, "no longer accepting connections");
+            return;
+        };
+        let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(shard = shard.id, error = %e, "accept failed");
@@ -45,8 +58,17 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         shard.connections.set(shard.connections.get() + 1);
         crate::metrics::set_connections(shard.id, shard.connections.get());
         let shard2 = shard.clone();
+        let tls = shard.tls.borrow().clone();
         glommio::spawn_local(async move {
-            serve_connection(shard2.clone(), stream).await;
+            let peer = stream.peer_addr().ok();
+            match tls {
+                None => serve_connection(shard2.clone(), stream, peer).await,
+                Some(acceptor) => {
+                    if let Some(session) = tls_handshake(&shard2, acceptor, stream, peer).await {
+                        serve_connection(shard2.clone(), session, peer).await
+                    }
+                }
+            }
             shard2.connections.set(shard2.connections.get() - 1);
             crate::metrics::set_connections(shard2.id, shard2.connections.get());
         })
@@ -54,8 +76,38 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
     }
 }
 
-async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
-    let state = ConnState::new();
+/// The TLS handshake of a new connection, within the time a client has
+/// to send a request head; `None` if it fails or takes too long.
+async fn tls_handshake(
+    shard: &Rc<Shard>,
+    acceptor: futures_rustls::TlsAcceptor,
+    stream: glommio::net::TcpStream,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
+    let limit = Duration::from_millis(shard.config.limits.header_timeout_ms);
+    let result = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await;
+    match result {
+        Some(Ok(session)) => Some(session),
+        Some(Err(e)) => {
+            tracing::debug!(client = ?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        None => {
+            tracing::debug!(client = ?peer, "TLS handshake not completed in time");
+            None
+        }
+    }
+}
+
+async fn serve_connection<S>(shard: Rc<Shard>, stream: S, peer: Option<std::net::SocketAddr>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let state = ConnState::new(peer);
     let io = HyperStream::new(stream, state.clone());
     let svc_shard = shard.clone();
     let svc_state = state.clone();
@@ -70,11 +122,43 @@ async fn serve_connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     let limits = shard.config.limits.clone();
+    let client = peer;
+    // When the node stops, the request in flight is answered and then the
+    // connection closes (an idle one closes at once).
+    let stop_shard = shard.clone();
+    let conn = async move {
+        let mut conn = std::pin::pin!(conn);
+        let stopping = futures_lite::future::or(
+            async {
+                let _ = conn.as_mut().await.map_err(|e| {
+                    tracing::debug!(error = %e, "connection ended with error");
+                });
+                false
+            },
+            async {
+                stop_shard.stopped().await;
+                true
+            },
+        )
+        .await;
+        if stopping {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        } else {
+            Ok(())
+        }
+    };
     let watchdog = async move {
         loop {
             glommio::timer::sleep(Duration::from_millis(WATCHDOG_TICK_MS)).await;
             if let Some(why) = state.verdict(&limits, Instant::now()) {
-                tracing::debug!(reason = why, "closing connection");
+                // An idle keep-alive connection closing is routine; a client
+                // cut off by a limit is worth an operator's attention.
+                if why == "idle timeout" {
+                    tracing::debug!(client = ?client, reason = why, "closing connection");
+                } else {
+                    tracing::info!(client = ?client, reason = why, "closing connection");
+                }
                 return;
             }
         }
@@ -96,15 +180,36 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     state.set_phase(Phase::Responding);
-    let guard = PhaseGuard(state.clone());
     let started = Instant::now();
     let class = request_class(req.uri().path());
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    *state.caller.borrow_mut() = "-".into();
+    let unanswered = UnansweredRequest::new(
+        RequestLog {
+            method,
+            path,
+            status: 0,
+            client: state.peer,
+            caller: String::new(),
+            started,
+            bytes: 0,
+            complete: false,
+        },
+        state.clone(),
+    );
     let response = route(&shard, &state, req).await;
     crate::metrics::record_request(
         class,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    let log = unanswered.answered(response.status().as_u16());
+    let guard = PhaseGuard::new(state.clone(), log);
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, body.with_guard(guard))
 }
@@ -156,7 +261,133 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseB
         .unwrap_or_else(|_| Response::new(ResponseBody::empty()))
 }
 
-fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response<ResponseBody> {
+/// A 401 with the Basic challenge, so git asks for (or looks up) credentials.
+pub fn unauthorized(msg: impl Into<String>) -> Response<ResponseBody> {
+    let mut r = text(StatusCode::UNAUTHORIZED, msg);
+    let challenge = format!("Basic realm=\"{}\"", auth::REALM);
+    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// What a request without the right credentials hears: 401 (and the
+/// challenge) when it brought none, 403 when its token lacks the right.
+pub fn forbidden(caller: &Caller, what: &str) -> Response<ResponseBody> {
+    match caller {
+        Caller::Anonymous => unauthorized(format!(
+            "authentication required to {what}: send an API token as the HTTP Basic password \
+             (user admin with the node's DATA/admin.token, or the token's user)"
+        )),
+        other => text(
+            StatusCode::FORBIDDEN,
+            format!("{} may not {what}", describe(other)),
+        ),
+    }
+}
+
+fn describe(caller: &Caller) -> String {
+    match caller {
+        Caller::Anonymous => "an anonymous client".into(),
+        Caller::Admin => "the admin token".into(),
+        Caller::Token(g) => format!("token {} of user {}", g.id, g.user),
+    }
+}
+
+/// Who sent the request: anonymous, or the holder of valid credentials.
+/// Bad credentials get 400 or 401 and count against the client's address;
+/// an address past [`crate::config::Limits::auth_failures_max`] failures in
+/// the window gets 429 until the window ends.
+#[allow(clippy::result_large_err)] // the error is the response to send
+fn authenticate(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    headers: &http::HeaderMap,
+) -> Result<Caller, Response<ResponseBody>> {
+    let parsed = auth::parse_authorization(headers);
+    if matches!(parsed, Ok(None)) {
+        return Ok(Caller::Anonymous);
+    }
+    let ip = state.peer.map(|p| p.ip());
+    let now = Instant::now();
+    if let Some(ip) = ip {
+        let blocked = shard.auth_failures.borrow_mut().blocked(ip, now);
+        if let Some(wait) = blocked {
+            crate::metrics::record_auth_rate_limited();
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed authentication attempts from {ip}; retry in {secs} s"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+            return Err(r);
+        }
+    }
+    let refused = match parsed {
+        Ok(None) => return Ok(Caller::Anonymous),
+        Ok(Some(creds)) => {
+            let table = shard.access.borrow();
+            match auth::verify(&creds, &shard.config.admin_token_sha256, &table) {
+                Some(caller) => return Ok(caller),
+                None => unauthorized("wrong user name or token, or the token was revoked"),
+            }
+        }
+        Err(e) if e.is_bad_request() => text(
+            StatusCode::BAD_REQUEST,
+            format!("bad Authorization header: {e}"),
+        ),
+        Err(e) => unauthorized(e.to_string()),
+    };
+    crate::metrics::record_auth_failure();
+    if let Some(ip) = ip {
+        shard.auth_failures.borrow_mut().record_failure(ip, now);
+    }
+    tracing::info!(client = ?state.peer, status = refused.status().as_u16(), "authentication failed");
+    Err(refused)
+}
+
+/// May `caller` use `/git/OWNER/NAME.git/...` (`rest` is after `/git/`)?
+/// A private repository is "not found" for a token that may not see it
+/// (and asks for credentials from an anonymous client, so git can send
+/// them); pushing needs a token with write access. Malformed paths pass:
+/// the git router refuses them.
+#[allow(clippy::result_large_err)] // the error is the response to send
+fn authorize_git(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<(), Response<ResponseBody>> {
+    let mut parts = rest.splitn(3, '/');
+    let (Some(owner), Some(name), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    if check_name("owner", owner).is_err() || check_name("repository name", name).is_err() {
+        return Ok(());
+    }
+    let key = format!("{owner}/{name}");
+    let write = tail == "git-receive-pack"
+        || (tail == "info/refs"
+            && query.is_some_and(|q| q.split('&').any(|kv| kv == "service=git-receive-pack")));
+    let private = shard.access.borrow().is_private(&key);
+    if !caller.can_read(&key, private) {
+        return Err(match caller {
+            Caller::Anonymous => unauthorized(format!("authentication required for {key}")),
+            _ => text(StatusCode::NOT_FOUND, format!("repository {key} not found")),
+        });
+    }
+    if write && !caller.can_write(&key) {
+        return Err(forbidden(caller, &format!("push to {key}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn json_error(
+    status: StatusCode,
+    msg: impl std::fmt::Display,
+) -> Response<ResponseBody> {
     json(status, &serde_json::json!({ "error": msg.to_string() }))
 }
 
@@ -169,6 +400,10 @@ pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
         ShardError::Repo(e @ RepoError::InvalidName { .. }) => {
             text(StatusCode::NOT_FOUND, e.to_string())
         }
+        ShardError::Repo(e @ RepoError::Damaged { .. }) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        ShardError::Stopping => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         other => {
             tracing::error!(error = %other, "internal error");
             text(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
@@ -220,35 +455,67 @@ async fn route(
                         "reason": format!("{lag} finalized blocks not applied yet (ready at {READY_LAG_MAX_BLOCKS} or fewer)")}),
                 );
             }
+            // Damaged repositories do not stop the node serving the others:
+            // still 200, but "degraded", and which ones and why.
+            if shard.damaged.is_empty() {
+                return json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ok", "shard": shard.id, "height": height, "lag_blocks": lag}),
+                );
+            }
+            let damaged: Vec<serde_json::Value> = shard
+                .damaged
+                .iter()
+                .map(|d| serde_json::json!({"repo": d.repo, "error": d.reason}))
+                .collect();
             return json(
                 StatusCode::OK,
-                &serde_json::json!({"status": "ok", "shard": shard.id, "height": height, "lag_blocks": lag}),
+                &serde_json::json!({"status": "degraded", "shard": shard.id, "height": height, "lag_blocks": lag, "damaged_repositories": damaged}),
             );
         }
         _ => {}
     }
+    let caller = match authenticate(shard, state, req.headers()) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    *state.caller.borrow_mut() = caller.label();
     if path == "/api/repos" || path == "/api/repos/" {
         return match method {
-            Method::GET => list_repositories(shard),
-            Method::POST => create_repository(shard, state, req).await,
+            Method::GET => list_repositories(shard, &caller),
+            Method::POST => create_repository(shard, state, req, &caller).await,
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
         };
     }
     if let Some(rest) = path.strip_prefix("/api/repos/") {
-        if method != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
-        }
-        return show_repository(shard, rest).await;
+        return match method {
+            Method::GET => show_repository(shard, rest, &caller).await,
+            Method::PATCH => {
+                crate::access_api::set_visibility(shard, state, req, rest, &caller).await
+            }
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or PATCH"),
+        };
+    }
+    if path == "/api/tokens" || path.starts_with("/api/tokens/") {
+        return crate::access_api::route(shard, state, req, &caller).await;
     }
     if let Some(rest) = path.strip_prefix("/git/") {
+        if let Err(r) = authorize_git(shard, &caller, rest, req.uri().query()) {
+            return r;
+        }
         return crate::git::route(shard, state, req, rest.to_string()).await;
     }
     text(StatusCode::NOT_FOUND, "not found")
 }
 
-fn list_repositories(shard: &Rc<Shard>) -> Response<ResponseBody> {
+fn list_repositories(shard: &Rc<Shard>, caller: &Caller) -> Response<ResponseBody> {
+    let access = shard.access.borrow();
     let repos: Vec<_> = list_repos(&shard.config.data_dir)
         .into_iter()
+        .filter(|(owner, name)| {
+            let key = format!("{owner}/{name}");
+            caller.can_read(&key, access.is_private(&key))
+        })
         .map(|(owner, name)| serde_json::json!({"owner": owner, "name": name, "full_name": format!("{owner}/{name}")}))
         .collect();
     json(StatusCode::OK, &serde_json::Value::Array(repos))
@@ -258,42 +525,52 @@ fn list_repositories(shard: &Rc<Shard>) -> Response<ResponseBody> {
 struct CreateRepo {
     owner: String,
     name: String,
+    #[serde(default)]
+    private: bool,
 }
 
-async fn create_repository(
+/// Read a bounded JSON API request body.
+pub(crate) async fn read_api_body(
     shard: &Rc<Shard>,
     state: &Rc<ConnState>,
     req: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Result<bytes::Bytes, Response<ResponseBody>> {
     let (parts, incoming) = req.into_parts();
     let encoding = parts
         .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Err(r) =
-        crate::git::check_declared_length(&parts.headers, shard.config.limits.api_body_max_bytes)
-    {
-        return r;
-    }
-    let body = match RequestBody::new(
+    crate::git::check_declared_length(&parts.headers, shard.config.limits.api_body_max_bytes)?;
+    let body = RequestBody::new(
         incoming,
         encoding.as_deref(),
         shard.config.limits.api_body_max_bytes,
         state.clone(),
-    ) {
-        Ok(b) => b,
-        Err(e) => return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e),
-    };
-    let data = match body.collect().await {
+    )
+    .map_err(|e| json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e))?;
+    match body.collect().await {
+        Ok(d) => Ok(d),
+        Err(crate::body::BodyError::TooLarge { limit }) => Err(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes"),
+        )),
+        Err(e) => Err(json_error(StatusCode::BAD_REQUEST, e)),
+    }
+}
+
+async fn create_repository(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnState>,
+    req: Request<Incoming>,
+    caller: &Caller,
+) -> Response<ResponseBody> {
+    if matches!(caller, Caller::Anonymous) {
+        return forbidden(caller, "create repositories");
+    }
+    let data = match read_api_body(shard, state, req).await {
         Ok(d) => d,
-        Err(crate::body::BodyError::TooLarge { limit }) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds {limit} bytes"),
-            )
-        }
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+        Err(r) => return r,
     };
     // Only a JSON object will do (serde would also take `["owner", "name"]`).
     let req: CreateRepo = match serde_json::from_slice::<serde_json::Value>(&data) {
@@ -333,51 +610,40 @@ async fn create_repository(
     if let Some(why) = shard.read_only() {
         return json_error(StatusCode::FORBIDDEN, why);
     }
-    let (owner, n) = (req.owner.clone(), name.clone());
-    let k = key.clone();
+    if !caller.can_write(&key) {
+        return forbidden(caller, &format!("create {key}"));
+    }
+    let (owner, n, private) = (req.owner.clone(), name.clone(), req.private);
     let result = shard
         .on_owner(&key, move |s| async move {
-            // Refuse a name that is taken here before asking the network.
-            if crate::repo::repo_dir(&s.config.data_dir, &owner, &n).exists() {
-                return Err(crate::shard::ShardError::Repo(RepoError::Exists(k)));
-            }
-            match s.order_create(&k).await? {
-                Ok(()) => Ok(()),
-                Err(reason) if reason.contains("already exists") => {
-                    Err(crate::shard::ShardError::Repo(RepoError::Exists(k)))
-                }
-                Err(reason) => Err(crate::shard::ShardError::Rejected(reason)),
-            }
+            crate::access_api::create_repo(s, owner, n, private).await
         })
-        .await
-        .and_then(|r| r);
+        .await;
     match result {
-        Ok(()) => json(
-            StatusCode::CREATED,
-            &serde_json::json!({"owner": req.owner, "name": name, "full_name": key}),
-        ),
-        Err(ShardError::Repo(RepoError::Exists(k))) => json_error(
-            StatusCode::CONFLICT,
-            format!("repository {k} already exists"),
-        ),
-        Err(ShardError::Repo(e @ RepoError::InvalidName { .. })) => {
-            json_error(StatusCode::BAD_REQUEST, e)
+        Ok(Ok(())) => {
+            tracing::info!(repo = %key, private = req.private, user = %caller.label(), "repository created");
+            json(
+                StatusCode::CREATED,
+                &serde_json::json!({"owner": req.owner, "name": name, "full_name": key, "private": req.private}),
+            )
         }
-        Err(ShardError::Repo(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e @ ShardError::Orderer(crate::consensus::OrdererError::ReadOnly(_))) => {
-            json_error(StatusCode::FORBIDDEN, e)
-        }
+        Ok(Err((status, msg))) => json_error(status, msg),
         Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
-async fn show_repository(shard: &Rc<Shard>, rest: &str) -> Response<ResponseBody> {
+async fn show_repository(shard: &Rc<Shard>, rest: &str, caller: &Caller) -> Response<ResponseBody> {
     let rest = rest.trim_end_matches('/');
     let Some((owner, name)) = rest.split_once('/') else {
         return json_error(StatusCode::NOT_FOUND, "expected /api/repos/OWNER/NAME");
     };
     let name = name.strip_suffix(".git").unwrap_or(name);
     if check_name("owner", owner).is_err() || check_name("repository name", name).is_err() {
+        return json_error(StatusCode::NOT_FOUND, "repository not found");
+    }
+    let key = format!("{owner}/{name}");
+    let private = shard.access.borrow().is_private(&key);
+    if !caller.can_read(&key, private) {
         return json_error(StatusCode::NOT_FOUND, "repository not found");
     }
     match shard.snapshot(owner, name).await {
@@ -394,6 +660,7 @@ async fn show_repository(shard: &Rc<Shard>, rest: &str) -> Response<ResponseBody
                     "name": name,
                     "full_name": snap.key,
                     "head": snap.head_target,
+                    "private": private,
                     "refs": refs,
                 }),
             )

@@ -7,6 +7,8 @@
 //! updates cross the consensus boundary ([`consensus`]) and come back as
 //! finalized batches applied in order on the owning shard.
 
+pub mod access_api;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod conn;
@@ -16,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod repo;
 pub mod shard;
+pub mod tls;
 
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
@@ -25,7 +28,8 @@ use std::thread::JoinHandle;
 
 pub use config::{Limits, ShardConfig};
 pub use consensus::{
-    batch_channel, BatchReceiver, BatchSender, FinalizedBatch, Orderer, OrdererError, Transaction,
+    batch_channel, split_block, BatchReceiver, BatchSender, FinalizedBatch, Op, Orderer,
+    OrdererError, Transaction,
 };
 use shard::{Shard, ShardJob, SHARD_INBOX_MAX};
 
@@ -47,17 +51,142 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         reason: String,
     },
+    #[error("locked-memory limit (RLIMIT_MEMLOCK) is {found_kib} KiB, below the {needed_kib} KiB the io_uring executors need to start: raise it for the node (`ulimit -l 8192` in its shell, `LimitMEMLOCK=8M` in its systemd unit, `docker run --ulimit memlock=8388608`)")]
+    Memlock { found_kib: u64, needed_kib: u64 },
+    #[error("access table: {0}")]
+    Access(#[from] auth::AccessFileError),
     #[error("expected {expected} batch receivers, got {got}")]
     Receivers { expected: usize, got: usize },
 }
 
+/// How often a stopping shard reports what it still has in flight.
+const DRAIN_REPORT_EVERY_MS: u64 = 50;
+/// After the drain time, how long orderings already submitted get to be
+/// applied (so that a push in flight is either durable or not submitted).
+pub const HALT_WAIT_MAX_MS: u64 = 5_000;
+
 /// Running shards.
 pub struct Shards {
     threads: Vec<JoinHandle<()>>,
-    exited: std::sync::mpsc::Receiver<usize>,
+    exited: crossbeam_channel::Receiver<usize>,
+    inboxes: Vec<mpsc::Sender<ShardJob>>,
+}
+
+/// What a stop left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrainReport {
+    /// Client connections still open when the drain time was over.
+    pub open_connections: usize,
+    /// Transactions submitted and not applied when the node gave up waiting.
+    pub pending_transactions: usize,
 }
 
 impl Shards {
+    /// Receives the index of a shard whose thread ended (which only happens
+    /// on a fatal error): the node should then exit.
+    pub fn exited(&self) -> &crossbeam_channel::Receiver<usize> {
+        &self.exited
+    }
+
+    /// Stop accepting connections and let the requests in flight finish,
+    /// until none is left or `deadline` passes. Then no new transaction is
+    /// submitted, and transactions already submitted get up to
+    /// [`HALT_WAIT_MAX_MS`] to be applied: a push in flight either lands
+    /// durably or is not ordered at all.
+    pub fn drain(&self, deadline: std::time::Instant) -> DrainReport {
+        let report = self.stop_shards(deadline, false);
+        if report == DrainReport::default() {
+            return report;
+        }
+        let halt_deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(HALT_WAIT_MAX_MS);
+        let after = self.stop_shards(halt_deadline, true);
+        DrainReport {
+            open_connections: after.open_connections.max(report.open_connections),
+            pending_transactions: after.pending_transactions,
+        }
+    }
+
+    /// Tell every shard to stop (and, with `halt`, to submit no more
+    /// transactions), then wait until no shard has a connection (with
+    /// `halt`: a transaction) in flight, or `deadline`.
+    fn stop_shards(&self, deadline: std::time::Instant, halt: bool) -> DrainReport {
+        let (tx, rx) = crossbeam_channel::unbounded::<(usize, usize, usize)>();
+        for inbox in &self.inboxes {
+            let tx = tx.clone();
+            let job: ShardJob = Box::new(move |shard: std::rc::Rc<Shard>| {
+                Box::pin(async move {
+                    shard.begin_stop();
+                    if halt {
+                        shard.halted.set(true);
+                    }
+                    loop {
+                        let open = shard.connections.get();
+                        let pending = shard.pending_transactions();
+                        let done = pending == 0 && (open == 0 || halt);
+                        if tx.send((shard.id, open, pending)).is_err() || done {
+                            return;
+                        }
+                        glommio::timer::sleep(std::time::Duration::from_millis(
+                            DRAIN_REPORT_EVERY_MS,
+                        ))
+                        .await;
+                    }
+                })
+            });
+            let mut inbox = inbox.clone();
+            let _ = futures_lite::future::block_on(async {
+                futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx)).await?;
+                inbox.start_send(job)
+            });
+        }
+        drop(tx);
+        let mut state: Vec<Option<(usize, usize)>> = vec![None; self.inboxes.len()];
+        loop {
+            let all_known = state.iter().all(Option::is_some);
+            let open: usize = state.iter().flatten().map(|s| s.0).sum();
+            let pending: usize = state.iter().flatten().map(|s| s.1).sum();
+            if all_known && pending == 0 && (open == 0 || halt) {
+                return DrainReport {
+                    open_connections: open,
+                    pending_transactions: 0,
+                };
+            }
+            match rx.recv_deadline(deadline) {
+                Ok((id, open, pending)) => {
+                    if let Some(slot) = state.get_mut(id) {
+                        *slot = Some((open, pending));
+                    }
+                }
+                // Past the deadline, or every shard is gone.
+                Err(_) => {
+                    return DrainReport {
+                        open_connections: open,
+                        pending_transactions: pending.max(usize::from(!all_known)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serve new TLS connections with `config` (connections already open
+    /// keep their session). Used on SIGHUP after the certificate changed.
+    pub fn set_tls(&self, config: std::sync::Arc<futures_rustls::rustls::ServerConfig>) {
+        for inbox in &self.inboxes {
+            let config = config.clone();
+            let job: ShardJob = Box::new(move |shard: std::rc::Rc<Shard>| {
+                Box::pin(async move {
+                    *shard.tls.borrow_mut() = Some(tls::acceptor(config));
+                })
+            });
+            let mut inbox = inbox.clone();
+            let _ = futures_lite::future::block_on(async {
+                futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx)).await?;
+                inbox.start_send(job)
+            });
+        }
+    }
+
     /// Block until a shard thread ends (which only happens on a fatal
     /// error) and return its index. The node should then exit: recovery on
     /// restart is automatic, and a node missing a shard would silently
@@ -93,18 +222,11 @@ pub fn start(
             got: batch_receivers.len(),
         });
     }
-    // io_uring registers each shard's I/O memory with its rings; say so
-    // clearly when the memlock limit will not allow it.
-    if let Some(limit) = memlock_limit_bytes() {
-        let need = (config.io_memory_bytes as u64) * 3;
-        if limit != libc::RLIM_INFINITY && limit < need && !is_root() {
-            tracing::warn!(
-                memlock_limit_bytes = limit,
-                needed_bytes = need,
-                "io_uring buffer registration will fail: RLIMIT_MEMLOCK is below what the shards register; \
-                 storage I/O falls back to unregistered buffers (raise `ulimit -l` or lower --io-memory-bytes)"
-            );
-        }
+    ensure_memlock(config.io_memory_bytes)?;
+    let access = auth::AccessTable::load(&config.data_dir)?;
+    let damaged = Arc::new(repo::check_ref_stores(&config.data_dir));
+    for d in damaged.iter() {
+        tracing::error!(repo = %d.repo, reason = %d.reason, "repository damaged: it answers with this error until it is repaired (see docs/operations.md); the others are served");
     }
     let mut inboxes = Vec::with_capacity(n);
     let mut inbox_rx = Vec::with_capacity(n);
@@ -114,7 +236,7 @@ pub fn start(
         inbox_rx.push(rx);
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, StartError>>();
-    let (exit_tx, exit_rx) = std::sync::mpsc::channel::<usize>();
+    let (exit_tx, exit_rx) = crossbeam_channel::unbounded::<usize>();
     let mut threads = Vec::with_capacity(n);
     for (id, (inbox, batches)) in inbox_rx.into_iter().zip(batch_receivers).enumerate() {
         let cpu = config.shard_cpus.get(id).copied();
@@ -126,6 +248,8 @@ pub fn start(
         let orderer = orderer.clone();
         let peers = inboxes.clone();
         let ready = ready_tx.clone();
+        let access = access.clone();
+        let damaged = damaged.clone();
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
@@ -147,7 +271,7 @@ pub fn start(
                     return;
                 }
             };
-            let shard = Shard::new(id, config, orderer, peers);
+            let shard = Shard::new(id, config, orderer, peers, access, damaged);
             glommio::spawn_local(shard.clone().apply_batches(batches)).detach();
             let inbox_shard = shard.clone();
             glommio::spawn_local(async move {
@@ -160,6 +284,9 @@ pub fn start(
             tracing::info!(shard = id, cpu = ?cpu, addr = %shard.config.api_addr, "shard listening");
             let _ = ready.send(Ok(id));
             http::serve(shard, listener).await;
+            // Stopping: the connections still in flight run on this
+            // executor; the process ends it when the drain is over.
+            futures_lite::future::pending::<()>().await;
         });
         match spawned {
             Ok(handle) => {
@@ -198,7 +325,62 @@ pub fn start(
     Ok(Shards {
         threads,
         exited: exit_rx,
+        inboxes,
     })
+}
+
+/// Below this much locked memory glommio's executors do not start at all.
+pub const MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
+
+/// Make sure the executors can start: raise the soft memlock limit up to
+/// the hard one when it is lower than the shards want, refuse with one
+/// line saying what to do when even the hard limit is below
+/// [`MEMLOCK_MIN_BYTES`], and warn when buffer registration will fall back
+/// to unregistered buffers (slower, correct).
+fn ensure_memlock(io_memory_bytes: usize) -> Result<(), StartError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Ok(());
+    }
+    // io_uring registers each shard's I/O memory with its three rings.
+    let wanted = (io_memory_bytes as u64)
+        .saturating_mul(3)
+        .max(MEMLOCK_MIN_BYTES);
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < wanted && lim.rlim_max > lim.rlim_cur {
+        let old = lim.rlim_cur;
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max.min(wanted),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit with a struct we own; lowering nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            tracing::info!(
+                from_bytes = old,
+                to_bytes = raised.rlim_cur,
+                "raised the soft memlock limit towards the hard limit"
+            );
+            lim = raised;
+        }
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MEMLOCK_MIN_BYTES {
+        return Err(StartError::Memlock {
+            found_kib: lim.rlim_cur / 1024,
+            needed_kib: MEMLOCK_MIN_BYTES / 1024,
+        });
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < wanted && !is_root() {
+        tracing::warn!(
+            memlock_limit_bytes = lim.rlim_cur,
+            needed_bytes = wanted,
+            "io_uring buffer registration will fail: RLIMIT_MEMLOCK is below what the shards register; \
+             storage I/O falls back to unregistered buffers (raise `ulimit -l` or lower --io-memory-bytes)"
+        );
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {

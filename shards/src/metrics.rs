@@ -46,6 +46,8 @@ static PACK_BYTES_SENT: AtomicU64 = ZERO;
 static PACK_OBJECTS_SENT: AtomicU64 = ZERO;
 static BLOCK_HEIGHT: AtomicU64 = ZERO;
 static BLOCK_TRANSACTIONS: AtomicU64 = ZERO;
+static AUTH_FAILURES: AtomicU64 = ZERO;
+static AUTH_RATE_LIMITED: AtomicU64 = ZERO;
 
 /// Count one request and its duration and status.
 pub fn record_request(class: RequestClass, status: u16, seconds: f64) {
@@ -86,6 +88,16 @@ pub fn record_pack_received(bytes: u64) {
 pub fn record_pack_sent(bytes: u64, objects: u64) {
     PACK_BYTES_SENT.fetch_add(bytes, Relaxed);
     PACK_OBJECTS_SENT.fetch_add(objects, Relaxed);
+}
+
+/// Count a failed authentication attempt (bad, wrong or revoked credentials).
+pub fn record_auth_failure() {
+    AUTH_FAILURES.fetch_add(1, Relaxed);
+}
+
+/// Count a request refused because its client failed authentication too often.
+pub fn record_auth_rate_limited() {
+    AUTH_RATE_LIMITED.fetch_add(1, Relaxed);
 }
 
 /// Record a finalized block.
@@ -191,6 +203,8 @@ pub fn render(shards: usize, storage_available_bytes: Option<u64>, uptime_second
     let _ = writeln!(o, "# HELP guts_p2p_peers_connected Authenticated peer connections.\n# TYPE guts_p2p_peers_connected gauge\nguts_p2p_peers_connected {}", P2P_PEERS.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_replication_lag_blocks Finalized blocks not yet applied here.\n# TYPE guts_replication_lag_blocks gauge\nguts_replication_lag_blocks {}", REPLICATION_LAG.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_consensus_transactions_total Transactions finalized.\n# TYPE guts_consensus_transactions_total counter\nguts_consensus_transactions_total {}", BLOCK_TRANSACTIONS.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_auth_failures_total Failed authentication attempts (malformed, wrong or revoked credentials).\n# TYPE guts_auth_failures_total counter\nguts_auth_failures_total {}", AUTH_FAILURES.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_auth_rate_limited_total Requests refused with 429 after too many failed attempts from their address.\n# TYPE guts_auth_rate_limited_total counter\nguts_auth_rate_limited_total {}", AUTH_RATE_LIMITED.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_p2p_peers_connected Connected peers (a single-validator node has none).\n# TYPE guts_p2p_peers_connected gauge\nguts_p2p_peers_connected 0");
     if let Some(avail) = storage_available_bytes {
         let _ = writeln!(o, "# HELP guts_storage_available_bytes Free bytes on the data directory's file system.\n# TYPE guts_storage_available_bytes gauge\nguts_storage_available_bytes {avail}");

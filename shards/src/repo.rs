@@ -30,6 +30,8 @@ pub enum RepoError {
     Exists(String),
     #[error("repository {0} not found")]
     NotFound(String),
+    #[error("repository {repo} is damaged and cannot be served (the other repositories are unaffected): {reason}")]
+    Damaged { repo: String, reason: String },
     #[error("object store: {0}")]
     Store(#[from] guts_io::store::StoreError),
     #[error("ref store: {0}")]
@@ -134,7 +136,13 @@ impl Repo {
             return Err(RepoError::NotFound(key));
         }
         let store = ObjectStore::open(&dir.join("objects"))?;
-        let refs = RefStore::open(&dir)?;
+        let refs = RefStore::open(&dir).map_err(|e| match e {
+            e @ guts_io::refs::RefError::Corrupt { .. } => RepoError::Damaged {
+                repo: key.clone(),
+                reason: e.to_string(),
+            },
+            e => RepoError::Refs(e),
+        })?;
         Ok(Repo {
             key,
             dir,
@@ -304,4 +312,30 @@ pub fn list_repos(data_dir: &Path) -> Vec<(String, String)> {
     }
     out.sort();
     out
+}
+
+/// A repository whose ref store could not be opened at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRepo {
+    /// `OWNER/NAME`.
+    pub repo: String,
+    /// Why it cannot be served.
+    pub reason: String,
+}
+
+/// Open every repository's ref store once (replaying its log, dropping a
+/// torn tail as after any crash) and return the ones that are damaged, so
+/// damage is reported at start rather than when a client first asks.
+pub fn check_ref_stores(data_dir: &Path) -> Vec<DamagedRepo> {
+    let mut damaged = Vec::new();
+    for (owner, name) in list_repos(data_dir) {
+        let dir = repo_dir(data_dir, &owner, &name);
+        if let Err(e) = RefStore::open(&dir) {
+            damaged.push(DamagedRepo {
+                repo: format!("{owner}/{name}"),
+                reason: e.to_string(),
+            });
+        }
+    }
+    damaged
 }

@@ -17,9 +17,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::auth::{AccessOutcome, AccessTable, FailureLimiter};
 use crate::config::ShardConfig;
-use crate::consensus::{BatchReceiver, FinalizedBatch, Op, Orderer, PackRef, Transaction, TxId};
-use crate::repo::{check_name, repo_dir, RefSnapshot, Repo, RepoError};
+use crate::consensus::{
+    BatchReceiver, FinalizedBatch, Op, Orderer, PackRef, Transaction, TxId, ACCESS_SHARD,
+};
+use crate::repo::{check_name, repo_dir, DamagedRepo, RefSnapshot, Repo, RepoError};
 
 /// Repositories a shard keeps open (ref store, pack indexes, caches);
 /// the least recently used idle ones are closed beyond this.
@@ -38,6 +41,15 @@ pub type UpdateOutcome = Result<(), String>;
 /// before it is told that the network did not finalize it (no quorum).
 pub const FINALIZE_WAIT_MS: u64 = 30_000;
 
+/// What a waiting request hears once its transaction is applied.
+#[derive(Debug)]
+pub enum TxOutcome {
+    /// One outcome per ref update, in order.
+    Refs(Vec<UpdateOutcome>),
+    /// The outcome of an access change.
+    Access(AccessOutcome),
+}
+
 /// Errors of the shard layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -53,6 +65,10 @@ pub enum ShardError {
     TransactionLost,
     #[error("not finalized within {waited_ms} ms: the validators have no quorum right now; the update may still apply once they recover (fetch to check)")]
     NotFinalized { waited_ms: u64 },
+    #[error("the node is shutting down; nothing was changed, retry against a running node")]
+    Stopping,
+    #[error("access changes are ordered by shard {ACCESS_SHARD}, not shard {0}")]
+    NotAccessShard(usize),
 }
 
 /// Stable owner of a repository among `shards` shards.
@@ -74,7 +90,7 @@ pub struct Shard {
     /// Open repositories and when each was last used (a use counter).
     repos: RefCell<HashMap<String, OpenRepo>>,
     use_clock: Cell<u64>,
-    pending: RefCell<HashMap<TxId, oneshot::Sender<Vec<UpdateOutcome>>>>,
+    pending: RefCell<HashMap<TxId, oneshot::Sender<TxOutcome>>>,
     orderer: Arc<dyn Orderer>,
     next_tx: Cell<u64>,
     /// Nonces start from the wall clock at start, so they are never reused
@@ -83,6 +99,24 @@ pub struct Shard {
     peers: Vec<mpsc::Sender<ShardJob>>,
     /// Open connections on this shard.
     pub connections: Cell<usize>,
+    /// This shard's copy of the access table (tokens, private
+    /// repositories), changed only by applying finalized batches.
+    pub access: RefCell<AccessTable>,
+    /// Failed authentication attempts per client address.
+    pub auth_failures: RefCell<FailureLimiter>,
+    /// Repositories being created right now (owner shard only).
+    pub creating: RefCell<std::collections::HashSet<String>>,
+    /// Set when the node stops: no new connections, connections close
+    /// once their request in flight is answered.
+    pub stopping: Cell<bool>,
+    /// Closed when the node stops: waiting on it is how tasks hear of it.
+    stop: glommio::sync::Semaphore,
+    /// Set when the drain time is over: no new transactions are submitted.
+    pub halted: Cell<bool>,
+    /// Repositories found damaged at start (reported by `/health`).
+    pub damaged: Arc<Vec<DamagedRepo>>,
+    /// TLS for new connections, if configured (replaced on reload).
+    pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
 }
 
 impl Shard {
@@ -92,10 +126,15 @@ impl Shard {
         config: ShardConfig,
         orderer: Arc<dyn Orderer>,
         peers: Vec<mpsc::Sender<ShardJob>>,
+        access: AccessTable,
+        damaged: Arc<Vec<DamagedRepo>>,
     ) -> Rc<Shard> {
+        let auth_failures = FailureLimiter::new(
+            config.limits.auth_failures_max,
+            config.limits.auth_failure_window_ms,
+        );
         Rc::new(Shard {
             id,
-            config,
             repos: RefCell::new(HashMap::new()),
             use_clock: Cell::new(0),
             pending: RefCell::new(HashMap::new()),
@@ -108,7 +147,38 @@ impl Shard {
                 .saturating_mul(64),
             peers,
             connections: Cell::new(0),
+            access: RefCell::new(access),
+            auth_failures: RefCell::new(auth_failures),
+            creating: RefCell::new(Default::default()),
+            stopping: Cell::new(false),
+            stop: glommio::sync::Semaphore::new(0),
+            halted: Cell::new(false),
+            damaged,
+            tls: RefCell::new(config.tls.clone().map(crate::tls::acceptor)),
+            config,
         })
+    }
+
+    /// Begin stopping: the accept loop ends, connections finish their
+    /// request in flight and close.
+    pub fn begin_stop(&self) {
+        if !self.stopping.replace(true) {
+            self.stop.close();
+        }
+    }
+
+    /// Resolves once the node is stopping.
+    pub async fn stopped(&self) {
+        if self.stopping.get() {
+            return;
+        }
+        // Nobody signals the semaphore: acquiring fails once it is closed.
+        let _ = self.stop.acquire(1).await;
+    }
+
+    /// Transactions submitted and not yet applied.
+    pub fn pending_transactions(&self) -> usize {
+        self.pending.borrow().len()
     }
 
     /// Number of shards.
@@ -128,9 +198,21 @@ impl Shard {
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
     {
-        let owner = self.owner(key);
+        self.on_shard(self.owner(key), job).await
+    }
+
+    /// Run `job` on shard `owner` and return its result.
+    pub async fn on_shard<T, F, Fut>(self: &Rc<Self>, owner: usize, job: F) -> Result<T, ShardError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
         if owner == self.id {
             return Ok(job(self.clone()).await);
+        }
+        if owner >= self.peers.len() {
+            return Err(ShardError::ShardGone(owner));
         }
         let (tx, rx) = oneshot::channel();
         let boxed: ShardJob = Box::new(move |shard| {
@@ -239,27 +321,48 @@ impl Shard {
         atomic: bool,
         pack: Option<PackRef>,
     ) -> Result<Vec<UpdateOutcome>, ShardError> {
-        self.order(
-            key,
-            Op::Update {
-                updates,
-                atomic,
-                pack,
-            },
-        )
-        .await
+        let count = updates.len();
+        let op = Op::Update {
+            updates,
+            atomic,
+            pack,
+        };
+        match self.order(key, op).await? {
+            TxOutcome::Refs(outcomes) => Ok(outcomes),
+            TxOutcome::Access(_) => Ok(vec![Err("unexpected outcome".into()); count]),
+        }
     }
 
     /// Order the creation of repository `key` (owned by this shard) and wait
     /// until it is final and on disk.
     pub async fn order_create(&self, key: &str) -> Result<UpdateOutcome, ShardError> {
-        let mut out = self.order(key, Op::CreateRepo).await?;
-        Ok(out.pop().unwrap_or(Ok(())))
+        match self.order(key, Op::CreateRepo).await? {
+            TxOutcome::Refs(mut out) => Ok(out.pop().unwrap_or(Ok(()))),
+            TxOutcome::Access(_) => Ok(Err("unexpected outcome".into())),
+        }
     }
 
-    async fn order(&self, key: &str, op: Op) -> Result<Vec<UpdateOutcome>, ShardError> {
+    /// Order an access change (token creation or revocation, repository
+    /// visibility) and wait until every shard's table will have it and it
+    /// is on disk. Only [`ACCESS_SHARD`] submits access changes.
+    /// `repo` is the repository a visibility change is about, empty for tokens.
+    pub async fn order_access(&self, repo: &str, op: Op) -> Result<AccessOutcome, ShardError> {
+        debug_assert!(op.is_node_wide(), "not an access change");
+        if self.id != ACCESS_SHARD {
+            return Err(ShardError::NotAccessShard(self.id));
+        }
+        match self.order(repo, op).await? {
+            TxOutcome::Access(outcome) => Ok(outcome),
+            TxOutcome::Refs(_) => Ok(Err("unexpected outcome".into())),
+        }
+    }
+
+    async fn order(&self, repo: &str, op: Op) -> Result<TxOutcome, ShardError> {
         if let Some(why) = self.orderer.read_only() {
             return Err(crate::consensus::OrdererError::ReadOnly(why).into());
+        }
+        if self.halted.get() {
+            return Err(ShardError::Stopping);
         }
         let seq = self.next_tx.get() + 1;
         self.next_tx.set(seq);
@@ -272,7 +375,7 @@ impl Shard {
         let submitted = self.orderer.submit(Transaction {
             id,
             shard: self.id,
-            repo: key.to_string(),
+            repo: repo.to_string(),
             op,
         });
         if let Err(e) = submitted {
@@ -311,15 +414,31 @@ impl Shard {
     }
 
     fn apply_batch(&self, batch: FinalizedBatch) {
-        for tx in &batch.transactions {
-            let outcomes = self.apply_transaction(tx);
+        for tx in batch.transactions {
+            let outcome = match &tx.op {
+                Op::Update {
+                    updates,
+                    atomic,
+                    pack,
+                } => TxOutcome::Refs(self.apply_ref_updates(
+                    &tx.repo,
+                    updates,
+                    *atomic,
+                    pack.as_ref(),
+                )),
+                Op::CreateRepo => TxOutcome::Refs(vec![self.apply_create(&tx.repo)]),
+                _ => TxOutcome::Access(self.apply_access(&tx)),
+            };
+            if tx.shard != self.id {
+                continue;
+            }
             if let Some(waiter) = self.pending.borrow_mut().remove(&tx.id) {
-                let _ = waiter.send(outcomes);
+                let _ = waiter.send(outcome);
             }
         }
         for r in batch.rejections {
             if let Some(waiter) = self.pending.borrow_mut().remove(&r.id) {
-                let _ = waiter.send(r.reasons.into_iter().map(Err).collect());
+                let _ = waiter.send(TxOutcome::Refs(r.reasons.into_iter().map(Err).collect()));
             }
         }
         if let Some(done) = batch.done {
@@ -327,32 +446,54 @@ impl Shard {
         }
     }
 
-    fn apply_transaction(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
-        if tx.op == Op::CreateRepo {
-            let Some((owner, name)) = tx.repo.split_once('/') else {
-                return vec![Err("bad repository key".into())];
-            };
-            return match self.create_repo(owner, name) {
-                Ok(()) => {
-                    tracing::info!(repo = %tx.repo, "repository created");
-                    vec![Ok(())]
-                }
-                Err(e) => vec![Err(e.to_string())],
-            };
+    fn apply_create(&self, repo: &str) -> UpdateOutcome {
+        let Some((owner, name)) = repo.split_once('/') else {
+            return Err("bad repository key".into());
+        };
+        match self.create_repo(owner, name) {
+            Ok(()) => {
+                tracing::info!(repo = %repo, "repository created");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
-        let outcomes = self.apply_transaction_inner(tx);
-        self.adopt_default_branch(tx, &outcomes);
+    }
+
+    /// Apply an access change to this shard's table; [`ACCESS_SHARD`] also
+    /// writes the table to disk before the change is answered.
+    fn apply_access(&self, tx: &Transaction) -> AccessOutcome {
+        let outcome = self.access.borrow_mut().apply(tx);
+        if self.id == ACCESS_SHARD && outcome.is_ok() {
+            if let Err(e) = self.access.borrow().save(&self.config.data_dir) {
+                tracing::error!(error = %e, "access table not written; it is written again with the next change");
+                return Err(format!(
+                    "the change is final but was not written to disk: {e}"
+                ));
+            }
+        }
+        outcome
+    }
+
+    fn apply_ref_updates(
+        &self,
+        repo: &str,
+        updates: &[RefUpdate],
+        atomic: bool,
+        pack: Option<&PackRef>,
+    ) -> Vec<UpdateOutcome> {
+        let outcomes = self.apply_ref_updates_inner(repo, updates, atomic, pack);
+        self.adopt_default_branch(repo, updates, &outcomes);
         // A ref store that failed a write refuses further writes until it is
         // reopened (whether the record reached the disk is unknown); close it
         // so the next use replays its log and settles the question.
         let failed_io = self
             .repos
             .borrow()
-            .get(&tx.repo)
+            .get(repo)
             .is_some_and(|(r, _)| r.try_borrow().is_ok_and(|r| r.refs.is_poisoned()));
         if failed_io {
-            tracing::error!(repo = %tx.repo, "ref store write failed; closing the repository so it is recovered on next use");
-            self.repos.borrow_mut().remove(&tx.repo);
+            tracing::error!(repo = %repo, "ref store write failed; closing the repository so it is recovered on next use");
+            self.repos.borrow_mut().remove(repo);
         }
         outcomes
     }
@@ -361,8 +502,8 @@ impl Shard {
     /// point it at the first branch a push creates — `main` or `master`
     /// when present — so clones check out what was pushed, as hosting
     /// services do.
-    fn adopt_default_branch(&self, tx: &Transaction, outcomes: &[UpdateOutcome]) {
-        let Some((entry, _)) = self.repos.borrow().get(&tx.repo).cloned() else {
+    fn adopt_default_branch(&self, key: &str, updates: &[RefUpdate], outcomes: &[UpdateOutcome]) {
+        let Some((entry, _)) = self.repos.borrow().get(key).cloned() else {
             return;
         };
         let Ok(mut repo) = entry.try_borrow_mut() else {
@@ -371,8 +512,7 @@ impl Shard {
         if repo.refs.get(repo.refs.head_target()).is_some() {
             return;
         }
-        let created: Vec<&str> = tx
-            .updates()
+        let created: Vec<&str> = updates
             .iter()
             .zip(outcomes)
             .filter(|(u, o)| o.is_ok() && !u.new.is_null() && u.name.starts_with("refs/heads/"))
@@ -386,24 +526,23 @@ impl Shard {
             let target = target.to_string();
             match repo.refs.set_head(&target) {
                 Ok(()) => {
-                    tracing::info!(repo = %tx.repo, head = %target, "HEAD now points at the first pushed branch");
+                    tracing::info!(repo = %key, head = %target, "HEAD now points at the first pushed branch");
                     repo.invalidate();
                 }
-                Err(e) => tracing::warn!(repo = %tx.repo, error = %e, "could not move HEAD"),
+                Err(e) => tracing::warn!(repo = %key, error = %e, "could not move HEAD"),
             }
         }
     }
 
-    fn apply_transaction_inner(&self, tx: &Transaction) -> Vec<UpdateOutcome> {
-        let Op::Update {
-            updates,
-            atomic,
-            pack,
-        } = &tx.op
-        else {
-            return Vec::new();
-        };
-        let Some((owner, name)) = tx.repo.split_once('/') else {
+    fn apply_ref_updates_inner(
+        &self,
+        repo: &str,
+        updates: &[RefUpdate],
+        atomic: bool,
+        pack: Option<&PackRef>,
+    ) -> Vec<UpdateOutcome> {
+        let key = repo;
+        let Some((owner, name)) = key.split_once('/') else {
             return vec![Err("bad repository key".into()); updates.len()];
         };
         let repo = match self.repo(owner, name) {
@@ -428,13 +567,12 @@ impl Shard {
                     dir.join(format!("{stem}.idx")),
                 );
                 if let Err(e) = repo.store.add_pack(&pack_path, &idx_path) {
-                    tracing::error!(repo = %tx.repo, pack = %stem, error = %e, "finalized update names a pack this node cannot open");
+                    tracing::error!(repo = %key, pack = %stem, error = %e, "finalized update names a pack this node cannot open");
                     return vec![Err(format!("pack {stem} unavailable: {e}")); updates.len()];
                 }
             }
         }
-        let updates = updates.as_slice();
-        if *atomic {
+        if atomic {
             return match repo.refs.apply(updates) {
                 Ok(()) => vec![Ok(()); updates.len()],
                 Err(e) => {
@@ -469,7 +607,7 @@ impl Shard {
         }
         if let Err(joint) = repo.refs.apply(&valid) {
             // Updates valid alone may conflict together (D/F): apply one by one.
-            tracing::debug!(repo = %tx.repo, error = %joint, "joint apply failed, applying singly");
+            tracing::debug!(repo = %key, error = %joint, "joint apply failed, applying singly");
             let mut k = 0;
             for (i, u) in updates.iter().enumerate() {
                 if outcomes[i].is_err() {

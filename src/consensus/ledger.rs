@@ -479,17 +479,26 @@ impl Ledger {
             }
             (view.into_changes(), rejections)
         };
-        // Per shard, in block order.
-        let mut per_shard: HashMap<usize, (Vec<Transaction>, Vec<Rejection>)> = HashMap::new();
-        for tx in &decoded {
-            let shard = guts_shards::shard::owner_of(&tx.repo, self.shard_count);
-            per_shard.entry(shard).or_default().0.push(Transaction {
+        // Per shard, in block order: ref updates and creations to the
+        // repository's owner, access changes to every shard.
+        let transactions: Vec<Transaction> = decoded
+            .iter()
+            .map(|tx| Transaction {
                 id: id_of(tx),
-                shard,
+                shard: if tx.op.is_node_wide() {
+                    guts_shards::consensus::ACCESS_SHARD
+                } else {
+                    guts_shards::shard::owner_of(&tx.repo, self.shard_count)
+                },
                 repo: tx.repo.clone(),
                 op: tx.op.clone(),
-            });
-        }
+            })
+            .collect();
+        let mut per_shard: HashMap<usize, (Vec<Transaction>, Vec<Rejection>)> =
+            guts_shards::consensus::split_block(height, transactions, self.shard_count)
+                .into_iter()
+                .map(|(s, b)| (s, (b.transactions, Vec::new())))
+                .collect();
         for (shard, r) in &rejections {
             per_shard.entry(*shard).or_default().1.push(r.clone());
         }

@@ -108,6 +108,15 @@ impl View<'_> {
     /// update's old id matches (compare-and-swap), the repository exists
     /// (or, for a creation, does not).
     pub fn check(&self, tx: &Tx) -> Result<(), Reasons> {
+        match &tx.op {
+            // Token changes concern no repository; the access table checks them.
+            Op::TokenCreate { .. } | Op::TokenRevoke { .. } => return Ok(()),
+            Op::SetVisibility { .. } => {
+                check_repo_key(&tx.repo).map_err(|e| vec![e])?;
+                return Ok(());
+            }
+            _ => {}
+        }
         check_repo_key(&tx.repo).map_err(|e| vec![e])?;
         match &tx.op {
             Op::CreateRepo => {
@@ -152,6 +161,7 @@ impl View<'_> {
                     })
                     .collect())
             }
+            _ => Ok(()),
         }
     }
 
@@ -166,6 +176,7 @@ impl View<'_> {
                     apply_updates(refs, updates);
                 }
             }
+            _ => {}
         }
     }
 
@@ -201,6 +212,7 @@ impl View<'_> {
                     }
                 }
             }
+            _ => {}
         }
     }
 }
@@ -250,7 +262,7 @@ pub fn check_repo_key(key: &str) -> Result<(), String> {
 pub fn pack_of(tx: &Tx) -> Option<PackRef> {
     match &tx.op {
         Op::Update { pack, .. } => *pack,
-        Op::CreateRepo => None,
+        _ => None,
     }
 }
 

@@ -21,6 +21,8 @@ pub const REPO_KEY_MAX_BYTES: usize = 201;
 /// Longest ref name carried in a transaction (C git's practical limit is
 /// the path length of the file system; 4096 covers every real ref).
 pub const REF_NAME_MAX_BYTES: usize = 4096;
+/// Longest user name in a token transaction.
+pub const USER_MAX_BYTES: usize = 256;
 /// Most ref updates in one transaction.
 pub const TX_UPDATES_MAX: usize = 65_536;
 /// Most ref updates in one block (all transactions together).
@@ -48,8 +50,8 @@ impl Tx {
     /// Ref updates it carries.
     pub fn update_count(&self) -> usize {
         match &self.op {
-            Op::CreateRepo => 0,
             Op::Update { updates, .. } => updates.len(),
+            _ => 0,
         }
     }
 
@@ -118,12 +120,47 @@ impl Write for Tx {
                     }
                 }
             }
+            Op::TokenCreate {
+                user,
+                scope,
+                write,
+                admin,
+                secret_sha256,
+                created_unix_s,
+            } => {
+                2u8.write(buf);
+                write_str(user, buf);
+                match scope {
+                    None => 0u8.write(buf),
+                    Some(r) => {
+                        1u8.write(buf);
+                        write_str(r, buf);
+                    }
+                }
+                write.write(buf);
+                admin.write(buf);
+                secret_sha256.write(buf);
+                created_unix_s.write(buf);
+            }
+            Op::TokenRevoke { token_id } => {
+                3u8.write(buf);
+                token_id.write(buf);
+            }
+            Op::SetVisibility { private } => {
+                4u8.write(buf);
+                private.write(buf);
+            }
         }
     }
 }
 
 impl EncodeSize for Tx {
     fn encode_size(&self) -> usize {
+        if !matches!(self.op, Op::CreateRepo | Op::Update { .. }) {
+            let mut v = Vec::new();
+            self.write(&mut v);
+            return v.len();
+        }
         let head = 4 + 8 + str_size(&self.repo) + 1;
         match &self.op {
             Op::CreateRepo => head,
@@ -137,6 +174,7 @@ impl EncodeSize for Tx {
                     + 1
                     + if pack.is_some() { 28 } else { 0 }
             }
+            _ => unreachable!("handled above"),
         }
     }
 }
@@ -178,6 +216,28 @@ impl Read for Tx {
                     pack,
                 }
             }
+            2 => {
+                let user = read_str(buf, USER_MAX_BYTES, "user")?;
+                let scope = match u8::read_cfg(buf, &())? {
+                    0 => None,
+                    1 => Some(read_str(buf, REPO_KEY_MAX_BYTES, "scope")?),
+                    t => return Err(CodecError::InvalidEnum(t)),
+                };
+                Op::TokenCreate {
+                    user,
+                    scope,
+                    write: bool::read_cfg(buf, &())?,
+                    admin: bool::read_cfg(buf, &())?,
+                    secret_sha256: <[u8; 32]>::read_cfg(buf, &())?,
+                    created_unix_s: u64::read_cfg(buf, &())?,
+                }
+            }
+            3 => Op::TokenRevoke {
+                token_id: u64::read_cfg(buf, &())?,
+            },
+            4 => Op::SetVisibility {
+                private: bool::read_cfg(buf, &())?,
+            },
             t => return Err(CodecError::InvalidEnum(t)),
         };
         Ok(Tx {

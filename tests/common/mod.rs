@@ -7,7 +7,55 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The admin token of every node this test process started, by API address.
+static ADMIN_TOKENS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
+
+/// The admin token of the node listening on `addr`, if this process started it.
+pub fn admin_token(addr: SocketAddr) -> Option<String> {
+    let tokens = ADMIN_TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    tokens
+        .iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, t)| t.clone())
+}
+
+/// Standard base64 (for Basic credentials in hand-made requests).
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `Basic ...` for `user:password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
+}
+
+/// The `Authorization` header value of the admin of the node at `addr`
+/// (empty if this process did not start it).
+pub fn admin_auth(addr: SocketAddr) -> String {
+    admin_token(addr)
+        .map(|t| basic_auth("admin", &t))
+        .unwrap_or_default()
+}
 
 /// Longest a node may take to answer /health/live after start.
 pub const NODE_START_TIMEOUT_MS: u64 = 20_000;
@@ -28,8 +76,12 @@ pub struct Node {
     pub metrics: SocketAddr,
     pub p2p: SocketAddr,
     pub extra_args: Vec<String>,
+    /// Extra environment variables for the process.
+    pub extra_env: Vec<(String, String)>,
     pub log: PathBuf,
     pub _tmp: Option<tempfile::TempDir>,
+    /// The node's admin token (read from `DATA/admin.token` once it started).
+    pub admin_token: String,
 }
 
 impl Node {
@@ -40,6 +92,11 @@ impl Node {
 
     /// Start a node with extra flags.
     pub fn start_with(extra: &[&str]) -> Node {
+        Node::start_with_env(extra, &[])
+    }
+
+    /// Start a node with extra flags and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let mut node = Node {
@@ -49,7 +106,12 @@ impl Node {
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             p2p: SocketAddr::from(([127, 0, 0, 1], free_port())),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: tmp.path().join("node.log"),
+            admin_token: String::new(),
             _tmp: Some(tmp),
         };
         node.spawn();
@@ -58,6 +120,7 @@ impl Node {
 
     /// Start (or restart) the process on the same data dir and ports.
     pub fn spawn(&mut self) {
+        let ready_lines = self.log_text().matches("ready: git over HTTP").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -73,6 +136,7 @@ impl Node {
             .arg("--p2p-addr")
             .arg(self.p2p.to_string())
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("GUTS_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -80,8 +144,25 @@ impl Node {
             .expect("spawn guts-node");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
+        // A node with TLS does not answer plain HTTP: its log says when it serves.
+        let tls = self.extra_args.iter().any(|a| a == "--tls-cert");
         loop {
-            if let Ok((200, _)) = http(self.api, "GET", "/health/live", &[], b"") {
+            let ready = if tls {
+                self.log_text().matches("ready: git over HTTP").count() > ready_lines
+            } else {
+                matches!(
+                    http_anonymous(self.api, "GET", "/health/live", &[], b""),
+                    Ok((200, _))
+                )
+            };
+            if ready {
+                self.admin_token = std::fs::read_to_string(self.data_dir.join("admin.token"))
+                    .expect("DATA/admin.token after start")
+                    .trim()
+                    .to_string();
+                let mut tokens = ADMIN_TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+                tokens.retain(|(a, _)| *a != self.api);
+                tokens.push((self.api, self.admin_token.clone()));
                 return;
             }
             if let Some(c) = self.child.as_mut() {
@@ -120,12 +201,27 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Base URL of repository `owner/name`.
+    /// Base URL of repository `owner/name`, with the admin token as its
+    /// credentials (git sends them only when the node asks: pushes, and
+    /// reads of private repositories).
     pub fn url(&self, owner: &str, name: &str) -> String {
+        format!(
+            "http://admin:{}@{}/git/{owner}/{name}.git",
+            self.admin_token, self.api
+        )
+    }
+
+    /// Base URL of repository `owner/name` without credentials.
+    pub fn url_anonymous(&self, owner: &str, name: &str) -> String {
         format!("http://{}/git/{owner}/{name}.git", self.api)
     }
 
-    /// Create a repository through the API; panics unless 201.
+    /// The `Authorization` header value of this node's admin.
+    pub fn admin_auth(&self) -> String {
+        basic_auth("admin", &self.admin_token)
+    }
+
+    /// Create a repository through the API (as the admin); panics unless 201.
     pub fn create_repo(&self, owner: &str, name: &str) -> String {
         let body = format!("{{\"owner\":\"{owner}\",\"name\":\"{name}\"}}");
         let (status, text) = http(
@@ -160,8 +256,31 @@ impl Drop for Node {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// One HTTP/1.1 request with `Connection: close`, as the admin of the
+/// node at `addr` when this process started it (unless `headers` carry an
+/// `Authorization` of their own); returns status and body.
 pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let auth = admin_auth(addr);
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !auth.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        all.push(("Authorization", &auth));
+    }
+    http_anonymous(addr, method, path, &all, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close` and only the given
+/// headers (no credentials unless they carry some).
+pub fn http_anonymous(
     addr: SocketAddr,
     method: &str,
     path: &str,

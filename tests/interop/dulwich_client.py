@@ -7,6 +7,7 @@ is checked with the C git client (`git fsck --strict`, ref comparisons)."""
 
 import os
 import sys
+import urllib.parse
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +35,13 @@ def heads_and_tags(refs):
 
 
 def client(url, fetch_drop=(), send_drop=(), **kw):
+    # Credentials in the URL (the node's admin token) go to dulwich's own
+    # username/password, which it sends as HTTP Basic.
+    u = urllib.parse.urlparse(url)
+    if u.username is not None:
+        kw.setdefault("username", urllib.parse.unquote(u.username))
+        kw.setdefault("password", urllib.parse.unquote(u.password or ""))
+        url = u._replace(netloc=f"{u.hostname}:{u.port}").geturl()
     c = HttpGitClient(url, **kw)
     for cap in fetch_drop:
         c._fetch_capabilities.discard(b(cap))

@@ -2,10 +2,12 @@
 guts-node through its API, run the C git client with an isolated
 configuration, and check results with it (`git fsck --strict`, refs)."""
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 
 ZERO = "0" * 40
@@ -90,11 +92,27 @@ class Git:
         check(self.refs(dst) == want, f"{label}: C git clone refs differ")
 
 
+def split_api(api):
+    """`http://USER:TOKEN@HOST:PORT` -> (`http://HOST:PORT`, Authorization header value or None)."""
+    u = urllib.parse.urlparse(api)
+    base = f"{u.scheme}://{u.hostname}:{u.port}"
+    if u.username is None:
+        return base, None
+    creds = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+    return base, "Basic " + base64.b64encode(creds.encode()).decode()
+
+
 def create_repo(api, owner, name):
+    """Create OWNER/NAME through the API (with the credentials in `api`);
+    returns its git URL, credentials included."""
+    base, auth = split_api(api)
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = auth
     req = urllib.request.Request(
-        f"{api}/api/repos",
+        f"{base}/api/repos",
         data=json.dumps({"owner": owner, "name": name}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=30) as r:
@@ -106,7 +124,7 @@ def parse_args():
     import argparse
 
     p = argparse.ArgumentParser()
-    p.add_argument("--api", required=True, help="http://HOST:PORT of the node's API")
+    p.add_argument("--api", required=True, help="http://admin:TOKEN@HOST:PORT of the node's API")
     p.add_argument("--work", required=True, help="scratch directory")
     p.add_argument("--corpus", required=True, help="a git bundle with realistic history")
     p.add_argument("--owner", default="interop")

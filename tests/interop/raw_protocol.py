@@ -12,7 +12,10 @@ import sys
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from interop_common import ZERO, Git, check, corpus_mirror, create_repo, die, parse_args, step
+from interop_common import ZERO, Git, check, corpus_mirror, create_repo, die, parse_args, split_api, step
+
+# Credentials sent with every request (the node's admin, from --api).
+AUTH_HEADERS = []
 
 
 def pkt(data):
@@ -46,7 +49,7 @@ def request(addr, method, path, headers=(), body=b"", version="HTTP/1.1", expect
         head += f"Content-Length: {len(body)}\r\n"
     if expect_continue:
         head += "Expect: 100-continue\r\n"
-    for k, v in headers:
+    for k, v in list(headers) + AUTH_HEADERS:
         head += f"{k}: {v}\r\n"
     s.sendall((head + "\r\n").encode())
     buf = b""
@@ -102,6 +105,9 @@ def main():
     git = Git(a.work)
     u = urllib.parse.urlparse(a.api)
     addr = (u.hostname, u.port)
+    auth = split_api(a.api)[1]
+    if auth:
+        AUTH_HEADERS.append(("Authorization", auth))
     corpus = corpus_mirror(git, a.corpus, "corpus-raw.git")
     corpus_refs = git.refs(corpus)
     url = create_repo(a.api, a.owner, "raw")

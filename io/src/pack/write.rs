@@ -166,7 +166,7 @@ pub fn pack_stream(
             Some(loc) => plan.push(loc),
             // The empty tree may be referenced without being stored; every
             // git treats it as present, so it need not be sent.
-            None if *oid == crate::pack::ingest::EMPTY_TREE => {}
+            None if *oid == ObjectId::EMPTY_TREE_SHA1 => {}
             None => return Err(PackWriteError::Missing(*oid)),
         }
     }
