@@ -89,6 +89,8 @@ fn network(validators: usize, followers: usize, extra: &[&str]) -> Net {
             p2p,
             extra_args: args,
             log: dir.path().join(format!("node-{i}.log")),
+            extra_env: Vec::new(),
+            admin_token: String::new(),
             _tmp: None,
         };
         node.spawn();
