@@ -948,7 +948,6 @@ fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
 
     fn oid(n: u64) -> ObjectId {
         let mut bytes = [0u8; 20];
@@ -1491,28 +1490,11 @@ mod tests {
     }
 
     fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
-        let mut child = Command::new("git")
-            .arg(format!("--git-dir={}", dir.display()))
-            .args(args)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(bytes) = stdin {
-            input.write_all(bytes).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let git_dir = format!("--git-dir={}", dir.display());
+        let args: Vec<&str> = std::iter::once(git_dir.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        String::from_utf8(guts_testkit::git_bytes(dir, &args, stdin)).unwrap()
     }
 
     /// C git reads the exported `HEAD` and `packed-refs` (with an `objects/`
