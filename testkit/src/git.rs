@@ -6,8 +6,9 @@ use std::process::{Command, Output, Stdio};
 
 /// A `git` command run in `dir` with an isolated configuration: no system
 /// or user config (`HOME` is `dir`), no terminal prompts, git's own test
-/// identities (`A U Thor`, `C O Mitter`) and a fixed date, `main` as the
-/// initial branch, protocol v2.
+/// identities (`A U Thor`, `C O Mitter`) and a fixed date. Otherwise git's
+/// defaults (so a mirror of a corpus bundle gets the bundle's `master` as
+/// its HEAD); end-to-end tests add their client configuration to it.
 pub fn git(dir: &Path) -> Command {
     let mut c = Command::new("git");
     c.current_dir(dir)
@@ -20,23 +21,14 @@ pub fn git(dir: &Path) -> Command {
         .env("GIT_AUTHOR_DATE", "1700000000 +0000")
         .env("GIT_COMMITTER_NAME", "C O Mitter")
         .env("GIT_COMMITTER_EMAIL", "committer@example.com")
-        .env("GIT_COMMITTER_DATE", "1700000000 +0000")
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "protocol.version=2",
-            "-c",
-            "advice.detachedHead=false",
-        ]);
+        .env("GIT_COMMITTER_DATE", "1700000000 +0000");
     c
 }
 
-/// Run git in `dir` with `args`, feeding `input` on stdin; whatever the
-/// outcome.
-pub fn git_run(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
-    let mut child = git(dir)
-        .args(args)
+/// Run a git command (from [`git`], with its arguments), feeding `input`
+/// on stdin; whatever the outcome.
+pub fn run(cmd: &mut Command, input: Option<&[u8]>) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,18 +47,28 @@ pub fn git_run(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
     out
 }
 
-/// Run git; panic with its output unless it succeeds; returns stdout.
-pub fn git_bytes(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
-    let out = git_run(dir, args, input);
+/// [`run`]; panic with the output unless it succeeds; returns stdout.
+pub fn run_ok(cmd: &mut Command, input: Option<&[u8]>) -> Vec<u8> {
+    let out = run(cmd, input);
     assert!(
         out.status.success(),
-        "git {args:?} in {} failed ({}):\nstdout: {}\nstderr: {}",
-        dir.display(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// Run git in `dir` with `args`, feeding `input` on stdin; whatever the
+/// outcome.
+pub fn git_run(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
+    run(git(dir).args(args), input)
+}
+
+/// Run git; panic with its output unless it succeeds; returns stdout.
+pub fn git_bytes(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+    run_ok(git(dir).args(args), input)
 }
 
 /// Run git; panic with its output unless it succeeds; returns stdout as text.

@@ -3,7 +3,33 @@
 //! HTTP, and drive the real `git` client with an isolated configuration.
 #![allow(dead_code, unused_imports)]
 
-pub use guts_testkit::{corpus_bundle, git, git_ok, git_out, wait_until};
+pub use guts_testkit::{corpus_bundle, wait_until};
+
+/// The git client of the end-to-end tests: the test kit's isolated git,
+/// configured as a current client (`main` as the initial branch, protocol
+/// v2, no detached-HEAD advice).
+pub fn git(dir: &Path) -> Command {
+    let mut c = guts_testkit::git(dir);
+    c.args([
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "protocol.version=2",
+        "-c",
+        "advice.detachedHead=false",
+    ]);
+    c
+}
+
+/// Run the client; panic with its output unless it succeeds; returns stdout.
+pub fn git_ok(dir: &Path, args: &[&str]) -> String {
+    String::from_utf8_lossy(&guts_testkit::run_ok(git(dir).args(args), None)).into_owned()
+}
+
+/// Run the client and return its output whatever happens.
+pub fn git_out(dir: &Path, args: &[&str]) -> std::process::Output {
+    guts_testkit::run(git(dir).args(args), None)
+}
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
