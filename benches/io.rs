@@ -11,7 +11,6 @@ use guts_io::store::ObjectStore;
 use guts_io::walk::{enumerate, WalkRequest};
 use guts_io::ObjectId;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const CORPUS_BUNDLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/tokio.bundle");
@@ -25,17 +24,7 @@ struct Corpus {
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    guts_testkit::git_ok(dir, args)
 }
 
 fn corpus() -> Corpus {
@@ -206,9 +195,8 @@ fn ingest_benches(cr: &mut Criterion) {
     );
     g.bench_function(BenchmarkId::new("git_index_pack_threads2", "tokio"), |b| {
         b.iter(|| {
-            let mut child = Command::new("git")
+            let mut child = guts_testkit::git(&git_dir)
                 .args(["index-pack", "--threads=2", "--strict", "--stdin"])
-                .current_dir(&git_dir)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::null())
                 .spawn()

@@ -60,8 +60,8 @@ pub struct Cli {
     #[arg(long, env = "GUTS_GENESIS_FILE", global = true)]
     pub genesis_file: Option<PathBuf>,
     /// Log format: text or json.
-    #[arg(long, env = "GUTS_LOG_FORMAT", global = true)]
-    pub log_format: Option<String>,
+    #[arg(long, env = "GUTS_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// PEM certificate chain for TLS on the API address (with --tls-key).
     #[arg(long, env = "GUTS_TLS_CERT", global = true)]
     pub tls_cert: Option<PathBuf>,
@@ -117,6 +117,15 @@ pub struct Cli {
     /// Window in milliseconds over which failed authentication attempts are counted.
     #[arg(long, env = "GUTS_AUTH_FAILURE_WINDOW_MS", global = true)]
     pub auth_failure_window_ms: Option<u64>,
+}
+
+/// How log events are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per event and line.
+    Json,
 }
 
 /// Subcommands.

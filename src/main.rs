@@ -23,7 +23,7 @@ fn main() {
     // only the signal thread takes SIGTERM/SIGINT/SIGHUP.
     lifecycle::block_signals();
     let cli = Cli::parse();
-    init_logging(cli.log_format.as_deref());
+    init_logging(cli.log_format);
     let result = match cli.command.clone() {
         None => run(&cli),
         Some(Command::Run) => run(&cli),
@@ -41,13 +41,13 @@ fn main() {
     }
 }
 
-fn init_logging(format: Option<&str>) {
+fn init_logging(format: Option<config::LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GUTS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == Some("json") {
+    if format == Some(config::LogFormat::Json) {
         builder.json().init();
     } else {
         builder.init();

@@ -272,20 +272,6 @@ fn pack_files(node: &Node, owner: &str, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Poll `cond` every 20 ms until it holds or `timeout` passes.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The node is alive, healthy, and real git can still push and clone.
 fn assert_node_serves_git(node: &mut Node, tmp: &Path, tag: &str) {
     assert!(node.alive(), "node died\n{}", node.log_text());
@@ -951,7 +937,7 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
         let head_len = full.len() - body.len();
         s.write_all(&full[..head_len + sent]).unwrap();
         drop(s);
-        let clean = wait_for(Duration::from_secs(15), || {
+        let clean = wait_until(Duration::from_secs(15), || {
             pack_files(&node, "alice", "repo") == before
         });
         assert!(
@@ -980,7 +966,7 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
         .unwrap();
         drop(s);
         assert!(
-            wait_for(Duration::from_secs(15), || pack_files(
+            wait_until(Duration::from_secs(15), || pack_files(
                 &node, "alice", "repo"
             )
             .iter()

@@ -4,43 +4,34 @@
 //! clients are driven by the Python scripts in tests/interop/, which check
 //! every result with the C git client (`git fsck --strict`, refs).
 //!
-//! Needs `python3` with `dulwich` and `pygit2` (`pip install dulwich pygit2`,
-//! done by .ci/run); a missing module fails the test, it is never skipped.
+//! Needs `python3`; when it lacks `dulwich` or `pygit2`, the tests install
+//! them once into a virtual environment under the target directory
+//! (`target/tmp/python-venv`, from the Python package index) and reuse it.
+//! A module that cannot be had fails the test, it is never skipped.
 
 mod common;
 use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn require_python_modules(modules: &[&str]) {
-    for m in modules {
-        let out = Command::new("python3")
-            .args(["-c", &format!("import {m}")])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "interop test needs the Python module `{m}` (pip install dulwich pygit2; .ci/run installs them):\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => panic!("interop test needs python3 on PATH: {e}"),
-        }
-    }
-}
+/// The Python modules the scripts import.
+const PYTHON_MODULES: &[&str] = &["dulwich", "pygit2"];
 
 /// Run `tests/interop/SCRIPT` against a fresh node; panic with its output (and the node's log) unless it succeeds.
 fn run_script(script: &str, modules: &[&str]) {
-    require_python_modules(modules);
+    // one environment for the suite: the first test to need it installs all
+    let python = guts_testkit::python_with(Path::new(env!("CARGO_TARGET_TMPDIR")), PYTHON_MODULES);
+    debug_assert!(modules.iter().all(|m| PYTHON_MODULES.contains(m)));
     let node = Node::start();
     let tmp = tempfile::tempdir().unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bundle = dir.join("../shared/corpus/guts.bundle");
+    let bundle = corpus_bundle("guts");
     assert!(
         bundle.exists(),
         "corpus bundle missing: {}",
         bundle.display()
     );
-    let out = Command::new("python3")
+    let out = Command::new(&python)
         .arg(dir.join("tests/interop").join(script))
         .arg("--api")
         .arg(format!("http://admin:{}@{}", node.admin_token, node.api))

@@ -11,6 +11,7 @@
 pub mod delta;
 pub mod dma;
 pub mod fsck;
+pub mod limits;
 pub mod object;
 pub mod oid;
 pub mod pack;

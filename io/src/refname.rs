@@ -220,7 +220,6 @@ fn lossy(name: &[u8]) -> String {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
-    use std::process::Command;
 
     /// Names chosen to hit every rule and its edges. Each is checked against
     /// the real `git check-ref-format`.
@@ -296,7 +295,7 @@ mod tests {
     ];
 
     fn git_accepts(name: &[u8]) -> bool {
-        let status = Command::new("git")
+        let status = guts_testkit::git(&std::env::temp_dir())
             .arg("check-ref-format")
             .arg(std::ffi::OsStr::from_bytes(name))
             .status()

@@ -145,7 +145,7 @@ pub enum RefError {
         /// Byte offset of the damage.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        reason: DecodeError,
     },
     /// Another process (or another `RefStore` in this one) has the store open.
     #[error("ref store log {path} is locked by another opener")]
@@ -164,6 +164,71 @@ pub enum RefError {
     /// may not be durable; the store is poisoned and must be reopened.
     #[error("ref store I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Why a record of the ref log or the snapshot does not decode; each
+/// carries the value that was wrong.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("short record header ({len_bytes} bytes)")]
+    ShortRecordHeader { len_bytes: usize },
+    #[error("bad record magic")]
+    RecordMagic,
+    #[error("bad record length {len_bytes}")]
+    RecordLength {
+        len_bytes: usize,
+        /// The largest length a record may have ([`LOG_RECORD_MAX_BYTES`]).
+        limit_bytes: usize,
+    },
+    #[error("short record ({have_bytes} of {len_bytes} payload bytes)")]
+    ShortRecord { have_bytes: usize, len_bytes: usize },
+    #[error("bad record checksum")]
+    RecordChecksum,
+    #[error("unknown record flags {flags:#04x}")]
+    UnknownFlags { flags: u8 },
+    #[error("{count} trailing bytes in record")]
+    TrailingRecordBytes { count: usize },
+    #[error("{reason}, but a valid record follows at offset {later}")]
+    ValidRecordFollows {
+        reason: Box<DecodeError>,
+        later: usize,
+    },
+    #[error("log starts at sequence {seq} but the snapshot ends at {snapshot_seq}")]
+    LogStart { seq: u64, snapshot_seq: u64 },
+    #[error("sequence {seq} where {expected} was expected")]
+    Sequence { seq: u64, expected: u64 },
+    #[error("record {seq} moves {name} from {old} but it is at {actual}")]
+    ReplayStale {
+        seq: u64,
+        name: String,
+        old: ObjectId,
+        actual: ObjectId,
+    },
+    #[error("short snapshot header ({len_bytes} bytes)")]
+    ShortSnapshotHeader { len_bytes: usize },
+    #[error("bad snapshot magic")]
+    SnapshotMagic,
+    #[error("snapshot claims {claimed_bytes} payload bytes, file has {actual_bytes}")]
+    SnapshotLength {
+        claimed_bytes: u64,
+        actual_bytes: usize,
+    },
+    #[error("bad snapshot checksum")]
+    SnapshotChecksum,
+    #[error("ref {name} has the null id")]
+    NullId { name: String },
+    #[error("ref {name} is out of order")]
+    OutOfOrder { name: String },
+    #[error("{count} trailing bytes in snapshot")]
+    TrailingSnapshotBytes { count: usize },
+    #[error("payload ends inside a {len_bytes}-byte field")]
+    ShortField { len_bytes: usize },
+    #[error("{0}")]
+    Oid(#[from] crate::oid::OidError),
+    #[error("{0}")]
+    Name(#[from] RefNameError),
+    #[error("ref name is not UTF-8")]
+    NameNotUtf8,
 }
 
 /// The durable ref store of one repository. Not shared: one owner calls
@@ -538,7 +603,7 @@ impl State {
 /// Damage at the end of the log that recovery drops.
 struct TornTail {
     offset: usize,
-    reason: String,
+    reason: DecodeError,
 }
 
 /// What replaying the log found.
@@ -558,7 +623,7 @@ struct Record {
 }
 
 /// Corruption found while decoding: (offset, reason).
-type Damage = (u64, String);
+type Damage = (u64, DecodeError);
 
 /// Replay log `bytes` onto `state` (loaded from the snapshot). Records at or
 /// below the snapshot's sequence number are skipped; the rest must follow
@@ -575,7 +640,10 @@ fn replay_log(bytes: &[u8], state: &mut State) -> Result<Replay, Damage> {
                 if let Some(later) = find_valid_frame(bytes, offset + 1) {
                     return Err((
                         offset as u64,
-                        format!("{reason}, but a valid record follows at offset {later}"),
+                        DecodeError::ValidRecordFollows {
+                            reason: Box::new(reason),
+                            later,
+                        },
                     ));
                 }
                 return Ok(Replay {
@@ -590,16 +658,19 @@ fn replay_log(bytes: &[u8], state: &mut State) -> Result<Replay, Damage> {
             None if record.seq == 0 || record.seq > snapshot_seq + 1 => {
                 return Err((
                     offset as u64,
-                    format!(
-                        "log starts at sequence {} but the snapshot ends at {snapshot_seq}",
-                        record.seq
-                    ),
+                    DecodeError::LogStart {
+                        seq: record.seq,
+                        snapshot_seq,
+                    },
                 ))
             }
             Some(expected) if record.seq != expected => {
                 return Err((
                     offset as u64,
-                    format!("sequence {} where {expected} was expected", record.seq),
+                    DecodeError::Sequence {
+                        seq: record.seq,
+                        expected,
+                    },
                 ))
             }
             _ => {}
@@ -618,7 +689,7 @@ fn replay_log(bytes: &[u8], state: &mut State) -> Result<Replay, Damage> {
     })
 }
 
-fn replay_record(state: &mut State, record: Record) -> Result<(), String> {
+fn replay_record(state: &mut State, record: Record) -> Result<(), DecodeError> {
     for (name, old, new) in record.updates {
         let actual = state
             .refs
@@ -626,10 +697,12 @@ fn replay_record(state: &mut State, record: Record) -> Result<(), String> {
             .copied()
             .unwrap_or(ObjectId::NULL_SHA1);
         if actual != old {
-            return Err(format!(
-                "record {} moves {name} from {old} but it is at {actual}",
-                record.seq
-            ));
+            return Err(DecodeError::ReplayStale {
+                seq: record.seq,
+                name,
+                old,
+                actual,
+            });
         }
         if new.is_null() {
             state.refs.remove(&name);
@@ -646,28 +719,33 @@ fn replay_record(state: &mut State, record: Record) -> Result<(), String> {
 
 /// Check the frame (header, length, checksum) of the record at `offset`;
 /// return its payload and the offset after it, or why it is not valid.
-fn frame_at(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), String> {
+fn frame_at(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), DecodeError> {
     let rest = &bytes[offset..];
     if rest.len() < RECORD_HEADER_BYTES {
-        return Err(format!("short record header ({} bytes)", rest.len()));
+        return Err(DecodeError::ShortRecordHeader {
+            len_bytes: rest.len(),
+        });
     }
     if rest[..4] != RECORD_MAGIC {
-        return Err("bad record magic".to_owned());
+        return Err(DecodeError::RecordMagic);
     }
     let len_bytes = [rest[4], rest[5], rest[6], rest[7]];
     let len = u32::from_le_bytes(len_bytes) as usize;
     if !(RECORD_MIN_PAYLOAD_BYTES..=LOG_RECORD_MAX_BYTES).contains(&len) {
-        return Err(format!("bad record length {len}"));
+        return Err(DecodeError::RecordLength {
+            len_bytes: len,
+            limit_bytes: LOG_RECORD_MAX_BYTES,
+        });
     }
     let stored_crc = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
     let Some(payload) = rest.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
-        return Err(format!(
-            "short record ({} of {len} payload bytes)",
-            rest.len() - RECORD_HEADER_BYTES
-        ));
+        return Err(DecodeError::ShortRecord {
+            have_bytes: rest.len() - RECORD_HEADER_BYTES,
+            len_bytes: len,
+        });
     };
     if checksum(&len_bytes, payload) != stored_crc {
-        return Err("bad record checksum".to_owned());
+        return Err(DecodeError::RecordChecksum);
     }
     Ok((payload, offset + RECORD_HEADER_BYTES + len))
 }
@@ -739,12 +817,12 @@ fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), RefError> {
     Ok(())
 }
 
-fn decode_record(payload: &[u8]) -> Result<Record, String> {
+fn decode_record(payload: &[u8]) -> Result<Record, DecodeError> {
     let mut r = Reader::new(payload);
     let seq = r.u64()?;
     let flags = r.u8()?;
     if flags & !RECORD_FLAG_HEAD != 0 {
-        return Err(format!("unknown record flags {flags:#04x}"));
+        return Err(DecodeError::UnknownFlags { flags });
     }
     let count = r.u32()? as usize;
     // Each update takes at least 2 + 40 bytes; don't trust `count` further.
@@ -761,7 +839,9 @@ fn decode_record(payload: &[u8]) -> Result<Record, String> {
         None
     };
     if r.remaining() != 0 {
-        return Err(format!("{} trailing bytes in record", r.remaining()));
+        return Err(DecodeError::TrailingRecordBytes {
+            count: r.remaining(),
+        });
     }
     Ok(Record { seq, updates, head })
 }
@@ -790,10 +870,15 @@ fn encode_snapshot(seq: u64, head: &str, refs: &BTreeMap<String, ObjectId>) -> V
 
 fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
-        return Err((0, format!("short snapshot header ({} bytes)", bytes.len())));
+        return Err((
+            0,
+            DecodeError::ShortSnapshotHeader {
+                len_bytes: bytes.len(),
+            },
+        ));
     }
     if bytes[..8] != SNAPSHOT_MAGIC {
-        return Err((0, "bad snapshot magic".to_owned()));
+        return Err((0, DecodeError::SnapshotMagic));
     }
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&bytes[8..16]);
@@ -802,15 +887,15 @@ fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
     if len != payload.len() as u64 {
         return Err((
             8,
-            format!(
-                "snapshot claims {len} payload bytes, file has {}",
-                payload.len()
-            ),
+            DecodeError::SnapshotLength {
+                claimed_bytes: len,
+                actual_bytes: payload.len(),
+            },
         ));
     }
     let stored_crc = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
     if checksum(&len_bytes, payload) != stored_crc {
-        return Err((16, "bad snapshot checksum".to_owned()));
+        return Err((16, DecodeError::SnapshotChecksum));
     }
     let at = |r: &Reader| (SNAPSHOT_HEADER_BYTES + r.position()) as u64;
     let mut r = Reader::new(payload);
@@ -824,10 +909,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
         let name = r.name().map_err(|e| (offset, e))?;
         let oid = r.oid().map_err(|e| (offset, e))?;
         if oid.is_null() {
-            return Err((offset, format!("ref {name} has the null id")));
+            return Err((offset, DecodeError::NullId { name }));
         }
         if previous.as_ref().is_some_and(|p| *p >= name) {
-            return Err((offset, format!("ref {name} is out of order")));
+            return Err((offset, DecodeError::OutOfOrder { name }));
         }
         previous = Some(name.clone());
         refs.insert(name, oid);
@@ -835,7 +920,9 @@ fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
     if r.remaining() != 0 {
         return Err((
             at(&r),
-            format!("{} trailing bytes in snapshot", r.remaining()),
+            DecodeError::TrailingSnapshotBytes {
+                count: r.remaining(),
+            },
         ));
     }
     Ok(State { refs, head, seq })
@@ -860,47 +947,47 @@ impl<'a> Reader<'a> {
         self.bytes.len() - self.position
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .position
             .checked_add(n)
             .filter(|&end| end <= self.bytes.len())
-            .ok_or_else(|| format!("payload ends inside a {n}-byte field"))?;
+            .ok_or(DecodeError::ShortField { len_bytes: n })?;
         let out = &self.bytes[self.position..end];
         self.position = end;
         Ok(out)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, DecodeError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, DecodeError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
 
-    fn oid(&mut self) -> Result<ObjectId, String> {
-        ObjectId::from_bytes(self.take(20)?).map_err(|e| e.to_string())
+    fn oid(&mut self) -> Result<ObjectId, DecodeError> {
+        Ok(ObjectId::from_bytes(self.take(20)?)?)
     }
 
     /// A length-prefixed ref name, checked against the ref name rules.
-    fn name(&mut self) -> Result<String, String> {
+    fn name(&mut self) -> Result<String, DecodeError> {
         let len = self.u16()? as usize;
         let raw = self.take(len)?;
-        check_ref_name(raw).map_err(|e| e.to_string())?;
-        String::from_utf8(raw.to_vec()).map_err(|_| "ref name is not UTF-8".to_owned())
+        check_ref_name(raw)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::NameNotUtf8)
     }
 }
 
@@ -948,7 +1035,6 @@ fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
 
     fn oid(n: u64) -> ObjectId {
         let mut bytes = [0u8; 20];
@@ -1491,28 +1577,11 @@ mod tests {
     }
 
     fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> String {
-        let mut child = Command::new("git")
-            .arg(format!("--git-dir={}", dir.display()))
-            .args(args)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(bytes) = stdin {
-            input.write_all(bytes).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let git_dir = format!("--git-dir={}", dir.display());
+        let args: Vec<&str> = std::iter::once(git_dir.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        String::from_utf8(guts_testkit::git_bytes(dir, &args, stdin)).unwrap()
     }
 
     /// C git reads the exported `HEAD` and `packed-refs` (with an `objects/`

@@ -28,11 +28,10 @@ use std::sync::{Arc, Mutex};
 /// Bytes of resolved delta bases kept in memory per store (git's
 /// `core.deltaBaseCacheLimit` defaults to 96 MiB).
 pub const DELTA_BASE_CACHE_MAX_BYTES: usize = 96 << 20;
-/// Longest delta chain followed before the object is declared corrupt
-/// (git writes at most 50 by default; 10000 is git's own hard stop).
-pub const DELTA_CHAIN_MAX_DEPTH: usize = 10_000;
+/// Longest delta chain followed before the object is declared corrupt.
+pub const DELTA_CHAIN_MAX_DEPTH: usize = crate::limits::DELTA_CHAIN_MAX_DEPTH as usize;
 /// Largest object the store will inflate into memory.
-pub const OBJECT_MAX_BYTES: u64 = 2 << 30;
+pub const OBJECT_MAX_BYTES: u64 = crate::limits::OBJECT_MAX_BYTES;
 /// Parsed commits kept by the commit cache before it is cleared.
 pub const COMMIT_CACHE_MAX_ENTRIES: usize = 4 << 20;
 /// Cached objects larger than this are not kept in the delta-base cache.
@@ -902,20 +901,9 @@ impl ObjectStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        guts_testkit::git_ok(dir, args)
     }
 
     /// A small repository packed by C git, copied into a fresh store dir.

@@ -62,7 +62,7 @@ type OidSet<K> = HashSet<K, OidBuild>;
 /// `INFINITE_DEPTH`, what `git fetch --unshallow` sends).
 pub const INFINITE_DEPTH: u32 = 0x7fff_ffff;
 /// Longest chain of annotated tags followed before giving up.
-pub const TAG_CHAIN_MAX_DEPTH: usize = 64;
+pub const TAG_CHAIN_MAX_DEPTH: usize = crate::limits::TAG_CHAIN_MAX_DEPTH;
 
 /// How a shallow request limits history.
 #[derive(Debug, Clone, PartialEq, Eq)]

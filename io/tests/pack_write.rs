@@ -11,37 +11,17 @@ use guts_io::ObjectId;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 mod common;
-use common::{corpus_bundle, git_bytes};
+use common::{corpus_bundle, git as git_command, git_bytes};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(git_bytes(dir, args, None)).unwrap()
 }
 
 fn git_stdin(dir: &Path, args: &[&str], input: &[u8]) -> String {
-    let mut child = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(git_bytes(dir, args, Some(input))).unwrap()
 }
 
 fn oids(text: &str) -> BTreeSet<ObjectId> {
@@ -243,9 +223,8 @@ fn incremental_fetch_is_complete() {
     ]
     .iter()
     .filter_map(|r| {
-        let out = Command::new("git")
+        let out = git_command(&fx.mirror)
             .args(["rev-parse", "--verify", "-q", r])
-            .current_dir(&fx.mirror)
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().parse().ok()
@@ -279,9 +258,8 @@ fn incremental_fetch_is_complete() {
     let client = empty_repo(&fx.root, "client");
     let have_list: String = haves.iter().map(|h| format!("{h}\n")).collect();
     let base_pack = fx.root.join("base.pack");
-    let out = Command::new("git")
+    let out = git_command(&fx.mirror)
         .args(["pack-objects", "--revs", "--stdout"])
-        .current_dir(&fx.mirror)
         .stdin(
             std::fs::File::open({
                 std::fs::write(fx.root.join("haves.txt"), &have_list).unwrap();
@@ -727,9 +705,8 @@ fn tokio_full_clone_timing() {
         );
     }
     let t0 = std::time::Instant::now();
-    let out = Command::new("git")
+    let out = git_command(&fx.mirror)
         .args(["pack-objects", "--all", "--stdout"])
-        .current_dir(&fx.mirror)
         .stdin(Stdio::null())
         .output()
         .unwrap();

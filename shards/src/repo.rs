@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 /// Longest owner or repository name.
 pub const REPO_NAME_MAX_BYTES: usize = 100;
-/// Annotated tags followed when peeling a tag ref.
-const PEEL_DEPTH_MAX: usize = 16;
+/// Annotated tags followed when peeling a tag ref: as far as the walk.
+const PEEL_DEPTH_MAX: usize = guts_io::limits::TAG_CHAIN_MAX_DEPTH;
 
 /// Errors from opening or creating repositories.
 #[derive(Debug, thiserror::Error)]

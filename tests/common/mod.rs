@@ -1,12 +1,40 @@
 //! Shared helpers for end-to-end tests: start the real `guts-node` binary
 //! on free loopback ports with its own data directory, talk to it over
 //! HTTP, and drive the real `git` client with an isolated configuration.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+pub use guts_testkit::{corpus_bundle, wait_until};
+
+/// The git client of the end-to-end tests: the test kit's isolated git,
+/// configured as a current client (`main` as the initial branch, protocol
+/// v2, no detached-HEAD advice).
+pub fn git(dir: &Path) -> Command {
+    let mut c = guts_testkit::git(dir);
+    c.args([
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "protocol.version=2",
+        "-c",
+        "advice.detachedHead=false",
+    ]);
+    c
+}
+
+/// Run the client; panic with its output unless it succeeds; returns stdout.
+pub fn git_ok(dir: &Path, args: &[&str]) -> String {
+    String::from_utf8_lossy(&guts_testkit::run_ok(git(dir).args(args), None)).into_owned()
+}
+
+/// Run the client and return its output whatever happens.
+pub fn git_out(dir: &Path, args: &[&str]) -> std::process::Output {
+    guts_testkit::run(git(dir).args(args), None)
+}
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -339,49 +367,6 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     Ok((status, body))
 }
 
-/// A `git` command with an isolated configuration (no system or user config).
-pub fn git(dir: &Path) -> Command {
-    let mut c = Command::new("git");
-    c.current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("HOME", dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "Test Author")
-        .env("GIT_AUTHOR_EMAIL", "author@example.com")
-        .env("GIT_COMMITTER_NAME", "Test Committer")
-        .env("GIT_COMMITTER_EMAIL", "committer@example.com")
-        .env("GIT_AUTHOR_DATE", "1700000000 +0000")
-        .env("GIT_COMMITTER_DATE", "1700000000 +0000")
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "protocol.version=2",
-            "-c",
-            "advice.detachedHead=false",
-        ]);
-    c
-}
-
-/// Run git, panic with its output unless it succeeds; returns stdout.
-pub fn git_ok(dir: &Path, args: &[&str]) -> String {
-    let out = git(dir).args(args).output().expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Run git and return its output whatever happens.
-pub fn git_out(dir: &Path, args: &[&str]) -> Output {
-    git(dir).args(args).output().expect("run git")
-}
-
 /// `git fsck --strict` must pass.
 pub fn fsck(repo: &Path) {
     git_ok(repo, &["fsck", "--strict", "--no-progress"]);
@@ -389,9 +374,7 @@ pub fn fsck(repo: &Path) {
 
 /// Mirror-clone a corpus bundle (`guts`, `ripgrep`, `tokio`) into `dir/NAME.git`.
 pub fn corpus_mirror(dir: &Path, name: &str) -> PathBuf {
-    let bundle = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
-        .join(format!("{name}.bundle"));
+    let bundle = corpus_bundle(name);
     let target = dir.join(format!("{name}.git"));
     git_ok(
         dir,
@@ -523,20 +506,6 @@ pub fn rev_list_all(repo: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// Poll `cond` until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// One pkt-line holding `data`.

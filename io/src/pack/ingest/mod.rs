@@ -47,17 +47,17 @@ use std::path::{Path, PathBuf};
 
 /// Default largest pack accepted: 2 GiB (the push limit of large hosts).
 pub const PACK_MAX_BYTES_DEFAULT: u64 = 2 << 30;
-/// Default largest object (inflated): 512 MiB, git's `core.bigFileThreshold`.
+/// Default largest object (inflated): [`crate::limits::OBJECT_MAX_BYTES`].
 /// A delta base of this size is held in memory while its deltas resolve.
-pub const OBJECT_MAX_BYTES_DEFAULT: u64 = 512 << 20;
+pub const OBJECT_MAX_BYTES_DEFAULT: u64 = crate::limits::OBJECT_MAX_BYTES;
 /// Default most objects in one pack. Each costs about 100 bytes of
 /// bookkeeping during ingest.
 pub const OBJECTS_MAX_DEFAULT: u32 = 4_000_000;
 /// Default budget for cached delta bases, shared by the workers: 96 MiB,
 /// git's `core.deltaBaseCacheLimit`.
 pub const DELTA_CACHE_BYTES_DEFAULT: usize = 96 << 20;
-/// Default deepest delta chain: 4095, the deepest `pack-objects` writes.
-pub const DELTA_CHAIN_MAX_DEFAULT: u32 = 4095;
+/// Default deepest delta chain: [`crate::limits::DELTA_CHAIN_MAX_DEPTH`].
+pub const DELTA_CHAIN_MAX_DEFAULT: u32 = crate::limits::DELTA_CHAIN_MAX_DEPTH;
 /// Default worker threads for delta resolution (capped by the machine).
 pub const THREADS_DEFAULT: usize = 2;
 /// Default most distinct `.gitmodules`/`.gitattributes` objects one pack's
