@@ -80,6 +80,10 @@ fn block_cfg(config: &Config) -> BlockCfg {
 /// marshal and application payloads. `None` if it exceeds what the transport supports.
 pub fn max_message_size(config: &Config) -> Option<u32> {
     let participants = u32::try_from(config.validators.len()).ok()?;
+    let limit = lookup::max_size::<Handshake>() as usize;
+    if block::max_block_size(&block_cfg(config)) > limit || config.max_app_message_bytes > limit {
+        return None;
+    }
     let consensus = simplex::max_payload_size::<Scheme, Digest>(participants);
     let marshal = marshal::max_payload_size::<marshal::standard::Standard<Block>, Scheme>(
         participants,

@@ -300,6 +300,15 @@ fn four_validators_finalize_identical_blocks() {
         let refs: Vec<&TestLedger> = ledgers.iter().collect();
         wait_all(&context, &refs, &expected).await;
         let chain = assert_same_chain(&refs);
+        eprintln!(
+            "four validators: {} blocks, view {}, {:?} simulated",
+            chain.len(),
+            nodes[0].1.status.current_view(),
+            context
+                .current()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        );
         let all: Vec<Bytes> = chain.iter().flat_map(|(_, t)| t.clone()).collect();
         assert_eq!(all.len(), expected.len(), "every transaction exactly once");
         for (_, node) in &nodes {
@@ -416,7 +425,12 @@ fn restarted_validator_catches_up() {
         );
         let all: Vec<Bytes> = first.iter().chain(&second).cloned().collect();
         wait_all(&context, &refs, &all).await;
-        assert_same_chain(&refs);
+        let chain = assert_same_chain(&refs);
+        eprintln!(
+            "restart: caught up from height {before} to {} ({} deliveries)",
+            chain.len(),
+            ledgers[3].state.lock().unwrap().deliveries
+        );
         assert!(node.status.processed_height() > before);
 
         // And it takes part again: new transactions are finalized everywhere.
@@ -443,6 +457,13 @@ fn idle_network_stores_no_empty_blocks() {
             nodes.push((handle, node));
         }
         context.sleep(Duration::from_secs(30)).await;
+        eprintln!(
+            "idle: views after 30 s: {:?}",
+            nodes
+                .iter()
+                .map(|(_, n)| n.status.current_view())
+                .collect::<Vec<_>>()
+        );
         for (ledger, (_, node)) in ledgers.iter().zip(&nodes) {
             assert_eq!(ledger.durable_height(), 0, "an idle network made a block");
             assert_eq!(ledger.state.lock().unwrap().deliveries, 0);
@@ -585,12 +606,27 @@ fn keys_roundtrip() {
     assert_ne!(SecretKey::generate().public(), key.public());
 }
 
-/// Four validators on loopback sockets, each on its own engine thread (real tokio runtime,
-/// real authenticated p2p), finalize a few blocks.
+/// Waits (in real time, bounded) until `done` holds.
+fn wait_real(what: &str, mut done: impl FnMut() -> bool, progress: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not reached in time ({})",
+            progress()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Four validators and a follower on loopback sockets, each on its own engine thread (real
+/// tokio runtime, real authenticated p2p): they finalize blocks; a validator that is shut down
+/// and restarted over its storage catches up.
 #[test]
 fn real_runtime_smoke() {
-    let keys = keys(4);
-    let ports: Vec<u16> = (0..4)
+    let keys = keys(5);
+    let ports: Vec<u16> = keys
+        .iter()
         .map(|_| {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -599,51 +635,83 @@ fn real_runtime_smoke() {
                 .port()
         })
         .collect();
-    let validators: Vec<Peer> = keys.iter().zip(&ports).map(|(k, p)| peer(k, *p)).collect();
+    let peers: Vec<Peer> = keys.iter().zip(&ports).map(|(k, p)| peer(k, *p)).collect();
+    let (validators, followers) = peers.split_at(4);
     let dir = tempfile::tempdir().unwrap();
     let pool = Arc::new(Mutex::new(Vec::new()));
-    let mut running = Vec::new();
-    let mut ledgers = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
+    let node_config = |i: usize| {
         let mut config = Config::new(
-            key.clone(),
-            validators.clone(),
-            validators[i].addr,
+            keys[i].clone(),
+            validators.to_vec(),
+            peers[i].addr,
             b"engine-smoke".to_vec(),
             dir.path().join(format!("node-{i}")),
         );
+        config.followers = followers.to_vec();
         config.leader_timeout = Duration::from_millis(500);
         config.certification_timeout = Duration::from_secs(1);
         config.nullify_retry = Duration::from_millis(500);
-        let ledger = TestLedger::new(pool.clone());
-        let (node, thread) = spawn(config, ledger.clone()).unwrap();
-        ledgers.push(ledger);
-        running.push((node, thread));
-    }
-    let expected = txs(0..9);
-    pool.lock().unwrap().extend(expected.iter().cloned());
-    let expected: BTreeSet<Bytes> = expected.into_iter().collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !ledgers
-        .iter()
-        .all(|l| expected.is_subset(&l.finalized_txs()))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not finalized in time: {:?}",
+        config
+    };
+    let ledgers: Vec<TestLedger> = keys.iter().map(|_| TestLedger::new(pool.clone())).collect();
+    let mut running: Vec<Option<(Node, EngineThread)>> = (0..keys.len())
+        .map(|i| Some(spawn(node_config(i), ledgers[i].clone()).unwrap()))
+        .collect();
+    assert_eq!(running[4].as_ref().unwrap().0.role, Role::Follower);
+    let heights = |ledgers: &[TestLedger]| {
+        format!(
+            "heights {:?}",
             ledgers
                 .iter()
                 .map(|l| l.durable_height())
                 .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let refs: Vec<&TestLedger> = ledgers.iter().collect();
-    assert_same_chain(&refs);
-    for (node, _) in &running {
-        assert_eq!(node.status.connected_peers(), 3);
-    }
-    for (_, thread) in running {
+        )
+    };
+    let has_all = |ledgers: &[&TestLedger], txs: &[Bytes]| {
+        let txs: BTreeSet<Bytes> = txs.iter().cloned().collect();
+        ledgers.iter().all(|l| txs.is_subset(&l.finalized_txs()))
+    };
+    let all: Vec<&TestLedger> = ledgers.iter().collect();
+
+    // Everybody connects (validators to each other and the follower; the follower to the
+    // validators) and finalizes.
+    let first = txs(0..9);
+    pool.lock().unwrap().extend(first.iter().cloned());
+    wait_real(
+        "first blocks",
+        || {
+            has_all(&all, &first)
+                && running
+                    .iter()
+                    .all(|r| r.as_ref().unwrap().0.status.connected_peers() == 4)
+        },
+        || heights(&ledgers),
+    );
+
+    // A validator stops; the others go on.
+    let (_, thread) = running[3].take().unwrap();
+    thread.shutdown();
+    let stopped_at = ledgers[3].durable_height();
+    let second = txs(9..15);
+    pool.lock().unwrap().extend(second.iter().cloned());
+    let live: Vec<&TestLedger> = [0, 1, 2, 4].iter().map(|&i| &ledgers[i]).collect();
+    wait_real(
+        "without one validator",
+        || has_all(&live, &second),
+        || heights(&ledgers),
+    );
+    assert_eq!(ledgers[3].durable_height(), stopped_at);
+
+    // It restarts over its storage and catches up.
+    running[3] = Some(spawn(node_config(3), ledgers[3].clone()).unwrap());
+    wait_real("catch up", || has_all(&all, &second), || heights(&ledgers));
+    let chain = assert_same_chain(&all);
+    eprintln!(
+        "real runtime: {} blocks, restarted validator from height {stopped_at}",
+        chain.len()
+    );
+    for (node, thread) in running.into_iter().flatten() {
+        assert!(node.status.processed_height() >= chain.len() as u64);
         thread.shutdown();
     }
 }
