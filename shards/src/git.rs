@@ -27,7 +27,7 @@ use guts_net::pktline;
 use guts_net::receive::{PushParser, PushRequest, PushStep, RefReport, ReportStatusVersion};
 use guts_net::sideband::{self, Band, SidebandMode};
 use guts_net::upload::{
-    Deepen, FetchRequest, FilterSpec, LsRefsRequest, UploadError, UploadRequest,
+    Deepen, FetchRequest, FilterSpec, LsRefsRequest, RefPrefixes, UploadError, UploadRequest,
     UploadRequestParser, V2Request, V2RequestParser,
 };
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -479,7 +479,7 @@ async fn upload_pack(
     if protocol_version(&parts.headers) == ProtocolVersion::V2 {
         let parser = V2RequestParser::new(pkts_max);
         return match read_request(shard, &mut body, parser, "protocol v2 request").await {
-            Ok((V2Request::LsRefs(ls), _memory)) => ls_refs(snap, ls),
+            Ok((V2Request::LsRefs(ls), _memory)) => ls_refs(shard, snap, ls).await,
             Ok((V2Request::Fetch(fetch), memory)) => {
                 run_fetch(shard, snap, FetchKind::V2(fetch), memory).await
             }
@@ -501,9 +501,27 @@ async fn upload_pack(
     }
 }
 
+/// `ref-prefix` lines arranged on the executor; more go to the blocking pool.
+const LS_REFS_PREFIXES_INLINE_MAX: usize = 256;
+
 /// The v2 `ls-refs` answer, streamed; prefixes are matched by binary
 /// search, so a request with 65,536 of them costs what a short one does.
-fn ls_refs(snap: RefSnapshot, req: LsRefsRequest) -> Response<ResponseBody> {
+async fn ls_refs(
+    shard: &Rc<Shard>,
+    snap: RefSnapshot,
+    req: LsRefsRequest,
+) -> Response<ResponseBody> {
+    // Sorting tens of thousands of prefixes is work for the blocking pool.
+    let prefixes = if req.ref_prefixes.len() > LS_REFS_PREFIXES_INLINE_MAX {
+        let list = req.ref_prefixes.clone();
+        let budget = Budget::new(shard.config.limits.request_work_max_ms);
+        match work::blocking(&budget, move |_| Ok(RefPrefixes::new(&list))).await {
+            Ok(p) => p,
+            Err(msg) => return git_error(Service::UploadPack, &msg),
+        }
+    } else {
+        req.prefixes()
+    };
     let mut head = Vec::new();
     let head_entry = LsRefsEntry {
         name: "HEAD",
@@ -511,7 +529,6 @@ fn ls_refs(snap: RefSnapshot, req: LsRefsRequest) -> Response<ResponseBody> {
         symref_target: Some(&snap.head_target),
         peeled: None,
     };
-    let prefixes = req.prefixes();
     if prefixes.matches("HEAD") {
         if let Err(e) = advertise::write_ls_refs_entry(&mut head, &req, &head_entry) {
             return text(StatusCode::INTERNAL_SERVER_ERROR, format!("ls-refs: {e}"));
