@@ -117,6 +117,30 @@ pub struct Cli {
     /// Window in milliseconds over which failed authentication attempts are counted.
     #[arg(long, env = "GUTS_AUTH_FAILURE_WINDOW_MS", global = true)]
     pub auth_failure_window_ms: Option<u64>,
+    /// Open connections one client address (IPv6: one /64) may hold per shard.
+    #[arg(long, env = "GUTS_CONNECTIONS_PER_CLIENT_MAX", global = true)]
+    pub connections_per_client_max: Option<usize>,
+    /// Pack files kept open at once, node-wide (least recently used closed beyond it).
+    #[arg(long, env = "GUTS_PACK_FILES_OPEN_MAX", global = true)]
+    pub pack_files_open_max: Option<usize>,
+    /// Repositories one client address may create per minute (0: no limit).
+    #[arg(long, env = "GUTS_REPO_CREATES_PER_MINUTE", global = true)]
+    pub repo_creates_per_minute: Option<u64>,
+    /// Bytes a pushed pack may always inflate to (objects, deltas, delta results).
+    #[arg(long, env = "GUTS_PUSH_INFLATED_FLOOR_BYTES", global = true)]
+    pub push_inflated_floor_bytes: Option<u64>,
+    /// Bytes a pushed pack may inflate to per byte of pack, past the floor.
+    #[arg(long, env = "GUTS_PUSH_INFLATED_RATIO_MAX", global = true)]
+    pub push_inflated_ratio_max: Option<u64>,
+    /// Longest a request's work off the executor may take, in milliseconds.
+    #[arg(long, env = "GUTS_REQUEST_WORK_MAX_MS", global = true)]
+    pub request_work_max_ms: Option<u64>,
+    /// Most times a gzip request body may inflate (0: no limit).
+    #[arg(long, env = "GUTS_GZIP_INFLATION_RATIO_MAX", global = true)]
+    pub gzip_inflation_ratio_max: Option<u64>,
+    /// Bytes all requests may hold in memory at once (default: half the machine's memory).
+    #[arg(long, env = "GUTS_MEMORY_BUDGET_BYTES", global = true)]
+    pub memory_budget_bytes: Option<u64>,
 }
 
 /// How log events are written to stderr.
@@ -246,6 +270,14 @@ pub struct FileLimits {
     pub connections_max: Option<usize>,
     pub auth_failures_max: Option<u32>,
     pub auth_failure_window_ms: Option<u64>,
+    pub connections_per_client_max: Option<usize>,
+    pub pack_files_open_max: Option<usize>,
+    pub repo_creates_per_minute: Option<u64>,
+    pub push_inflated_floor_bytes: Option<u64>,
+    pub push_inflated_ratio_max: Option<u64>,
+    pub request_work_max_ms: Option<u64>,
+    pub gzip_inflation_ratio_max: Option<u64>,
+    pub memory_budget_bytes: Option<u64>,
 }
 
 /// The resolved configuration of a node.
@@ -373,6 +405,38 @@ impl NodeConfig {
                 .auth_failure_window_ms
                 .or(fl.auth_failure_window_ms)
                 .unwrap_or(d.auth_failure_window_ms),
+            connections_per_client_max: cli
+                .connections_per_client_max
+                .or(fl.connections_per_client_max)
+                .unwrap_or(d.connections_per_client_max),
+            pack_files_open_max: cli
+                .pack_files_open_max
+                .or(fl.pack_files_open_max)
+                .unwrap_or(d.pack_files_open_max),
+            repo_creates_per_minute: cli
+                .repo_creates_per_minute
+                .or(fl.repo_creates_per_minute)
+                .unwrap_or(d.repo_creates_per_minute),
+            push_inflated_floor_bytes: cli
+                .push_inflated_floor_bytes
+                .or(fl.push_inflated_floor_bytes)
+                .unwrap_or(d.push_inflated_floor_bytes),
+            push_inflated_ratio_max: cli
+                .push_inflated_ratio_max
+                .or(fl.push_inflated_ratio_max)
+                .unwrap_or(d.push_inflated_ratio_max),
+            request_work_max_ms: cli
+                .request_work_max_ms
+                .or(fl.request_work_max_ms)
+                .unwrap_or(d.request_work_max_ms),
+            gzip_inflation_ratio_max: cli
+                .gzip_inflation_ratio_max
+                .or(fl.gzip_inflation_ratio_max)
+                .unwrap_or(d.gzip_inflation_ratio_max),
+            memory_budget_bytes: cli
+                .memory_budget_bytes
+                .or(fl.memory_budget_bytes)
+                .unwrap_or(d.memory_budget_bytes),
         };
         let parse = |s: &str| -> SocketAddr {
             s.parse()

@@ -101,7 +101,8 @@ fn two_shards_serve_repositories_owned_by_either() {
 fn repositories_closed_for_space_reopen_intact() {
     // A shard keeps a bounded number of repositories open; one closed to
     // make room must reopen from disk with its refs and objects intact.
-    let node = Node::start();
+    // (300 creations from one address: the creation rate limit is lifted.)
+    let node = Node::start_with(&["--repo-creates-per-minute", "0"]);
     let tmp = tempfile::tempdir().unwrap();
     let wt = new_worktree(tmp.path(), "wt");
     let first = node.create_repo("many", "r0");

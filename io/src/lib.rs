@@ -10,7 +10,9 @@
 
 pub mod delta;
 pub mod dma;
+pub mod files;
 pub mod fsck;
+pub mod interrupt;
 pub mod limits;
 pub mod object;
 pub mod oid;

@@ -12,6 +12,7 @@
 //! [`RandomRead`] trait so that moving to io_uring DMA files stays local.
 
 use crate::delta::{self, DeltaError};
+use crate::files::BudgetedFile;
 use crate::object::{self, CommitInfo, ObjectKind, ParseError};
 use crate::oid::ObjectId;
 use crate::pack::entry::{decode_header, EntryError, EntryKind};
@@ -19,7 +20,6 @@ use crate::pack::idx::{IdxError, PackIndex};
 use crate::pack::{PACK_HEADER_BYTES, PACK_SIGNATURE};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,14 +184,17 @@ trait RandomRead: Send + Sync {
     fn len(&self) -> io::Result<u64>;
 }
 
-struct StdFile(File);
+/// A pack file opened on demand under the process's open-file budget
+/// ([`crate::files`]): a repository with 20,000 packs does not hold
+/// 20,000 descriptors.
+struct StdFile(BudgetedFile);
 
 impl RandomRead for StdFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+        std::os::unix::fs::FileExt::read_exact_at(&*self.0.file()?, buf, offset)
     }
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.0.file()?.metadata()?.len())
     }
 }
 
@@ -232,7 +235,7 @@ impl Pack {
                 source,
             }
         })?;
-        let file = File::open(pack_path).map_err(|e| io_err(pack_path, e))?;
+        let file = BudgetedFile::open(pack_path).map_err(|e| io_err(pack_path, e))?;
         let file: Box<dyn RandomRead> = Box::new(StdFile(file));
         let len = file.len().map_err(|e| io_err(pack_path, e))?;
         let bad_header = || StoreError::BadPackHeader {
@@ -591,10 +594,22 @@ impl ObjectStore {
             let path = entry.path();
             if let Some(stem) = name
                 .strip_prefix("pack-")
+                .and_then(|n| n.strip_suffix(".pack"))
+            {
+                if !pack_dir.join(format!("pack-{stem}.idx")).exists() {
+                    // C git ignores such a pack too, but someone should know:
+                    // its objects are invisible until it is indexed again.
+                    tracing::error!(pack = %path.display(), "pack has no index (.idx); its objects are not served (run `git index-pack` on it)");
+                }
+                continue;
+            }
+            if let Some(stem) = name
+                .strip_prefix("pack-")
                 .and_then(|n| n.strip_suffix(".idx"))
             {
                 let pack_path = pack_dir.join(format!("pack-{stem}.pack"));
                 if !pack_path.exists() {
+                    tracing::warn!(index = %path.display(), "index without its pack; ignored");
                     continue;
                 }
                 let mtime = std::fs::metadata(&pack_path)
@@ -607,7 +622,13 @@ impl ObjectStore {
         found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let mut packs = Vec::with_capacity(found.len());
         for (_, pack_path, idx_path) in found {
-            packs.push(Arc::new(Pack::open(&pack_path, &idx_path)?));
+            match Pack::open(&pack_path, &idx_path) {
+                Ok(p) => packs.push(Arc::new(p)),
+                Err(e) => {
+                    tracing::error!(error = %e, "pack does not match its index; the repository cannot be opened until it is repaired");
+                    return Err(e);
+                }
+            }
         }
         Ok(ObjectStore {
             objects_dir: Arc::new(objects_dir.to_path_buf()),
@@ -628,15 +649,20 @@ impl ObjectStore {
     /// ingest) to this store's list. Copy-on-write: clones made earlier keep
     /// their snapshot. A pack already present (same checksum) is not added twice.
     pub fn add_pack(&mut self, pack_path: &Path, idx_path: &Path) -> Result<(), StoreError> {
-        let pack = Pack::open(pack_path, idx_path)?;
+        self.add_opened_pack(Pack::open(pack_path, idx_path)?);
+        Ok(())
+    }
+
+    /// [`ObjectStore::add_pack`] for a pack already opened (off the
+    /// caller's thread, say).
+    pub fn add_opened_pack(&mut self, pack: Pack) {
         if self.packs.iter().any(|p| p.checksum == pack.checksum) {
-            return Ok(());
+            return;
         }
         let mut list = Vec::with_capacity(self.packs.len() + 1);
         list.push(Arc::new(pack));
         list.extend(self.packs.iter().cloned());
         self.packs = Arc::new(list);
-        Ok(())
     }
 
     /// The packs of this snapshot, newest first.

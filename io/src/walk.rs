@@ -14,6 +14,7 @@
 //! `get_shallow_commits_by_rev_list`): shallow commits are grafted (walked
 //! as if parentless), unshallowed commits are edges whose parents are wanted.
 
+use crate::interrupt::{Interrupt, Poll};
 use crate::object::{self, CommitInfo, ObjectKind, ParseError};
 use crate::oid::ObjectId;
 use crate::store::{ObjectStore, StoreError};
@@ -109,6 +110,8 @@ pub struct WalkRequest {
     /// `include-tag` candidates: annotated tag and its peeled target; the
     /// tag (and any tags it passes through) is sent if the target is.
     pub include_tag_candidates: Vec<(ObjectId, ObjectId)>,
+    /// When to give up (the request's budget ran out, or its client left).
+    pub interrupt: Interrupt,
 }
 
 /// The objects to pack and the shallow boundary changes to announce.
@@ -165,6 +168,9 @@ pub enum WalkError {
     /// `deepen-since`/`deepen-not` left no commit to send (git dies here too).
     #[error("no commits selected for shallow requests")]
     NoCommitsSelected,
+    /// The walk was stopped by its [`Interrupt`].
+    #[error("object walk stopped: the request ran out of time or its client went away")]
+    Interrupted,
 }
 
 /// Which of `haves` the store holds (the common objects for negotiation).
@@ -233,10 +239,11 @@ struct CommitWalk<'a> {
     interesting_queued: usize,
     /// Interesting commits in the order they were taken from the queue.
     order: Vec<ObjectId>,
+    poll: Poll,
 }
 
 impl<'a> CommitWalk<'a> {
-    fn new(store: &'a ObjectStore, grafts: &'a OidSet<ObjectId>) -> Self {
+    fn new(store: &'a ObjectStore, grafts: &'a OidSet<ObjectId>, interrupt: &Interrupt) -> Self {
         CommitWalk {
             store,
             grafts,
@@ -244,6 +251,7 @@ impl<'a> CommitWalk<'a> {
             queue: BinaryHeap::new(),
             interesting_queued: 0,
             order: Vec::new(),
+            poll: Poll::new(interrupt.clone()),
         }
     }
 
@@ -311,6 +319,9 @@ impl<'a> CommitWalk<'a> {
     /// `max_age` become uninteresting, as with `rev-list --max-age`.
     fn run(&mut self, max_age: Option<i64>) -> Result<(), WalkError> {
         while self.interesting_queued > 0 {
+            if self.poll.stop() {
+                return Err(WalkError::Interrupted);
+            }
             let Some((time, oid)) = self.queue.pop() else {
                 break;
             };
@@ -363,6 +374,7 @@ struct ObjectWalk<'a> {
     tree_depth: OidMap<ObjectId, u64>,
     out: Vec<ObjectId>,
     stack: Vec<(ObjectId, u64)>,
+    poll: Poll,
 }
 
 impl ObjectWalk<'_> {
@@ -383,6 +395,9 @@ impl ObjectWalk<'_> {
     fn mark_tree_uninteresting(&mut self, root: ObjectId) -> Result<(), WalkError> {
         let mut stack = vec![root];
         while let Some(tree) = stack.pop() {
+            if self.poll.stop() {
+                return Err(WalkError::Interrupted);
+            }
             let f = self.flags.entry(tree).or_insert(0);
             if *f & UNINTERESTING != 0 {
                 continue;
@@ -428,6 +443,9 @@ impl ObjectWalk<'_> {
         self.stack.push((root, depth));
         let mut first = forced;
         while let Some((tree, depth)) = self.stack.pop() {
+            if self.poll.stop() {
+                return Err(WalkError::Interrupted);
+            }
             let forced_here = std::mem::take(&mut first);
             let flags = self.flags.get(&tree).copied().unwrap_or(0);
             if flags & UNINTERESTING != 0 && !forced_here {
@@ -583,6 +601,7 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
         tree_depth: OidMap::default(),
         out: Vec::new(),
         stack: Vec::new(),
+        poll: Poll::new(req.interrupt.clone()),
     };
     let mut tags_out: Vec<ObjectId> = Vec::new();
     let mut want_commits = Vec::new();
@@ -654,7 +673,7 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
         }
         Some(Deepen::Since(_)) | Some(Deepen::Not(_)) | Some(Deepen::SinceNot(..)) => {
             let no_grafts = OidSet::default();
-            let mut walk = CommitWalk::new(store, &no_grafts);
+            let mut walk = CommitWalk::new(store, &no_grafts, &req.interrupt);
             let max_age = match deepen {
                 Some(Deepen::Since(t)) | Some(Deepen::SinceNot(t, _)) => Some(*t),
                 _ => None,
@@ -702,7 +721,7 @@ pub fn enumerate(store: &ObjectStore, req: &WalkRequest) -> Result<WalkResult, W
     }
     let aggressive_edges = !client_shallows.is_empty() || deepen.is_some();
 
-    let mut walk = CommitWalk::new(store, &grafts);
+    let mut walk = CommitWalk::new(store, &grafts, &req.interrupt);
     for c in &interesting {
         walk.push(*c, false, "want")?;
     }

@@ -188,43 +188,75 @@ pub fn write_v0_refs(
     refs: &[AdvertisedRef<'_>],
     capabilities: &str,
 ) -> Result<(), PktError> {
-    if version == ProtocolVersion::V1 {
-        pktline::write_line(out, &[b"version 1\n"]);
+    let mut writer = V0RefsWriter::start(out, version, capabilities);
+    if let Some(head) = head {
+        writer.head(out, &head)?;
     }
-    let mut caps = Some(capabilities.as_bytes());
-    let line = |out: &mut Vec<u8>,
-                caps: &mut Option<&[u8]>,
-                oid: &ObjectId,
-                name: &[u8],
-                suffix: &[u8]| {
+    for r in refs {
+        writer.write_ref(out, r)?;
+    }
+    writer.finish(out)
+}
+
+/// A v0/v1 ref advertisement written a piece at a time, so that a caller
+/// can stream a large one (HEAD, then refs, then [`V0RefsWriter::finish`])
+/// instead of building it whole. The bytes are those of [`write_v0_refs`].
+#[derive(Debug)]
+pub struct V0RefsWriter {
+    /// The capabilities, until the first line carries them.
+    caps: Option<Vec<u8>>,
+}
+
+impl V0RefsWriter {
+    /// Begin: the `version 1` line if `version` is v1.
+    pub fn start(out: &mut Vec<u8>, version: ProtocolVersion, capabilities: &str) -> Self {
+        if version == ProtocolVersion::V1 {
+            pktline::write_line(out, &[b"version 1\n"]);
+        }
+        V0RefsWriter {
+            caps: Some(capabilities.as_bytes().to_vec()),
+        }
+    }
+
+    fn line(
+        &mut self,
+        out: &mut Vec<u8>,
+        oid: &ObjectId,
+        name: &[u8],
+        suffix: &[u8],
+    ) -> Result<(), PktError> {
         let hex = oid.hex_bytes();
-        match caps.take() {
+        match self.caps.take() {
             Some(caps) => {
-                pktline::write_data_parts(out, &[&hex, b" ", name, suffix, b"\0", caps, b"\n"])
+                pktline::write_data_parts(out, &[&hex, b" ", name, suffix, b"\0", &caps, b"\n"])
             }
             None => pktline::write_data_parts(out, &[&hex, b" ", name, suffix, b"\n"]),
         }
-    };
-    if let Some(head) = head {
-        line(out, &mut caps, &head, b"HEAD", b"")?;
     }
-    for r in refs {
-        line(out, &mut caps, &r.oid, r.name.as_bytes(), b"")?;
+
+    /// The `HEAD` line (call first, if at all).
+    pub fn head(&mut self, out: &mut Vec<u8>, head: &ObjectId) -> Result<(), PktError> {
+        self.line(out, head, b"HEAD", b"")
+    }
+
+    /// One ref, and its peeled line if it has one. Fails if the name is
+    /// too long for one pkt.
+    pub fn write_ref(&mut self, out: &mut Vec<u8>, r: &AdvertisedRef<'_>) -> Result<(), PktError> {
+        self.line(out, &r.oid, r.name.as_bytes(), b"")?;
         if let Some(peeled) = r.peeled {
-            line(out, &mut caps, &peeled, r.name.as_bytes(), b"^{}")?;
+            self.line(out, &peeled, r.name.as_bytes(), b"^{}")?;
         }
+        Ok(())
     }
-    if caps.is_some() {
-        line(
-            out,
-            &mut caps,
-            &ObjectId::NULL_SHA1,
-            b"capabilities^{}",
-            b"",
-        )?;
+
+    /// The `capabilities^{}` line if nothing carried them yet, and the flush.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), PktError> {
+        if self.caps.is_some() {
+            self.line(out, &ObjectId::NULL_SHA1, b"capabilities^{}", b"")?;
+        }
+        pktline::write_flush(out);
+        Ok(())
     }
-    pktline::write_flush(out);
-    Ok(())
 }
 
 /// The whole body of a v0/v1 `info/refs` answer: service header, then
@@ -334,47 +366,59 @@ pub fn write_ls_refs(
     request: &LsRefsRequest,
     entries: &[LsRefsEntry<'_>],
 ) -> Result<(), PktError> {
+    let prefixes = request.prefixes();
     for entry in entries {
-        if !request.matches(entry.name) {
-            continue;
+        if prefixes.matches(entry.name) {
+            write_ls_refs_entry(out, request, entry)?;
         }
-        let hex;
-        let head: &[u8] = match &entry.oid {
-            Some(oid) => {
-                hex = oid.hex_bytes();
-                &hex
-            }
-            None if request.unborn => b"unborn",
-            None => continue,
-        };
-        let (symref_key, symref): (&[u8], &[u8]) = match entry.symref_target {
-            Some(target) if request.symrefs => (b" symref-target:", target.as_bytes()),
-            _ => (b"", b""),
-        };
-        let peeled_hex;
-        let (peeled_key, peeled): (&[u8], &[u8]) = match entry.peeled {
-            Some(peeled) if request.peel && entry.oid.is_some() => {
-                peeled_hex = peeled.hex_bytes();
-                (b" peeled:", &peeled_hex)
-            }
-            _ => (b"", b""),
-        };
-        pktline::write_data_parts(
-            out,
-            &[
-                head,
-                b" ",
-                entry.name.as_bytes(),
-                symref_key,
-                symref,
-                peeled_key,
-                peeled,
-                b"\n",
-            ],
-        )?;
     }
     pktline::write_flush(out);
     Ok(())
+}
+
+/// Append one `ls-refs` line for `entry` as the request asks (nothing for
+/// an unborn entry unless `unborn` was asked). The caller matches the
+/// prefixes ([`LsRefsRequest::prefixes`]) and ends the answer with a flush;
+/// this is the streaming form of [`write_ls_refs`].
+pub fn write_ls_refs_entry(
+    out: &mut Vec<u8>,
+    request: &LsRefsRequest,
+    entry: &LsRefsEntry<'_>,
+) -> Result<(), PktError> {
+    let hex;
+    let head: &[u8] = match &entry.oid {
+        Some(oid) => {
+            hex = oid.hex_bytes();
+            &hex
+        }
+        None if request.unborn => b"unborn",
+        None => return Ok(()),
+    };
+    let (symref_key, symref): (&[u8], &[u8]) = match entry.symref_target {
+        Some(target) if request.symrefs => (b" symref-target:", target.as_bytes()),
+        _ => (b"", b""),
+    };
+    let peeled_hex;
+    let (peeled_key, peeled): (&[u8], &[u8]) = match entry.peeled {
+        Some(peeled) if request.peel && entry.oid.is_some() => {
+            peeled_hex = peeled.hex_bytes();
+            (b" peeled:", &peeled_hex)
+        }
+        _ => (b"", b""),
+    };
+    pktline::write_data_parts(
+        out,
+        &[
+            head,
+            b" ",
+            entry.name.as_bytes(),
+            symref_key,
+            symref,
+            peeled_key,
+            peeled,
+            b"\n",
+        ],
+    )
 }
 
 #[cfg(test)]

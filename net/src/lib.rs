@@ -36,16 +36,20 @@ pub mod upload;
 mod text;
 
 pub use advertise::{
-    AdvertisedRef, LsRefsEntry, ProtocolVersion, Service, V2Capabilities, DEFAULT_AGENT,
+    AdvertisedRef, LsRefsEntry, ProtocolVersion, Service, V0RefsWriter, V2Capabilities,
+    DEFAULT_AGENT,
 };
 pub use negotiate::{AckMode, V0Negotiation, V2Acknowledgments};
-pub use pktline::{Pkt, PktError, PktReader, PKT_DATA_MAX_BYTES, PKT_MAX_BYTES, REQUEST_PKTS_MAX};
+pub use pktline::{
+    Pkt, PktError, PktFeed, PktReader, PKT_DATA_MAX_BYTES, PKT_MAX_BYTES, REQUEST_PKTS_MAX,
+};
 pub use receive::{
     PushCaps, PushLimits, PushParser, PushRequest, PushStep, ReceiveError, RefReport, RefUpdate,
     ReportStatusVersion,
 };
 pub use sideband::{Band, SidebandError, SidebandMode};
 pub use upload::{
-    ClientCaps, Deepen, FetchRequest, FilterError, FilterSpec, LsRefsRequest, RequestEnd,
-    UploadError, UploadRequest, V2Common, V2Request,
+    ClientCaps, Deepen, FetchRequest, FilterError, FilterSpec, LsRefsRequest, RefPrefixes,
+    RequestEnd, UploadError, UploadRequest, UploadRequestParser, V2Common, V2Request,
+    V2RequestParser,
 };

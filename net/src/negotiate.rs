@@ -11,6 +11,7 @@
 //! `upload-pack` for each mode and say whether the pack follows.
 
 use guts_io::ObjectId;
+use std::collections::HashSet;
 
 use crate::pktline;
 use crate::upload::{RequestEnd, UploadRequest};
@@ -94,12 +95,14 @@ pub fn negotiate_v0(
     }
     let mut last_common: Option<ObjectId> = None;
     let (mut got_common, mut got_other, mut sent_ready) = (false, false, false);
+    // A set, not a scan of `common`: a request may carry a million haves.
+    let mut seen: HashSet<ObjectId> = HashSet::new();
     for have in haves {
         if is_known(have) {
             got_common = true;
             last_common = Some(*have);
             let first = common.is_empty();
-            if !common.contains(have) {
+            if seen.insert(*have) {
                 common.push(*have);
             }
             match mode {
@@ -211,8 +214,9 @@ pub fn acknowledge_v2(
     is_ready: impl FnOnce(&[ObjectId]) -> bool,
 ) -> V2Acknowledgments {
     let mut common = Vec::new();
+    let mut seen: HashSet<ObjectId> = HashSet::new();
     for have in haves {
-        if is_known(have) && !common.contains(have) {
+        if is_known(have) && seen.insert(*have) {
             common.push(*have);
         }
     }

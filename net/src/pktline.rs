@@ -213,6 +213,72 @@ impl<'a> PktReader<'a> {
     }
 }
 
+/// Decodes the pkts of a request body that arrives in pieces, counting
+/// them against a limit and labelling errors with their offset in the
+/// whole body. The caller keeps the bytes of a pkt not yet complete (at
+/// most [`PKT_MAX_BYTES`]) and passes them again with the next piece, so
+/// nothing but one partial pkt is ever buffered.
+#[derive(Debug, Clone)]
+pub struct PktFeed {
+    /// Offset in the whole body of the next undecoded byte.
+    offset: usize,
+    pkts_read: usize,
+    pkts_max: usize,
+}
+
+impl PktFeed {
+    /// A feed that refuses more than `pkts_max` pkts.
+    pub fn new(pkts_max: usize) -> Self {
+        PktFeed {
+            offset: 0,
+            pkts_read: 0,
+            pkts_max,
+        }
+    }
+
+    /// The next whole pkt at the front of `input` and the bytes it used,
+    /// or `Ok(None)` if `input` holds only part of one.
+    pub fn next<'a>(&mut self, input: &'a [u8]) -> Result<Option<(Pkt<'a>, usize)>, PktError> {
+        match decode_pkt(input, self.offset)? {
+            Some((pkt, used)) => {
+                self.count()?;
+                self.offset += used;
+                Ok(Some((pkt, used)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Count one pkt consumed without [`PktFeed::next`] (`used` bytes).
+    pub fn consume(&mut self, used: usize) -> Result<(), PktError> {
+        self.count()?;
+        self.offset += used;
+        Ok(())
+    }
+
+    fn count(&mut self) -> Result<(), PktError> {
+        if self.pkts_read >= self.pkts_max {
+            return Err(PktError::TooManyPkts { max: self.pkts_max });
+        }
+        self.pkts_read += 1;
+        Ok(())
+    }
+
+    /// The error for a body that ends with `rest`, part of a pkt.
+    pub fn truncated(&self, rest: &[u8]) -> PktError {
+        PktError::Truncated {
+            needed: truncated_need(rest),
+            available: rest.len(),
+            offset: self.offset,
+        }
+    }
+
+    /// Number of pkts decoded so far.
+    pub fn pkts_read(&self) -> usize {
+        self.pkts_read
+    }
+}
+
 /// How many bytes a truncated pkt at the front of `rest` needs.
 fn truncated_need(rest: &[u8]) -> usize {
     rest.get(..4).and_then(parse_len).unwrap_or(4).max(4)

@@ -36,6 +36,16 @@ pub const PUSH_OPTIONS_MAX_BYTES: usize = 64 * 1024;
 /// Default limit on `shallow` lines in one push.
 pub const PUSH_SHALLOWS_MAX: usize = 100_000;
 
+/// Default limit on the bytes of all command lines of one push (names and
+/// ids): what the parsed commands may hold in memory. 100,000 updates of
+/// 200-byte names fit.
+pub const PUSH_COMMANDS_MAX_BYTES: usize = 32 << 20;
+
+/// Default longest ref name in a command: C git's files backend cannot
+/// store a ref whose path exceeds `PATH_MAX` (4096), so no real client
+/// sends a longer one.
+pub const PUSH_REF_NAME_MAX_BYTES: usize = guts_io::refname::REF_NAME_MAX_BYTES;
+
 /// Limits enforced while parsing a push header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PushLimits {
@@ -47,6 +57,10 @@ pub struct PushLimits {
     pub push_options_max_bytes: usize,
     /// Most `shallow` lines.
     pub shallows_max: usize,
+    /// Most bytes of command lines, summed.
+    pub commands_max_bytes: usize,
+    /// Longest ref name in a command.
+    pub ref_name_max_bytes: usize,
 }
 
 impl Default for PushLimits {
@@ -56,6 +70,8 @@ impl Default for PushLimits {
             push_options_max: PUSH_OPTIONS_MAX,
             push_options_max_bytes: PUSH_OPTIONS_MAX_BYTES,
             shallows_max: PUSH_SHALLOWS_MAX,
+            commands_max_bytes: PUSH_COMMANDS_MAX_BYTES,
+            ref_name_max_bytes: PUSH_REF_NAME_MAX_BYTES,
         }
     }
 }
@@ -101,6 +117,20 @@ pub enum ReceiveError {
     /// More `shallow` lines than allowed.
     #[error("push has more than {max} shallow lines")]
     TooManyShallows {
+        /// The limit in force.
+        max: usize,
+    },
+    /// Command lines larger than allowed, summed.
+    #[error("push commands total more than {max} bytes")]
+    CommandsTooLarge {
+        /// The limit in force.
+        max: usize,
+    },
+    /// A ref name longer than allowed.
+    #[error("ref name of {len} bytes is longer than the limit of {max} bytes")]
+    RefNameTooLong {
+        /// Its length.
+        len: usize,
         /// The limit in force.
         max: usize,
     },
@@ -299,6 +329,7 @@ pub struct PushParser {
     section: Section,
     request: PushRequest,
     options_bytes: usize,
+    commands_bytes: usize,
 }
 
 impl Default for PushParser {
@@ -315,7 +346,17 @@ impl PushParser {
             section: Section::Commands,
             request: PushRequest::default(),
             options_bytes: 0,
+            commands_bytes: 0,
         }
+    }
+
+    /// Bytes of parsed header held (commands, shallows, options), for
+    /// memory accounting.
+    pub fn retained_bytes(&self) -> usize {
+        self.commands_bytes
+            + self.options_bytes
+            + self.request.shallows.len() * std::mem::size_of::<ObjectId>()
+            + self.request.commands.len() * std::mem::size_of::<RefUpdate>()
     }
 
     /// Consume as many whole pkts of `input` (the bytes not consumed by
@@ -440,6 +481,19 @@ impl PushParser {
         };
         let old = parse(&command[..40])?;
         let new = parse(&command[41..81])?;
+        let name_len = command.len() - 82;
+        if name_len > self.limits.ref_name_max_bytes {
+            return Err(ReceiveError::RefNameTooLong {
+                len: name_len,
+                max: self.limits.ref_name_max_bytes,
+            });
+        }
+        self.commands_bytes += name_len;
+        if self.commands_bytes > self.limits.commands_max_bytes {
+            return Err(ReceiveError::CommandsTooLarge {
+                max: self.limits.commands_max_bytes,
+            });
+        }
         let name = std::str::from_utf8(&command[82..]).map_err(|_| ReceiveError::NotUtf8 {
             what: "ref name",
             value: show(&command[82..]),
@@ -808,6 +862,35 @@ mod tests {
             parse_push_request(&body, limits),
             Err(ReceiveError::TooManyShallows { max: 1 })
         );
+        // Ref names: each at most the limit, all together at most theirs.
+        let long = format!(
+            "{OLD} {NEW} refs/heads/{}",
+            "x".repeat(PUSH_REF_NAME_MAX_BYTES)
+        );
+        let body = push_body(&[long.as_bytes(), b""], b"");
+        assert!(matches!(
+            parse_push_request(&body, PushLimits::default()),
+            Err(ReceiveError::RefNameTooLong {
+                max: PUSH_REF_NAME_MAX_BYTES,
+                ..
+            })
+        ));
+        let limits = PushLimits {
+            commands_max_bytes: 20,
+            ..PushLimits::default()
+        };
+        let body = push_body(&[line.as_bytes(), line.as_bytes(), b""], b"");
+        assert_eq!(
+            parse_push_request(&body, limits),
+            Err(ReceiveError::CommandsTooLarge { max: 20 })
+        );
+        let mut parser = PushParser::new(PushLimits::default());
+        let body = push_body(&[line.as_bytes()], b"");
+        assert!(matches!(
+            parser.advance(&body),
+            Ok(PushStep::NeedMore { .. })
+        ));
+        assert!(parser.retained_bytes() >= "refs/heads/a".len());
     }
 
     #[test]

@@ -20,7 +20,7 @@
 
 use guts_io::ObjectId;
 
-use crate::pktline::{self, Pkt, PktError, PktReader};
+use crate::pktline::{self, Pkt, PktError, PktFeed};
 use crate::text::show;
 
 /// Largest `deepen <n>` git accepts (`INFINITE_DEPTH`, used by
@@ -207,6 +207,16 @@ pub enum UploadError {
         command: &'static str,
         /// The line received.
         argument: String,
+    },
+    /// A ref name (or ref prefix) longer than any ref can be.
+    #[error("{what} of {len} bytes is longer than the limit of {max} bytes")]
+    RefNameTooLong {
+        /// `want-ref`, `deepen-not` or `ref-prefix`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit, [`guts_io::refname::REF_NAME_MAX_BYTES`].
+        max: usize,
     },
     /// An argument the server does not support (not advertised).
     #[error("unsupported argument for {command}: {argument:?}")]
@@ -398,93 +408,182 @@ impl UploadRequest {
 
     /// Parse a request body, refusing more than `pkts_max` pkts.
     pub fn parse_with_limit(body: &[u8], pkts_max: usize) -> Result<UploadRequest, UploadError> {
-        let mut reader = PktReader::with_limit(body, pkts_max);
-        let mut request = UploadRequest {
-            wants: Vec::new(),
-            haves: Vec::new(),
-            shallows: Vec::new(),
-            depth: None,
-            filter: None,
-            end: RequestEnd::AfterWants,
-            caps: ClientCaps::default(),
-        };
-        let mut deepen = DeepenBuilder::default();
-        let mut filter_line = false;
-        // Wants, shallows, deepen and filter lines, in any order (as git's
-        // receive_needs accepts them), up to a flush.
+        let mut parser = UploadRequestParser::new(pkts_max);
+        let used = parser.advance(body)?;
+        parser.finish(&body[used..])
+    }
+}
+
+/// Where a v0/v1 request parser is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum V0Section {
+    /// Wants, shallows, deepen and filter lines, up to a flush.
+    Wants,
+    /// Haves, up to a flush or `done`.
+    Haves,
+    /// After `done`: only one stray flush may follow.
+    AfterDone,
+    /// Complete: nothing may follow.
+    End,
+}
+
+/// Incremental parser of a v0/v1 `git-upload-pack` request body: feed it
+/// the body as it arrives ([`UploadRequestParser::advance`]), then call
+/// [`UploadRequestParser::finish`]. It holds the parsed request, never the
+/// body; the caller holds at most one partial pkt.
+#[derive(Clone, Debug)]
+pub struct UploadRequestParser {
+    feed: PktFeed,
+    section: V0Section,
+    request: UploadRequest,
+    deepen: DeepenBuilder,
+    filter_line: bool,
+    retained: usize,
+}
+
+impl UploadRequestParser {
+    /// A parser refusing more than `pkts_max` pkts.
+    pub fn new(pkts_max: usize) -> Self {
+        UploadRequestParser {
+            feed: PktFeed::new(pkts_max),
+            section: V0Section::Wants,
+            request: UploadRequest {
+                wants: Vec::new(),
+                haves: Vec::new(),
+                shallows: Vec::new(),
+                depth: None,
+                filter: None,
+                end: RequestEnd::AfterWants,
+                caps: ClientCaps::default(),
+            },
+            deepen: DeepenBuilder::default(),
+            filter_line: false,
+            retained: 0,
+        }
+    }
+
+    /// Consume the whole pkts at the front of `input`; returns how many
+    /// bytes were used. Pass the rest (part of one pkt) again, followed by
+    /// more of the body.
+    pub fn advance(&mut self, input: &[u8]) -> Result<usize, UploadError> {
+        let mut used = 0;
         loop {
-            let line = match reader.next_pkt()? {
-                Some(Pkt::Data(data)) => pktline::strip_lf(data),
-                Some(Pkt::Flush) => break,
-                Some(other) => return Err(unexpected_pkt(other, "wants")),
-                None => return Err(UploadError::MissingFlush { section: "wants" }),
+            let rest = &input[used..];
+            match self.section {
+                V0Section::End if rest.is_empty() => return Ok(used),
+                V0Section::End => return Err(UploadError::TrailingData { len: rest.len() }),
+                V0Section::AfterDone => {
+                    if rest.starts_with(pktline::FLUSH_PKT) {
+                        self.feed.consume(pktline::FLUSH_PKT.len())?;
+                        used += pktline::FLUSH_PKT.len();
+                        self.section = V0Section::End;
+                        continue;
+                    }
+                    if pktline::FLUSH_PKT.starts_with(rest) {
+                        return Ok(used); // empty, or perhaps the start of a flush
+                    }
+                    return Err(UploadError::TrailingData { len: rest.len() });
+                }
+                V0Section::Wants | V0Section::Haves => {}
+            }
+            let Some((pkt, n)) = self.feed.next(rest)? else {
+                return Ok(used);
+            };
+            used += n;
+            self.pkt(pkt)?;
+        }
+    }
+
+    /// Bytes of parsed state held (ids and text), for memory accounting.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained
+    }
+
+    /// The body ended with `rest` not consumed: the request, or why not.
+    pub fn finish(mut self, rest: &[u8]) -> Result<UploadRequest, UploadError> {
+        match self.section {
+            V0Section::End => Ok(self.request),
+            V0Section::AfterDone if rest.is_empty() => Ok(self.request),
+            V0Section::AfterDone => Err(UploadError::TrailingData { len: rest.len() }),
+            _ if !rest.is_empty() => Err(self.feed.truncated(rest).into()),
+            V0Section::Wants => Err(UploadError::MissingFlush { section: "wants" }),
+            V0Section::Haves if self.request.haves.is_empty() => {
+                self.request.end = RequestEnd::AfterWants;
+                Ok(self.request)
+            }
+            V0Section::Haves => Err(UploadError::MissingFlush { section: "haves" }),
+        }
+    }
+
+    fn pkt(&mut self, pkt: Pkt<'_>) -> Result<(), UploadError> {
+        let oid_bytes = std::mem::size_of::<ObjectId>();
+        if self.section == V0Section::Wants {
+            // Wants, shallows, deepen and filter lines, in any order (as
+            // git's receive_needs accepts them), up to a flush.
+            let line = match pkt {
+                Pkt::Data(data) => pktline::strip_lf(data),
+                Pkt::Flush => {
+                    if self.filter_line && !self.request.caps.filter {
+                        return Err(UploadError::FilterNotNegotiated);
+                    }
+                    self.request.depth = std::mem::take(&mut self.deepen).finish()?;
+                    self.section = V0Section::Haves;
+                    return Ok(());
+                }
+                other => return Err(unexpected_pkt(other, "wants")),
             };
             if let Some(rest) = line.strip_prefix(b"want ") {
                 let (hex, caps) = split_oid(rest);
-                request.wants.push(parse_oid("want", hex)?);
+                self.request.wants.push(parse_oid("want", hex)?);
+                self.retained += oid_bytes;
                 if let Some(caps) = caps {
-                    request.caps.merge(caps)?;
+                    self.request.caps.merge(caps)?;
                 }
             } else if let Some(hex) = line.strip_prefix(b"shallow ") {
-                request.shallows.push(parse_oid("shallow", hex)?);
-            } else if deepen.line(line)? {
+                self.request.shallows.push(parse_oid("shallow", hex)?);
+                self.retained += oid_bytes;
+            } else if self.deepen.line(line)? {
+                self.retained += line.len();
             } else if let Some(spec) = line.strip_prefix(b"filter ") {
-                request.filter = Some(FilterSpec::parse(spec)?);
-                filter_line = true;
+                self.request.filter = Some(FilterSpec::parse(spec)?);
+                self.filter_line = true;
             } else {
                 return Err(UploadError::UnexpectedLine {
                     section: "wants",
                     line: show(line),
                 });
             }
+            return Ok(());
         }
-        if filter_line && !request.caps.filter {
-            return Err(UploadError::FilterNotNegotiated);
-        }
-        request.depth = deepen.finish()?;
-        // Haves, then flush, done or end of body.
-        loop {
-            let line = match reader.next_pkt()? {
-                Some(Pkt::Data(data)) => pktline::strip_lf(data),
-                Some(Pkt::Flush) => {
-                    request.end = RequestEnd::Flush;
-                    break;
-                }
-                Some(other) => return Err(unexpected_pkt(other, "haves")),
-                None if request.haves.is_empty() => {
-                    request.end = RequestEnd::AfterWants;
-                    break;
-                }
-                None => return Err(UploadError::MissingFlush { section: "haves" }),
-            };
-            if let Some(hex) = line.strip_prefix(b"have ") {
-                request.haves.push(parse_oid("have", hex)?);
-            } else if line == b"done" {
-                request.end = RequestEnd::Done;
-                break;
-            } else {
-                return Err(UploadError::UnexpectedLine {
-                    section: "haves",
-                    line: show(line),
-                });
+        // Haves, then flush or done.
+        let line = match pkt {
+            Pkt::Data(data) => pktline::strip_lf(data),
+            Pkt::Flush => {
+                self.request.end = RequestEnd::Flush;
+                self.section = V0Section::End;
+                return Ok(());
             }
-        }
-        // Nothing may follow but a stray flush after `done`.
-        if request.end == RequestEnd::Done && reader.remaining().starts_with(pktline::FLUSH_PKT) {
-            reader.next_pkt()?;
-        }
-        if !reader.remaining().is_empty() {
-            return Err(UploadError::TrailingData {
-                len: reader.remaining().len(),
+            other => return Err(unexpected_pkt(other, "haves")),
+        };
+        if let Some(hex) = line.strip_prefix(b"have ") {
+            self.request.haves.push(parse_oid("have", hex)?);
+            self.retained += oid_bytes;
+        } else if line == b"done" {
+            self.request.end = RequestEnd::Done;
+            self.section = V0Section::AfterDone;
+        } else {
+            return Err(UploadError::UnexpectedLine {
+                section: "haves",
+                line: show(line),
             });
         }
-        Ok(request)
+        Ok(())
     }
 }
 
 /// Collects `deepen`, `deepen-since` and `deepen-not` lines (shared by v0
 /// and v2).
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 struct DeepenBuilder {
     depth: Option<u32>,
     since: Option<u64>,
@@ -508,6 +607,7 @@ impl DeepenBuilder {
                 .ok_or_else(|| UploadError::InvalidDeepenSince { value: show(value) })?;
             self.since = Some(since);
         } else if let Some(value) = line.strip_prefix(b"deepen-not ") {
+            check_ref_len("deepen-not", value)?;
             self.not.push(utf8("deepen-not ref", value)?);
         } else {
             return Ok(false);
@@ -541,6 +641,20 @@ fn parse_oid(keyword: &'static str, hex: &[u8]) -> Result<ObjectId, UploadError>
         keyword,
         value: show(hex),
     })
+}
+
+/// Refuse a ref name no ref can have (C git's files backend cannot store
+/// one longer than `PATH_MAX` either).
+fn check_ref_len(what: &'static str, name: &[u8]) -> Result<(), UploadError> {
+    let max = guts_io::refname::REF_NAME_MAX_BYTES;
+    if name.len() > max {
+        return Err(UploadError::RefNameTooLong {
+            what,
+            len: name.len(),
+            max,
+        });
+    }
+    Ok(())
 }
 
 fn utf8(what: &'static str, value: &[u8]) -> Result<String, UploadError> {
@@ -592,13 +706,64 @@ pub struct LsRefsRequest {
 }
 
 impl LsRefsRequest {
-    /// Whether a ref of this name should be listed.
+    /// Whether a ref of this name should be listed. One call scans every
+    /// prefix; to match many names, build [`LsRefsRequest::prefixes`] once.
     pub fn matches(&self, name: &str) -> bool {
         self.ref_prefixes.is_empty()
             || self
                 .ref_prefixes
                 .iter()
                 .any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// The request's prefixes arranged for matching many names, each in
+    /// O(log prefixes).
+    pub fn prefixes(&self) -> RefPrefixes {
+        RefPrefixes::new(&self.ref_prefixes)
+    }
+}
+
+/// `ref-prefix` values arranged for matching: sorted, without duplicates
+/// and without any prefix that a shorter one already covers. In such a
+/// set the only prefix that can match a name is the greatest one not
+/// above it, so one binary search answers (65,536 prefixes against
+/// 30,000 refs is half a million comparisons, not two billion).
+#[derive(Clone, Debug, Default)]
+pub struct RefPrefixes {
+    /// Sorted and prefix-free; empty means every name matches.
+    sorted: Vec<String>,
+}
+
+impl RefPrefixes {
+    /// Arrange `prefixes` (empty: everything matches).
+    pub fn new(prefixes: &[String]) -> Self {
+        let mut all: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut sorted: Vec<String> = Vec::with_capacity(all.len());
+        for p in all {
+            // Sorted order puts every name a kept prefix covers right
+            // after it, so comparing with the last kept one is enough.
+            if sorted
+                .last()
+                .is_some_and(|kept| p.starts_with(kept.as_str()))
+            {
+                continue;
+            }
+            sorted.push(p.to_owned());
+        }
+        RefPrefixes { sorted }
+    }
+
+    /// Whether `name` starts with one of the prefixes (or there are none).
+    pub fn matches(&self, name: &str) -> bool {
+        if self.sorted.is_empty() {
+            return true;
+        }
+        match self.sorted.partition_point(|p| p.as_str() <= name) {
+            0 => false,
+            i => name.starts_with(self.sorted[i - 1].as_str()),
+        }
     }
 }
 
@@ -654,102 +819,223 @@ impl V2Request {
 
     /// Parse a v2 request body, refusing more than `pkts_max` pkts.
     pub fn parse_with_limit(body: &[u8], pkts_max: usize) -> Result<V2Request, UploadError> {
-        let mut reader = PktReader::with_limit(body, pkts_max);
-        let mut command: Option<&[u8]> = None;
-        let mut common = V2Common::default();
-        let has_args = loop {
-            let line = match reader.next_pkt()? {
-                Some(Pkt::Data(data)) => pktline::strip_lf(data),
-                Some(Pkt::Delim) => break true,
-                Some(Pkt::Flush) => break false,
-                Some(Pkt::ResponseEnd) => {
-                    return Err(unexpected_pkt(Pkt::ResponseEnd, "capabilities"))
+        let mut parser = V2RequestParser::new(pkts_max);
+        let used = parser.advance(body)?;
+        parser.finish(&body[used..])
+    }
+}
+
+/// The v2 commands served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum V2Command {
+    LsRefs,
+    Fetch,
+}
+
+impl V2Command {
+    fn section(self) -> &'static str {
+        match self {
+            V2Command::LsRefs => "ls-refs arguments",
+            V2Command::Fetch => "fetch arguments",
+        }
+    }
+}
+
+/// Where a v2 request parser is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum V2Section {
+    /// Capability lines, up to a delim (arguments follow) or a flush.
+    Capabilities,
+    /// The command's arguments, up to a flush.
+    Arguments(V2Command),
+    /// Complete: nothing may follow.
+    End,
+}
+
+/// Incremental parser of a protocol v2 `git-upload-pack` request body:
+/// the streaming form of [`V2Request::parse_with_limit`], used like
+/// [`UploadRequestParser`].
+#[derive(Clone, Debug)]
+pub struct V2RequestParser {
+    feed: PktFeed,
+    section: V2Section,
+    command: Option<Vec<u8>>,
+    common: V2Common,
+    ls_refs: LsRefsRequest,
+    too_many_prefixes: bool,
+    fetch: FetchRequest,
+    deepen: DeepenBuilder,
+    done: Option<V2Command>,
+    retained: usize,
+}
+
+impl V2RequestParser {
+    /// A parser refusing more than `pkts_max` pkts.
+    pub fn new(pkts_max: usize) -> Self {
+        V2RequestParser {
+            feed: PktFeed::new(pkts_max),
+            section: V2Section::Capabilities,
+            command: None,
+            common: V2Common::default(),
+            ls_refs: LsRefsRequest::default(),
+            too_many_prefixes: false,
+            fetch: FetchRequest::default(),
+            deepen: DeepenBuilder::default(),
+            done: None,
+            retained: 0,
+        }
+    }
+
+    /// Consume the whole pkts at the front of `input`; returns how many
+    /// bytes were used (see [`UploadRequestParser::advance`]).
+    pub fn advance(&mut self, input: &[u8]) -> Result<usize, UploadError> {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            if self.section == V2Section::End {
+                if rest.is_empty() {
+                    return Ok(used);
                 }
-                None => {
-                    return Err(UploadError::MissingFlush {
-                        section: "capabilities",
-                    })
-                }
+                return Err(UploadError::TrailingData { len: rest.len() });
+            }
+            let Some((pkt, n)) = self.feed.next(rest)? else {
+                return Ok(used);
             };
-            if let Some(name) = line.strip_prefix(b"command=") {
-                if command.is_some() {
-                    return Err(UploadError::DuplicateCommand {
-                        command: show(name),
-                    });
+            used += n;
+            self.pkt(pkt)?;
+        }
+    }
+
+    /// Bytes of parsed state held (ids and text), for memory accounting.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained
+    }
+
+    /// The body ended with `rest` not consumed: the request, or why not.
+    pub fn finish(mut self, rest: &[u8]) -> Result<V2Request, UploadError> {
+        match (self.section, self.done) {
+            (V2Section::End, Some(command)) => self.complete(command),
+            (_, _) if !rest.is_empty() => Err(self.feed.truncated(rest).into()),
+            (V2Section::Arguments(command), _) => Err(UploadError::MissingFlush {
+                section: command.section(),
+            }),
+            _ => Err(UploadError::MissingFlush {
+                section: "capabilities",
+            }),
+        }
+    }
+
+    fn complete(&mut self, command: V2Command) -> Result<V2Request, UploadError> {
+        Ok(match command {
+            V2Command::LsRefs => {
+                let mut request = std::mem::take(&mut self.ls_refs);
+                request.common = std::mem::take(&mut self.common);
+                if self.too_many_prefixes {
+                    request.ref_prefixes.clear();
                 }
-                command = Some(name);
-            } else if let Some(v) = line.strip_prefix(b"agent=") {
-                common.agent = Some(show(v));
-            } else if let Some(v) = line.strip_prefix(b"object-format=") {
-                check_object_format(v)?;
-                common.object_format = Some(show(v));
-            } else if let Some(v) = line.strip_prefix(b"session-id=") {
-                common.session_id = Some(show(v));
-            } else if let Some(v) = line.strip_prefix(b"server-option=") {
-                common.server_options.push(utf8("server-option", v)?);
-            } else {
-                return Err(UploadError::UnknownCapability {
-                    capability: show(line),
+                V2Request::LsRefs(request)
+            }
+            V2Command::Fetch => {
+                let mut request = std::mem::take(&mut self.fetch);
+                request.common = std::mem::take(&mut self.common);
+                request.depth = std::mem::take(&mut self.deepen).finish()?;
+                V2Request::Fetch(request)
+            }
+        })
+    }
+
+    fn pkt(&mut self, pkt: Pkt<'_>) -> Result<(), UploadError> {
+        match self.section {
+            V2Section::Capabilities => self.capability(pkt),
+            V2Section::Arguments(command) => match pkt {
+                Pkt::Data(data) => {
+                    let arg = pktline::strip_lf(data);
+                    match command {
+                        V2Command::LsRefs => self.ls_refs_arg(arg),
+                        V2Command::Fetch => self.fetch_arg(arg),
+                    }
+                }
+                Pkt::Flush => {
+                    self.end(command);
+                    Ok(())
+                }
+                other => Err(unexpected_pkt(other, command.section())),
+            },
+            V2Section::End => Err(UploadError::TrailingData { len: 1 }),
+        }
+    }
+
+    fn end(&mut self, command: V2Command) {
+        self.section = V2Section::End;
+        self.done = Some(command);
+    }
+
+    fn capability(&mut self, pkt: Pkt<'_>) -> Result<(), UploadError> {
+        let line = match pkt {
+            Pkt::Data(data) => pktline::strip_lf(data),
+            Pkt::Delim | Pkt::Flush => {
+                let command = match self
+                    .command
+                    .take()
+                    .ok_or(UploadError::NoCommand)?
+                    .as_slice()
+                {
+                    b"ls-refs" => V2Command::LsRefs,
+                    b"fetch" => V2Command::Fetch,
+                    other => {
+                        return Err(UploadError::UnknownCommand {
+                            command: show(other),
+                        })
+                    }
+                };
+                if pkt == Pkt::Delim {
+                    self.section = V2Section::Arguments(command);
+                } else {
+                    self.end(command);
+                }
+                return Ok(());
+            }
+            Pkt::ResponseEnd => return Err(unexpected_pkt(Pkt::ResponseEnd, "capabilities")),
+        };
+        self.retained += line.len();
+        if let Some(name) = line.strip_prefix(b"command=") {
+            if self.command.is_some() {
+                return Err(UploadError::DuplicateCommand {
+                    command: show(name),
                 });
             }
-        };
-        let command = command.ok_or(UploadError::NoCommand)?;
-        let request = match command {
-            b"ls-refs" => V2Request::LsRefs(parse_ls_refs(&mut reader, has_args, common)?),
-            b"fetch" => V2Request::Fetch(parse_fetch(&mut reader, has_args, common)?),
-            other => {
-                return Err(UploadError::UnknownCommand {
-                    command: show(other),
-                })
-            }
-        };
-        if !reader.remaining().is_empty() {
-            return Err(UploadError::TrailingData {
-                len: reader.remaining().len(),
+            self.command = Some(name.to_vec());
+        } else if let Some(v) = line.strip_prefix(b"agent=") {
+            self.common.agent = Some(show(v));
+        } else if let Some(v) = line.strip_prefix(b"object-format=") {
+            check_object_format(v)?;
+            self.common.object_format = Some(show(v));
+        } else if let Some(v) = line.strip_prefix(b"session-id=") {
+            self.common.session_id = Some(show(v));
+        } else if let Some(v) = line.strip_prefix(b"server-option=") {
+            self.common.server_options.push(utf8("server-option", v)?);
+        } else {
+            return Err(UploadError::UnknownCapability {
+                capability: show(line),
             });
         }
-        Ok(request)
+        Ok(())
     }
-}
 
-/// The next argument line of a v2 command, or `None` at its flush.
-fn next_arg<'a>(
-    reader: &mut PktReader<'a>,
-    section: &'static str,
-) -> Result<Option<&'a [u8]>, UploadError> {
-    match reader.next_pkt()? {
-        Some(Pkt::Data(data)) => Ok(Some(pktline::strip_lf(data))),
-        Some(Pkt::Flush) => Ok(None),
-        Some(other) => Err(unexpected_pkt(other, section)),
-        None => Err(UploadError::MissingFlush { section }),
-    }
-}
-
-fn parse_ls_refs(
-    reader: &mut PktReader<'_>,
-    has_args: bool,
-    common: V2Common,
-) -> Result<LsRefsRequest, UploadError> {
-    let mut request = LsRefsRequest {
-        common,
-        ..LsRefsRequest::default()
-    };
-    let mut too_many_prefixes = false;
-    while let Some(arg) = if has_args {
-        next_arg(reader, "ls-refs arguments")?
-    } else {
-        None
-    } {
+    fn ls_refs_arg(&mut self, arg: &[u8]) -> Result<(), UploadError> {
+        let request = &mut self.ls_refs;
         match arg {
             b"peel" => request.peel = true,
             b"symrefs" => request.symrefs = true,
             b"unborn" => request.unborn = true,
             _ => {
                 if let Some(prefix) = arg.strip_prefix(b"ref-prefix ") {
+                    check_ref_len("ref-prefix", prefix)?;
                     if request.ref_prefixes.len() < REF_PREFIXES_MAX {
                         request.ref_prefixes.push(utf8("ref-prefix", prefix)?);
+                        self.retained += prefix.len() + std::mem::size_of::<String>();
                     } else {
-                        too_many_prefixes = true;
+                        self.too_many_prefixes = true;
                     }
                 } else {
                     return Err(UploadError::UnknownArgument {
@@ -759,28 +1045,12 @@ fn parse_ls_refs(
                 }
             }
         }
+        Ok(())
     }
-    if too_many_prefixes {
-        request.ref_prefixes.clear();
-    }
-    Ok(request)
-}
 
-fn parse_fetch(
-    reader: &mut PktReader<'_>,
-    has_args: bool,
-    common: V2Common,
-) -> Result<FetchRequest, UploadError> {
-    let mut request = FetchRequest {
-        common,
-        ..FetchRequest::default()
-    };
-    let mut deepen = DeepenBuilder::default();
-    while let Some(arg) = if has_args {
-        next_arg(reader, "fetch arguments")?
-    } else {
-        None
-    } {
+    fn fetch_arg(&mut self, arg: &[u8]) -> Result<(), UploadError> {
+        let oid_bytes = std::mem::size_of::<ObjectId>();
+        let request = &mut self.fetch;
         match arg {
             b"done" => request.done = true,
             b"thin-pack" => request.thin_pack = true,
@@ -793,12 +1063,17 @@ fn parse_fetch(
             _ => {
                 if let Some(hex) = arg.strip_prefix(b"want ") {
                     request.wants.push(parse_oid("want", hex)?);
+                    self.retained += oid_bytes;
                 } else if let Some(hex) = arg.strip_prefix(b"have ") {
                     request.haves.push(parse_oid("have", hex)?);
+                    self.retained += oid_bytes;
                 } else if let Some(hex) = arg.strip_prefix(b"shallow ") {
                     request.shallows.push(parse_oid("shallow", hex)?);
+                    self.retained += oid_bytes;
                 } else if let Some(name) = arg.strip_prefix(b"want-ref ") {
+                    check_ref_len("want-ref", name)?;
                     request.want_refs.push(utf8("want-ref", name)?);
+                    self.retained += name.len() + std::mem::size_of::<String>();
                 } else if let Some(spec) = arg.strip_prefix(b"filter ") {
                     request.filter = Some(FilterSpec::parse(spec)?);
                 } else if arg.starts_with(b"packfile-uris ") {
@@ -806,7 +1081,9 @@ fn parse_fetch(
                         command: "fetch",
                         argument: "packfile-uris".to_owned(),
                     });
-                } else if !deepen.line(arg)? {
+                } else if self.deepen.line(arg)? {
+                    self.retained += arg.len();
+                } else {
                     return Err(UploadError::UnknownArgument {
                         command: "fetch",
                         argument: show(arg),
@@ -814,9 +1091,8 @@ fn parse_fetch(
                 }
             }
         }
+        Ok(())
     }
-    request.depth = deepen.finish()?;
-    Ok(request)
 }
 
 #[cfg(test)]
@@ -1102,6 +1378,44 @@ mod tests {
     }
 
     #[test]
+    fn ref_prefixes_match_as_a_scan_does() {
+        let names = [
+            "HEAD",
+            "refs/heads/main",
+            "refs/heads/mainline",
+            "refs/heads/m",
+            "refs/tags/v1",
+            "refs/tags/v1.0",
+            "refs/notes/x",
+            "refs/head",
+            "",
+        ];
+        let sets: [&[&str]; 6] = [
+            &[],
+            &["refs/heads/"],
+            &["refs/heads/main", "refs/heads/m", "refs/heads/main"],
+            &[
+                "refs/tags/v1",
+                "HEAD",
+                "refs/tags/v1.0",
+                "refs/heads/mainline",
+            ],
+            &["", "refs/x"],
+            &["refs/heads/mz", "refs/heads/ma", "zzz", "refs/head"],
+        ];
+        for set in sets {
+            let req = LsRefsRequest {
+                ref_prefixes: set.iter().map(|s| s.to_string()).collect(),
+                ..LsRefsRequest::default()
+            };
+            let fast = req.prefixes();
+            for name in names {
+                assert_eq!(fast.matches(name), req.matches(name), "{set:?} {name:?}");
+            }
+        }
+    }
+
+    #[test]
     fn v2_ls_refs() {
         let req = V2Request::parse(&body(&[
             "command=ls-refs",
@@ -1177,6 +1491,147 @@ mod tests {
         assert!(f.done && f.thin_pack && f.no_progress && f.include_tag && f.ofs_delta);
         assert!(f.deepen_relative && f.wait_for_done && f.sideband_all);
     }
+
+    /// Feed `body` in pieces of `step` bytes, keeping the unconsumed rest
+    /// as a server does; return what the parser's `finish` says.
+    fn in_pieces<P, T>(
+        body: &[u8],
+        step: usize,
+        mut parser: P,
+        advance: impl Fn(&mut P, &[u8]) -> Result<usize, UploadError>,
+        finish: impl Fn(P, &[u8]) -> Result<T, UploadError>,
+    ) -> Result<T, UploadError> {
+        let mut pending = Vec::new();
+        for piece in body.chunks(step) {
+            pending.extend_from_slice(piece);
+            let used = advance(&mut parser, &pending)?;
+            pending.drain(..used);
+            assert!(pending.len() < crate::pktline::PKT_MAX_BYTES);
+        }
+        finish(parser, &pending)
+    }
+
+    /// The parser fed piece by piece agrees with the one-shot parse (same
+    /// request, or the same kind of error).
+    #[test]
+    fn incremental_parsers_agree_with_whole_body_parses() {
+        let wants = format!("want {A} multi_ack_detailed side-band-64k filter");
+        let v0: Vec<Vec<u8>> = vec![
+            body(&[
+                &wants,
+                &format!("shallow {B}"),
+                "deepen 3",
+                "",
+                &format!("have {B}"),
+                "done",
+            ]),
+            body(&[&wants, "", &format!("have {B}"), "done", ""]),
+            body(&[&wants, "", &format!("have {B}"), ""]),
+            body(&[&wants, ""]),
+            body(&[&wants, "filter blob:none", "", "done", "", ""]),
+            body(&[&wants, "", "done", "x"]),
+            body(&[&wants, "", &format!("have {B}")]),
+            body(&[&wants]),
+            body(&[&wants, "|"]),
+            [body(&[&wants, ""]), b"00".to_vec()].concat(),
+            [body(&[&wants, "", "done"]), b"00".to_vec()].concat(),
+            [body(&[&wants, "", "done"]), b"zz".to_vec()].concat(),
+            b"0000".to_vec(),
+            b"zzzz".to_vec(),
+        ];
+        for (i, b) in v0.iter().enumerate() {
+            let whole = UploadRequest::parse(b);
+            for step in [1, 2, 3, 7, 64, b.len().max(1)] {
+                let parsed = in_pieces(
+                    b,
+                    step,
+                    UploadRequestParser::new(REQUEST_PKTS_MAX_FOR_TESTS),
+                    |p, x| p.advance(x),
+                    |p, rest| p.finish(rest),
+                );
+                match (&whole, &parsed) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "v0 body {i} step {step}"),
+                    (Err(a), Err(b)) => assert_eq!(
+                        std::mem::discriminant(a),
+                        std::mem::discriminant(b),
+                        "v0 body {i} step {step}: {a} / {b}"
+                    ),
+                    _ => panic!("v0 body {i} step {step}: {whole:?} / {parsed:?}"),
+                }
+            }
+        }
+        let v2: Vec<Vec<u8>> = vec![
+            body(&[
+                "command=ls-refs",
+                "agent=x",
+                "|",
+                "peel",
+                "ref-prefix refs/heads/",
+                "",
+            ]),
+            body(&["command=ls-refs", ""]),
+            body(&[
+                "command=fetch",
+                "|",
+                &format!("want {A}"),
+                "want-ref refs/heads/main",
+                "deepen-not refs/x",
+                "done",
+                "",
+            ]),
+            body(&["command=fetch", "|", "done", "", "done"]),
+            body(&["command=fetch", "|", "done"]),
+            body(&["command=fetch"]),
+            body(&["command=frob", ""]),
+            body(&["agent=x", ""]),
+            [body(&["command=fetch", "|", "done"]), b"001".to_vec()].concat(),
+        ];
+        for (i, b) in v2.iter().enumerate() {
+            let whole = V2Request::parse(b);
+            for step in [1, 2, 5, 64, b.len().max(1)] {
+                let parsed = in_pieces(
+                    b,
+                    step,
+                    V2RequestParser::new(REQUEST_PKTS_MAX_FOR_TESTS),
+                    |p, x| p.advance(x),
+                    |p, rest| p.finish(rest),
+                );
+                match (&whole, &parsed) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "v2 body {i} step {step}"),
+                    (Err(a), Err(b)) => assert_eq!(
+                        std::mem::discriminant(a),
+                        std::mem::discriminant(b),
+                        "v2 body {i} step {step}: {a} / {b}"
+                    ),
+                    _ => panic!("v2 body {i} step {step}: {whole:?} / {parsed:?}"),
+                }
+            }
+        }
+        // The pkt limit holds across pieces.
+        let many = body(&[&wants, &wants, &wants, ""]);
+        let limited = in_pieces(
+            &many,
+            3,
+            UploadRequestParser::new(2),
+            |p, x| p.advance(x),
+            |p, rest| p.finish(rest),
+        );
+        assert_eq!(
+            limited,
+            Err(UploadError::Pkt(PktError::TooManyPkts { max: 2 }))
+        );
+        // A want-ref no ref can have is refused.
+        let long = format!("want-ref refs/heads/{}", "x".repeat(5000));
+        assert!(matches!(
+            V2Request::parse(&body(&["command=fetch", "|", &long, ""])),
+            Err(UploadError::RefNameTooLong {
+                what: "want-ref",
+                ..
+            })
+        ));
+    }
+
+    const REQUEST_PKTS_MAX_FOR_TESTS: usize = 1000;
 
     #[test]
     fn v2_errors() {

@@ -22,7 +22,10 @@ pub const RESPONSE_QUEUE_FRAMES: usize = 16;
 /// Compressed bytes fed to the gzip decoder at a time (at most ~1 MiB out).
 pub const GZIP_INPUT_STEP_BYTES: usize = 1024;
 /// Decoded bytes gathered before a gzip chunk is handed out.
-pub const GZIP_OUTPUT_CHUNK_BYTES: usize = 256 * 1024;
+pub const GZIP_OUTPUT_CHUNK_BYTES: usize = 64 * 1024;
+/// Decoded bytes of a gzip body allowed before its inflation ratio is
+/// checked (small bodies of repeated lines may inflate a lot, harmlessly).
+pub const GZIP_INFLATION_FREE_BYTES: u64 = 1024 * 1024;
 
 /// A response body.
 pub enum ResponseBody {
@@ -120,6 +123,8 @@ pub enum BodyError {
     TooLarge { limit: u64 },
     #[error("request body is not valid gzip: {0}")]
     BadGzip(String),
+    #[error("gzip request body inflates more than {ratio_max} times")]
+    InflationTooHigh { ratio_max: u64 },
     #[error("unsupported Content-Encoding {0:?}")]
     UnsupportedEncoding(String),
     #[error("error reading request body: {0}")]
@@ -140,6 +145,11 @@ pub struct RequestBody {
     done: bool,
     /// Compressed input received but not yet fed to the gzip decoder.
     pending: Bytes,
+    /// Compressed bytes fed to the gzip decoder so far.
+    compressed: u64,
+    /// Most decoded bytes per compressed byte (past the first
+    /// [`GZIP_INFLATION_FREE_BYTES`]); 0: no limit.
+    inflation_ratio_max: u64,
     state: Rc<ConnState>,
 }
 
@@ -168,8 +178,28 @@ impl RequestBody {
             seen: 0,
             done: false,
             pending: Bytes::new(),
+            compressed: 0,
+            inflation_ratio_max: 0,
             state,
         })
+    }
+
+    /// Refuse a gzip body that decodes to more than `ratio_max` times its
+    /// compressed size (0: no limit): a "gzip bomb" then costs its sender
+    /// as much as it costs the node.
+    pub fn with_inflation_limit(mut self, ratio_max: u64) -> Self {
+        self.inflation_ratio_max = ratio_max;
+        self
+    }
+
+    fn check_inflation(ratio_max: u64, compressed: u64, decoded: u64) -> Result<(), BodyError> {
+        if ratio_max > 0
+            && decoded > GZIP_INFLATION_FREE_BYTES
+            && decoded > compressed.saturating_mul(ratio_max)
+        {
+            return Err(BodyError::InflationTooHigh { ratio_max });
+        }
+        Ok(())
     }
 
     /// The next decoded chunk, or None at the end of the body.
@@ -190,9 +220,12 @@ impl RequestBody {
                             .split_to(self.pending.len().min(GZIP_INPUT_STEP_BYTES));
                         d.write_all(&step)
                             .map_err(|e| BodyError::BadGzip(e.to_string()))?;
-                        if self.seen + d.get_ref().len() as u64 > self.limit {
+                        self.compressed += step.len() as u64;
+                        let decoded = self.seen + d.get_ref().len() as u64;
+                        if decoded > self.limit {
                             return Err(BodyError::TooLarge { limit: self.limit });
                         }
+                        Self::check_inflation(self.inflation_ratio_max, self.compressed, decoded)?;
                     }
                     let out = std::mem::take(d.get_mut());
                     if out.is_empty() {

@@ -28,12 +28,33 @@ pub const BODY_RATE_WINDOW_MS: u64 = 20_000;
 pub const BODY_MIN_BYTES_PER_SEC: u64 = 256;
 /// Longest a whole request (head, body and response) may take.
 pub const REQUEST_TIMEOUT_MS: u64 = 3_600_000;
-/// Open connections per shard beyond which new ones are closed at once.
+/// Open connections per shard; at the cap the idlest connection is closed
+/// to admit a new one (and a new one is refused if none is idle).
 pub const CONNECTIONS_MAX: usize = 16_384;
 /// Failed authentication attempts per client address and window before 429.
 pub const AUTH_FAILURES_MAX: u32 = crate::auth::AUTH_FAILURES_MAX;
 /// Window over which failed authentication attempts are counted.
 pub const AUTH_FAILURE_WINDOW_MS: u64 = crate::auth::AUTH_FAILURE_WINDOW_MS;
+/// Open connections one client address (an IPv6 /64) may hold per shard.
+pub const CONNECTIONS_PER_CLIENT_MAX: usize = 256;
+/// Repositories one client address may create per minute (per shard; a
+/// burst of as many is allowed). 0: no limit.
+pub const REPO_CREATES_PER_MINUTE: u64 = 60;
+/// Bytes a pushed pack may always inflate to (objects, deltas and delta
+/// results, rebuilt bases included).
+pub const PUSH_INFLATED_FLOOR_BYTES: u64 = guts_io::pack::ingest::INFLATED_FLOOR_BYTES_DEFAULT;
+/// Bytes a pushed pack may inflate to per byte of pack, past the floor.
+pub const PUSH_INFLATED_RATIO_MAX: u64 = guts_io::pack::ingest::INFLATED_RATIO_MAX_DEFAULT;
+/// Pack files the node keeps open at once (all repositories); the least
+/// recently used are closed beyond it and reopened on demand. Lowered at
+/// start to a quarter of the open-file limit if that is smaller.
+pub const PACK_FILES_OPEN_MAX: usize = 4096;
+/// Longest a request's work off the executor (negotiation, object walk,
+/// pack planning and generation, push checks) may take before it is
+/// abandoned with an error.
+pub const REQUEST_WORK_MAX_MS: u64 = 600_000;
+/// Most times a gzip request body may inflate (past its first MiB).
+pub const GZIP_INFLATION_RATIO_MAX: u64 = 100;
 /// Bytes of I/O memory each shard registers with io_uring.
 pub const IO_MEMORY_BYTES: usize = 1024 * 1024;
 
@@ -53,6 +74,16 @@ pub struct Limits {
     pub connections_max: usize,
     pub auth_failures_max: u32,
     pub auth_failure_window_ms: u64,
+    pub connections_per_client_max: usize,
+    pub pack_files_open_max: usize,
+    pub repo_creates_per_minute: u64,
+    pub push_inflated_floor_bytes: u64,
+    pub push_inflated_ratio_max: u64,
+    pub request_work_max_ms: u64,
+    pub gzip_inflation_ratio_max: u64,
+    /// Bytes all requests on the node may hold at once (parsed requests,
+    /// push buffers); past it new work gets 503 + Retry-After.
+    pub memory_budget_bytes: u64,
 }
 
 impl Default for Limits {
@@ -71,6 +102,14 @@ impl Default for Limits {
             connections_max: CONNECTIONS_MAX,
             auth_failures_max: AUTH_FAILURES_MAX,
             auth_failure_window_ms: AUTH_FAILURE_WINDOW_MS,
+            connections_per_client_max: CONNECTIONS_PER_CLIENT_MAX,
+            pack_files_open_max: PACK_FILES_OPEN_MAX,
+            repo_creates_per_minute: REPO_CREATES_PER_MINUTE,
+            push_inflated_floor_bytes: PUSH_INFLATED_FLOOR_BYTES,
+            push_inflated_ratio_max: PUSH_INFLATED_RATIO_MAX,
+            request_work_max_ms: REQUEST_WORK_MAX_MS,
+            gzip_inflation_ratio_max: GZIP_INFLATION_RATIO_MAX,
+            memory_budget_bytes: crate::memory::default_budget_bytes(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! through a body below the minimum rate, or idle past the keep-alive
 //! limit is closed without costing other clients anything.
 
+use futures_channel::oneshot;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -38,6 +39,8 @@ pub struct ConnState {
     phase: Cell<Phase>,
     phase_since: Cell<Instant>,
     bytes_read: Cell<u64>,
+    /// `bytes_read` when the current phase began.
+    phase_bytes_start: Cell<u64>,
     window_start: Cell<Instant>,
     window_bytes_start: Cell<u64>,
     /// The client's address, if the socket knows it.
@@ -45,21 +48,58 @@ pub struct ConnState {
     /// Who the request in flight authenticated as (for logs): `-`,
     /// `admin` or `USER#TOKEN_ID`. One request at a time per connection.
     pub caller: RefCell<String>,
+    /// Fired to close the connection at once (eviction).
+    close: RefCell<Option<oneshot::Sender<()>>>,
 }
 
 impl ConnState {
-    /// A fresh connection from `peer`, idle since now.
+    /// A fresh connection from `peer`, waiting for its first request head
+    /// since now: one that sends nothing is closed after the header
+    /// timeout, not the (longer) keep-alive idle timeout.
     pub fn new(peer: Option<SocketAddr>) -> Rc<ConnState> {
         let now = Instant::now();
         Rc::new(ConnState {
-            phase: Cell::new(Phase::Idle),
+            phase: Cell::new(Phase::Head),
             phase_since: Cell::new(now),
             bytes_read: Cell::new(0),
+            phase_bytes_start: Cell::new(0),
             window_start: Cell::new(now),
             window_bytes_start: Cell::new(0),
             peer,
             caller: RefCell::new("-".into()),
+            close: RefCell::new(None),
         })
+    }
+
+    /// The client's address (its /64 for IPv6), if known.
+    pub fn client(&self) -> Option<ClientKey> {
+        self.peer.map(|a| ClientKey::of(a.ip()))
+    }
+
+    /// A receiver that fires when [`ConnState::close_now`] is called.
+    pub fn on_close(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        *self.close.borrow_mut() = Some(tx);
+        rx
+    }
+
+    /// Close the connection at once (it is being evicted).
+    pub fn close_now(&self) {
+        if let Some(tx) = self.close.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// If the connection is doing nothing (between requests, or waiting
+    /// for a request head it has not begun to send), since when.
+    pub fn idle_since(&self) -> Option<Instant> {
+        match self.phase.get() {
+            Phase::Idle => Some(self.phase_since.get()),
+            Phase::Head if self.bytes_read.get() == self.phase_bytes_start.get() => {
+                Some(self.phase_since.get())
+            }
+            _ => None,
+        }
     }
 
     /// Enter `phase` now.
@@ -67,6 +107,7 @@ impl ConnState {
         let now = Instant::now();
         self.phase.set(phase);
         self.phase_since.set(now);
+        self.phase_bytes_start.set(self.bytes_read.get());
         self.window_start.set(now);
         self.window_bytes_start.set(self.bytes_read.get());
     }
@@ -298,5 +339,95 @@ impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for HyperStream<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// The key a client's connections are counted under: its address, or for
+/// IPv6 its /64 (one subscriber's usual allocation, so that an attacker
+/// cannot dodge the limit by rotating through its own addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(std::net::IpAddr);
+
+impl ClientKey {
+    /// The key of a peer address.
+    pub fn of(ip: std::net::IpAddr) -> ClientKey {
+        match ip {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey(v4.into()),
+                None => {
+                    let mut o = v6.octets();
+                    o[8..].fill(0);
+                    ClientKey(std::net::Ipv6Addr::from(o).into())
+                }
+            },
+            v4 => ClientKey(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One shard's open connections: counted per client for the per-client
+/// limit, and kept so that the idlest can be closed to make room when the
+/// shard's connection cap is reached.
+#[derive(Default)]
+pub struct Registry {
+    next_id: Cell<u64>,
+    open: RefCell<std::collections::HashMap<u64, Rc<ConnState>>>,
+    per_client: RefCell<std::collections::HashMap<ClientKey, usize>>,
+}
+
+impl Registry {
+    /// Open connections of `client`.
+    pub fn client_count(&self, client: ClientKey) -> usize {
+        self.per_client.borrow().get(&client).copied().unwrap_or(0)
+    }
+
+    /// Register a connection; returns its id for [`Registry::remove`].
+    pub fn add(&self, client: Option<ClientKey>, state: Rc<ConnState>) -> u64 {
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        self.open.borrow_mut().insert(id, state);
+        if let Some(c) = client {
+            *self.per_client.borrow_mut().entry(c).or_insert(0) += 1;
+        }
+        id
+    }
+
+    /// Forget a closed connection.
+    pub fn remove(&self, id: u64, client: Option<ClientKey>) {
+        self.open.borrow_mut().remove(&id);
+        if let Some(c) = client {
+            let mut per = self.per_client.borrow_mut();
+            if let Some(n) = per.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&c);
+                }
+            }
+        }
+    }
+
+    /// Close the connection that has been doing nothing the longest;
+    /// false if every connection is busy.
+    pub fn evict_idlest(&self) -> bool {
+        let open = self.open.borrow();
+        let victim = open
+            .values()
+            .filter_map(|s| s.idle_since().map(|t| (t, s)))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, s)| s.clone());
+        drop(open);
+        match victim {
+            Some(s) => {
+                s.close_now();
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -13,10 +13,10 @@ use guts_io::object::ObjectKind;
 use guts_io::pack::ingest::{
     CheckOptions, Ingest, IngestError, IngestLimits, IngestedPack, ObjectSource,
 };
-use guts_io::pack::write::{pack_stream, PackWriteOptions};
+use guts_io::pack::write::{pack_stream, PackStream, PackWriteOptions};
 use guts_io::refname::check_ref_name;
 use guts_io::refs::RefUpdate;
-use guts_io::store::ObjectStore;
+use guts_io::store::{ObjectStore, Pack};
 use guts_io::walk::{self, Deepen as WalkDeepen, Filter, WalkRequest, WalkResult};
 use guts_io::ObjectId;
 use guts_net::advertise::{
@@ -26,7 +26,10 @@ use guts_net::negotiate;
 use guts_net::pktline;
 use guts_net::receive::{PushParser, PushRequest, PushStep, RefReport, ReportStatusVersion};
 use guts_net::sideband::{self, Band, SidebandMode};
-use guts_net::upload::{Deepen, FetchRequest, FilterSpec, LsRefsRequest, UploadRequest, V2Request};
+use guts_net::upload::{
+    Deepen, FetchRequest, FilterSpec, LsRefsRequest, RefPrefixes, UploadError, UploadRequest,
+    UploadRequestParser, V2Request, V2RequestParser,
+};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::rc::Rc;
@@ -34,8 +37,13 @@ use std::rc::Rc;
 use crate::body::{BodyError, RequestBody, ResponseBody};
 use crate::conn::ConnState;
 use crate::http::{shard_error_response, text};
-use crate::repo::{check_name, RefSnapshot, RepoError};
+use crate::memory::{MemoryError, Reservation};
+use crate::repo::{check_name, AdvertisedRef, RefSnapshot};
 use crate::shard::{Shard, ShardError, UpdateOutcome};
+use crate::work::{self, contained, Budget};
+
+/// Bytes of a pack's SHA-1 trailer.
+const TRAILER_BYTES: usize = 20;
 
 /// Pack bytes produced per chunk: one side-band-64k frame, or sixteen
 /// 1000-byte side-band frames, or (no side-band) the same as 64k.
@@ -66,10 +74,23 @@ pub async fn route(
     }
     let (owner, name) = (owner.to_string(), name.to_string());
     let method = req.method().clone();
+    let (s, st) = (shard.clone(), state.clone());
     match (method, tail) {
-        (Method::GET, "info/refs") => info_refs(shard, req, &owner, &name).await,
-        (Method::POST, "git-upload-pack") => upload_pack(shard, state, req, &owner, &name).await,
-        (Method::POST, "git-receive-pack") => receive_pack(shard, state, req, &owner, &name).await,
+        (Method::GET, "info/refs") => {
+            shard
+                .in_bulk(async move { info_refs(&s, req, &owner, &name).await })
+                .await
+        }
+        (Method::POST, "git-upload-pack") => {
+            shard
+                .in_bulk(async move { upload_pack(&s, &st, req, &owner, &name).await })
+                .await
+        }
+        (Method::POST, "git-receive-pack") => {
+            shard
+                .in_bulk(async move { receive_pack(&s, &st, req, &owner, &name).await })
+                .await
+        }
         (_, "info/refs" | "git-upload-pack" | "git-receive-pack") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -109,11 +130,26 @@ fn git_result(service: Service, body: ResponseBody) -> Response<ResponseBody> {
 /// A git `ERR` answer inside a 200 response, as git's own services send.
 fn git_error(service: Service, msg: &str) -> Response<ResponseBody> {
     tracing::debug!(service = service.name(), error = msg, "git request refused");
-    git_result(service, ResponseBody::full(pktline::err_pkt(msg)))
+    let msg = crate::redact::message(msg);
+    git_result(service, ResponseBody::full(pktline::err_pkt(&msg)))
 }
 
 fn bad_request(msg: impl std::fmt::Display) -> Response<ResponseBody> {
     text(StatusCode::BAD_REQUEST, format!("bad request: {msg}"))
+}
+
+/// 503 with `Retry-After`: the node's memory budget is spent.
+pub(crate) fn memory_refused(e: &MemoryError) -> Response<ResponseBody> {
+    tracing::warn!(error = %e, "request refused: memory budget spent");
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is busy (memory budget spent); retry later",
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        http::HeaderValue::from(crate::memory::MEMORY_RETRY_AFTER_S),
+    );
+    r
 }
 
 fn body_error_response(e: &BodyError) -> Response<ResponseBody> {
@@ -122,6 +158,9 @@ fn body_error_response(e: &BodyError) -> Response<ResponseBody> {
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body exceeds {limit} bytes"),
         ),
+        e @ BodyError::InflationTooHigh { .. } => {
+            text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         BodyError::UnsupportedEncoding(enc) => text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("unsupported Content-Encoding {enc:?}"),
@@ -193,15 +232,49 @@ async fn snapshot_or_404(
         .map_err(|e| shard_error_response(&e))
 }
 
-fn wire_refs(snap: &RefSnapshot) -> Vec<WireRef<'_>> {
-    snap.refs
-        .iter()
-        .map(|r| WireRef {
-            name: &r.name,
-            oid: r.oid,
-            peeled: r.peeled,
-        })
-        .collect()
+/// Bytes of a streamed advertisement gathered before they are sent.
+const ADVERTISE_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Stream an advertisement of `snap`'s refs in chunks of about
+/// [`ADVERTISE_CHUNK_BYTES`]: it is never built whole, and a client that
+/// does not read stalls this producer, not the node's memory (the
+/// response channel is bounded). `head` goes first; `write` is called
+/// with each ref in order, then once with `None` to end the answer.
+fn stream_refs<W>(snap: RefSnapshot, head: Vec<u8>, mut write: W) -> ResponseBody
+where
+    W: FnMut(&mut Vec<u8>, Option<&AdvertisedRef>) -> Result<(), pktline::PktError> + 'static,
+{
+    let (tx, body) = ResponseBody::channel();
+    glommio::spawn_local(async move {
+        let mut tx = tx;
+        let mut out = head;
+        let refs = snap.refs.iter().map(Some).chain(std::iter::once(None));
+        for (i, r) in refs.enumerate() {
+            if i % 256 == 255 {
+                glommio::yield_if_needed().await;
+            }
+            if let Err(e) = write(&mut out, r) {
+                // A name too long for one pkt: say so rather than end the
+                // advertisement as if it were complete.
+                tracing::error!(repo = %snap.key, error = %e, "advertisement stopped");
+                out.extend_from_slice(&pktline::err_pkt(&e.to_string()));
+                let _ = send(&mut tx, Bytes::from(out)).await;
+                return;
+            }
+            if out.len() >= ADVERTISE_CHUNK_BYTES {
+                let chunk = std::mem::take(&mut out);
+                if send(&mut tx, Bytes::from(chunk)).await.is_err() {
+                    return; // client went away
+                }
+                glommio::yield_if_needed().await;
+            }
+        }
+        if !out.is_empty() {
+            let _ = send(&mut tx, Bytes::from(out)).await;
+        }
+    })
+    .detach();
+    body
 }
 
 async fn info_refs(
@@ -229,39 +302,54 @@ async fn info_refs(
     };
     let version = protocol_version(req.headers()).for_service(service);
     let agent = &shard.config.agent;
-    let mut out = Vec::with_capacity(256 + snap.refs.len() * 64);
+    let mut out = Vec::with_capacity(1024);
     if version == ProtocolVersion::V2 {
         let caps = V2Capabilities {
             agent: agent.clone(),
             ..V2Capabilities::default()
         };
         advertise::write_v2_capabilities(&mut out, &caps);
+        return git_response(
+            service.advertisement_content_type(),
+            ResponseBody::full(out),
+        );
+    }
+    advertise::write_service_header(&mut out, service);
+    let caps = match service {
+        Service::UploadPack => {
+            let symref = snap.head.map(|_| snap.head_target.as_str());
+            advertise::upload_pack_capabilities(agent, symref)
+        }
+        Service::ReceivePack => advertise::receive_pack_capabilities(agent, true),
+    };
+    let mut writer = advertise::V0RefsWriter::start(&mut out, version, &caps);
+    let head = if service == Service::UploadPack {
+        snap.head
     } else {
-        advertise::write_service_header(&mut out, service);
-        let caps = match service {
-            Service::UploadPack => {
-                let symref = snap.head.map(|_| snap.head_target.as_str());
-                advertise::upload_pack_capabilities(agent, symref)
-            }
-            Service::ReceivePack => advertise::receive_pack_capabilities(agent, true),
-        };
-        let head = if service == Service::UploadPack {
-            snap.head
-        } else {
-            None
-        };
-        if let Err(e) = advertise::write_v0_refs(&mut out, version, head, &wire_refs(&snap), &caps)
-        {
+        None
+    };
+    if let Some(head) = head {
+        if let Err(e) = writer.head(&mut out, &head) {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("advertisement: {e}"),
             );
         }
     }
-    git_response(
-        service.advertisement_content_type(),
-        ResponseBody::full(out),
-    )
+    let mut writer = Some(writer);
+    let body = stream_refs(snap, out, move |out, r| match (r, writer.as_mut()) {
+        (Some(r), Some(w)) => w.write_ref(
+            out,
+            &WireRef {
+                name: &r.name,
+                oid: r.oid,
+                peeled: r.peeled,
+            },
+        ),
+        (None, Some(_)) => writer.take().map_or(Ok(()), |w| w.finish(out)),
+        (_, None) => Ok(()),
+    });
+    git_response(service.advertisement_content_type(), body)
 }
 
 // ---------------------------------------------------------------- upload-pack
@@ -270,6 +358,7 @@ async fn info_refs(
 /// type, declared length against `limit`, and content encoding.
 #[allow(clippy::result_large_err)] // the error is the response to send
 fn service_body(
+    shard: &Rc<Shard>,
     state: &Rc<ConnState>,
     headers: &HeaderMap,
     incoming: Incoming,
@@ -281,20 +370,95 @@ fn service_body(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    RequestBody::new(incoming, encoding, limit, state.clone()).map_err(|e| body_error_response(&e))
+    RequestBody::new(incoming, encoding, limit, state.clone())
+        .map(|b| b.with_inflation_limit(shard.config.limits.gzip_inflation_ratio_max))
+        .map_err(|e| body_error_response(&e))
 }
 
-async fn read_small_body(
+/// Request bytes parsed between chances for other tasks to run.
+const PARSE_STEP_BYTES: usize = 16 * 1024;
+
+/// An incremental parser of an upload-pack request body.
+trait RequestParser {
+    type Request;
+    fn advance(&mut self, input: &[u8]) -> Result<usize, UploadError>;
+    fn retained_bytes(&self) -> usize;
+    fn finish(self, rest: &[u8]) -> Result<Self::Request, UploadError>;
+}
+
+impl RequestParser for UploadRequestParser {
+    type Request = UploadRequest;
+    fn advance(&mut self, input: &[u8]) -> Result<usize, UploadError> {
+        UploadRequestParser::advance(self, input)
+    }
+    fn retained_bytes(&self) -> usize {
+        UploadRequestParser::retained_bytes(self)
+    }
+    fn finish(self, rest: &[u8]) -> Result<UploadRequest, UploadError> {
+        UploadRequestParser::finish(self, rest)
+    }
+}
+
+impl RequestParser for V2RequestParser {
+    type Request = V2Request;
+    fn advance(&mut self, input: &[u8]) -> Result<usize, UploadError> {
+        V2RequestParser::advance(self, input)
+    }
+    fn retained_bytes(&self) -> usize {
+        V2RequestParser::retained_bytes(self)
+    }
+    fn finish(self, rest: &[u8]) -> Result<V2Request, UploadError> {
+        V2RequestParser::finish(self, rest)
+    }
+}
+
+/// Parse an upload-pack request as its body arrives: only one partial
+/// pkt is ever buffered, the parsed state is charged to the node's memory
+/// budget as it grows, and the executor yields between chunks.
+async fn read_request<P: RequestParser>(
     shard: &Rc<Shard>,
-    state: &Rc<ConnState>,
-    req: Request<Incoming>,
-    service: Service,
-) -> Result<(HeaderMap, Bytes), Response<ResponseBody>> {
-    let (parts, incoming) = req.into_parts();
-    let limit = shard.config.limits.upload_body_max_bytes;
-    let body = service_body(state, &parts.headers, incoming, service, limit)?;
-    let data = body.collect().await.map_err(|e| body_error_response(&e))?;
-    Ok((parts.headers, data))
+    body: &mut RequestBody,
+    mut parser: P,
+    what: &str,
+) -> Result<(P::Request, Reservation), Response<ResponseBody>> {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut empty = true;
+    let mut memory = shard.memory.reservation();
+    let bad = |e: UploadError| bad_request(format!("{what}: {e}"));
+    loop {
+        let chunk = match body.next_chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(body_error_response(&e)),
+        };
+        if chunk.is_empty() {
+            continue;
+        }
+        empty = false;
+        // Parse in small pieces, giving way between them: a chunk of a
+        // gzip body can be a quarter MiB of pkt-lines.
+        for piece in chunk.chunks(PARSE_STEP_BYTES) {
+            if pending.is_empty() {
+                let used = parser.advance(piece).map_err(bad)?;
+                pending.extend_from_slice(&piece[used..]);
+            } else {
+                pending.extend_from_slice(piece);
+                let used = parser.advance(&pending).map_err(bad)?;
+                pending.drain(..used);
+            }
+            if let Err(e) = memory.resize(parser.retained_bytes() + pending.capacity()) {
+                return Err(memory_refused(&e));
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+    if empty {
+        return Err(bad_request(
+            "empty upload-pack request body (expected pkt-lines)",
+        ));
+    }
+    let request = parser.finish(&pending).map_err(bad)?;
+    Ok((request, memory))
 }
 
 async fn upload_pack(
@@ -310,56 +474,263 @@ async fn upload_pack(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let (headers, body) = match read_small_body(shard, state, req, service).await {
-        Ok(x) => x,
+    let (parts, incoming) = req.into_parts();
+    let limit = shard.config.limits.upload_body_max_bytes;
+    let mut body = match service_body(shard, state, &parts.headers, incoming, service, limit) {
+        Ok(b) => b,
         Err(r) => return r,
     };
-    if body.is_empty() {
-        return bad_request("empty upload-pack request body (expected pkt-lines)");
-    }
-    if protocol_version(&headers) == ProtocolVersion::V2 {
-        return match V2Request::parse_with_limit(&body, shard.config.limits.request_pkts_max) {
-            Ok(V2Request::LsRefs(ls)) => ls_refs(&snap, &ls),
-            Ok(V2Request::Fetch(fetch)) => fetch_v2(snap, fetch).await,
-            Err(e) => bad_request(format!("protocol v2 request: {e}")),
+    let pkts_max = shard.config.limits.request_pkts_max;
+    if protocol_version(&parts.headers) == ProtocolVersion::V2 {
+        let parser = V2RequestParser::new(pkts_max);
+        return match read_request(shard, &mut body, parser, "protocol v2 request").await {
+            Ok((V2Request::LsRefs(ls), _memory)) => ls_refs(shard, snap, ls).await,
+            Ok((V2Request::Fetch(fetch), memory)) => {
+                run_fetch(shard, snap, FetchKind::V2(fetch), memory).await
+            }
+            Err(r) => r,
         };
     }
-    match UploadRequest::parse_with_limit(&body, shard.config.limits.request_pkts_max) {
-        Ok(request) => fetch_v0(snap, request).await,
-        Err(e) => bad_request(format!("upload-pack request: {e}")),
+    let parser = UploadRequestParser::new(pkts_max);
+    match read_request(shard, &mut body, parser, "upload-pack request").await {
+        Ok((request, memory)) => {
+            if request.wants.is_empty() {
+                // A client that wants nothing sends only a flush (git's own
+                // upload-pack then ends without a word); answer with a flush
+                // so the response is a well-formed, non-empty pkt stream.
+                return git_result(service, ResponseBody::full(&pktline::FLUSH_PKT[..]));
+            }
+            run_fetch(shard, snap, FetchKind::V0(request), memory).await
+        }
+        Err(r) => r,
     }
 }
 
-fn ls_refs(snap: &RefSnapshot, req: &LsRefsRequest) -> Response<ResponseBody> {
-    let mut entries = Vec::with_capacity(snap.refs.len() + 1);
-    entries.push(LsRefsEntry {
+/// `ref-prefix` lines arranged on the executor; more go to the blocking pool.
+const LS_REFS_PREFIXES_INLINE_MAX: usize = 256;
+
+/// The v2 `ls-refs` answer, streamed; prefixes are matched by binary
+/// search, so a request with 65,536 of them costs what a short one does.
+async fn ls_refs(
+    shard: &Rc<Shard>,
+    snap: RefSnapshot,
+    req: LsRefsRequest,
+) -> Response<ResponseBody> {
+    // Sorting tens of thousands of prefixes is work for the blocking pool.
+    let prefixes = if req.ref_prefixes.len() > LS_REFS_PREFIXES_INLINE_MAX {
+        let list = req.ref_prefixes.clone();
+        let budget = Budget::new(shard.config.limits.request_work_max_ms);
+        match work::blocking(&budget, move |_| Ok(RefPrefixes::new(&list))).await {
+            Ok(p) => p,
+            Err(msg) => return git_error(Service::UploadPack, &msg),
+        }
+    } else {
+        req.prefixes()
+    };
+    let mut head = Vec::new();
+    let head_entry = LsRefsEntry {
         name: "HEAD",
         oid: snap.head,
         symref_target: Some(&snap.head_target),
         peeled: None,
+    };
+    if prefixes.matches("HEAD") {
+        if let Err(e) = advertise::write_ls_refs_entry(&mut head, &req, &head_entry) {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, format!("ls-refs: {e}"));
+        }
+    }
+    let body = stream_refs(snap, head, move |out, r| {
+        let Some(r) = r else {
+            pktline::write_flush(out);
+            return Ok(());
+        };
+        if !prefixes.matches(&r.name) {
+            return Ok(());
+        }
+        advertise::write_ls_refs_entry(
+            out,
+            &req,
+            &LsRefsEntry {
+                name: &r.name,
+                oid: Some(r.oid),
+                symref_target: None,
+                peeled: if req.peel { r.peeled } else { None },
+            },
+        )
     });
-    for r in snap.refs.iter() {
-        entries.push(LsRefsEntry {
-            name: &r.name,
-            oid: Some(r.oid),
-            symref_target: None,
-            peeled: if req.peel { r.peeled } else { None },
-        });
-    }
-    let mut out = Vec::with_capacity(64 * entries.len());
-    if let Err(e) = advertise::write_ls_refs(&mut out, req, &entries) {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("ls-refs: {e}"));
-    }
-    git_result(Service::UploadPack, ResponseBody::full(out))
+    git_result(Service::UploadPack, body)
 }
 
-/// What a fetch asks for, in terms the object walk understands.
-struct FetchPlan {
-    walk: WalkRequest,
+/// A parsed fetch, protocol v0/v1 or v2.
+enum FetchKind {
+    V0(UploadRequest),
+    V2(FetchRequest),
+}
+
+/// A pack ready to stream, and what goes before it.
+struct PackToSend {
+    preamble: Vec<u8>,
+    stream: PackStream,
     sideband: Option<SidebandMode>,
-    progress: bool,
-    ofs_delta: bool,
-    deepen: bool,
+    count: usize,
+}
+
+/// What a fetch answers: pkt-lines only (a negotiation round), or a pack.
+enum Prepared {
+    Answer(Vec<u8>),
+    Pack(Box<PackToSend>),
+}
+
+/// Negotiate, walk and plan a fetch on the blocking pool, then answer.
+/// `memory` (the parsed request's share of the node's budget) is held
+/// until the plan is made.
+async fn run_fetch(
+    shard: &Rc<Shard>,
+    snap: RefSnapshot,
+    kind: FetchKind,
+    memory: Reservation,
+) -> Response<ResponseBody> {
+    let service = Service::UploadPack;
+    let budget = Budget::new(shard.config.limits.request_work_max_ms);
+    let job_snap = snap.clone();
+    let prepared = work::blocking(&budget, move |budget| {
+        prepare_fetch(&job_snap, kind, budget)
+    })
+    .await;
+    drop(memory);
+    match prepared {
+        Ok(Prepared::Answer(bytes)) => git_result(service, ResponseBody::full(bytes)),
+        Ok(Prepared::Pack(pack)) => stream_pack(snap, *pack, budget),
+        Err(msg) => git_error(service, &msg),
+    }
+}
+
+/// Everything a fetch computes, proportional to its request: run off the
+/// executor, with the budget checked between (and inside) the steps.
+fn prepare_fetch(snap: &RefSnapshot, kind: FetchKind, budget: &Budget) -> Result<Prepared, String> {
+    let store = &snap.store;
+    let budget_err = |e: crate::work::BudgetError| format!("upload-pack: {e}");
+    match kind {
+        FetchKind::V0(req) => {
+            check_wants(store, &req.wants, budget)?;
+            let deepen = resolve_deepen(snap, &req.depth)?;
+            let known = known_haves(store, &req.haves, budget)?;
+            let negotiation = negotiate::negotiate_v0_request(
+                &req,
+                |oid| known.binary_search(oid).is_ok(),
+                |common| !common.is_empty(),
+            );
+            if deepen.is_none() && !negotiation.pack_follows {
+                return Ok(Prepared::Answer(negotiation.bytes));
+            }
+            let walk = WalkRequest {
+                wants: distinct(&req.wants),
+                haves: negotiation.common.clone(),
+                client_shallows: req.shallows.clone(),
+                deepen: deepen.clone(),
+                deepen_relative: req.caps.deepen_relative,
+                filter: walk_filter(&req.filter),
+                include_tag_candidates: if req.caps.include_tag {
+                    tag_candidates(snap)
+                } else {
+                    Vec::new()
+                },
+                interrupt: budget.interrupt(),
+            };
+            budget.check().map_err(budget_err)?;
+            // One walk serves both the shallow update (which does not
+            // depend on the haves) and the pack.
+            let walked = walk::enumerate(store, &walk).map_err(|e| walk_failed(snap, e))?;
+            let mut preamble = Vec::new();
+            if deepen.is_some() {
+                // Every stateless response starts with the shallow update.
+                negotiate::write_shallow_update_v0(
+                    &mut preamble,
+                    &walked.shallow,
+                    &walked.unshallow,
+                );
+            }
+            preamble.extend_from_slice(&negotiation.bytes);
+            if !negotiation.pack_follows {
+                return Ok(Prepared::Answer(preamble));
+            }
+            budget.check().map_err(budget_err)?;
+            plan_pack(
+                store,
+                walked,
+                preamble,
+                req.caps.sideband_mode(),
+                !req.caps.no_progress,
+                req.caps.ofs_delta,
+            )
+        }
+        FetchKind::V2(req) => {
+            let mut wants = req.wants.clone();
+            let mut wanted_refs = Vec::with_capacity(req.want_refs.len());
+            for (i, r) in req.want_refs.iter().enumerate() {
+                if i % BUDGET_CHECK_EVERY == 0 {
+                    budget.check().map_err(budget_err)?;
+                }
+                match snap.find(r) {
+                    Some(x) => {
+                        wants.push(x.oid);
+                        wanted_refs.push((x.oid, x.name.as_str()));
+                    }
+                    None => return Err(format!("unknown ref {r}")),
+                }
+            }
+            let wants = distinct(&wants);
+            check_wants(store, &wants, budget)?;
+            let deepen = resolve_deepen(snap, &req.depth)?;
+            let known = known_haves(store, &req.haves, budget)?;
+            let acks = negotiate::acknowledge_v2(
+                &req.haves,
+                req.done,
+                req.wait_for_done,
+                |oid| known.binary_search(oid).is_ok(),
+                |common| !common.is_empty(),
+            );
+            if !acks.pack_follows {
+                return Ok(Prepared::Answer(acks.bytes));
+            }
+            let mut preamble = acks.bytes;
+            let walk = WalkRequest {
+                wants,
+                haves: acks.common.clone(),
+                client_shallows: req.shallows.clone(),
+                deepen: deepen.clone(),
+                deepen_relative: req.deepen_relative,
+                filter: walk_filter(&req.filter),
+                include_tag_candidates: if req.include_tag {
+                    tag_candidates(snap)
+                } else {
+                    Vec::new()
+                },
+                interrupt: budget.interrupt(),
+            };
+            budget.check().map_err(budget_err)?;
+            let walked = walk::enumerate(store, &walk).map_err(|e| walk_failed(snap, e))?;
+            // The sections follow in protocol order: shallow-info,
+            // wanted-refs, packfile.
+            if deepen.is_some() {
+                negotiate::write_shallow_info(&mut preamble, &walked.shallow, &walked.unshallow);
+            }
+            if !wanted_refs.is_empty() {
+                negotiate::write_wanted_refs(&mut preamble, &wanted_refs)
+                    .map_err(|e| e.to_string())?;
+            }
+            negotiate::write_packfile_header(&mut preamble);
+            budget.check().map_err(budget_err)?;
+            plan_pack(
+                store,
+                walked,
+                preamble,
+                Some(SidebandMode::SideBand64k),
+                !req.no_progress,
+                req.ofs_delta,
+            )
+        }
+    }
 }
 
 fn resolve_deepen(
@@ -380,12 +751,7 @@ fn resolve_deepen(
                         format!("refs/heads/{r}"),
                     ]
                     .iter()
-                    .find_map(|cand| {
-                        snap.refs
-                            .iter()
-                            .find(|x| &x.name == cand)
-                            .map(|x| x.peeled.unwrap_or(x.oid))
-                    });
+                    .find_map(|cand| snap.find(cand).map(|x| x.peeled.unwrap_or(x.oid)));
                     match found {
                         Some(oid) => oids.push(oid),
                         None => return Err(format!("deepen-not is not a ref: {r}")),
@@ -419,11 +785,54 @@ fn tag_candidates(snap: &RefSnapshot) -> Vec<(ObjectId, ObjectId)> {
         .collect()
 }
 
-fn check_wants(store: &ObjectStore, wants: &[ObjectId]) -> Result<(), String> {
+/// The message for a failed walk; a store that cannot be read (a corrupt
+/// or missing pack) is the operator's problem, and is logged as such.
+fn walk_failed(snap: &RefSnapshot, e: walk::WalkError) -> String {
+    if let walk::WalkError::Store(store) = &e {
+        tracing::error!(repo = %snap.key, error = %store, "stored object unreadable (corrupt or missing pack data)");
+    }
+    format!("upload-pack: {e}")
+}
+
+/// Budget checks in loops over request items happen this often.
+const BUDGET_CHECK_EVERY: usize = 4096;
+
+/// `ids` without repeats, first occurrences in order.
+fn distinct(ids: &[ObjectId]) -> Vec<ObjectId> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// The distinct haves the store holds, sorted for binary search: one store
+/// lookup per distinct have, however often a client repeats it.
+fn known_haves(
+    store: &ObjectStore,
+    haves: &[ObjectId],
+    budget: &Budget,
+) -> Result<Vec<ObjectId>, String> {
+    let mut sorted = haves.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut known = Vec::new();
+    for (i, have) in sorted.into_iter().enumerate() {
+        if i % BUDGET_CHECK_EVERY == 0 {
+            budget.check().map_err(|e| format!("upload-pack: {e}"))?;
+        }
+        if store.contains(&have) {
+            known.push(have);
+        }
+    }
+    Ok(known)
+}
+
+fn check_wants(store: &ObjectStore, wants: &[ObjectId], budget: &Budget) -> Result<(), String> {
     if wants.is_empty() {
         return Err("upload-pack: no wants".into());
     }
-    for w in wants {
+    for (i, w) in wants.iter().enumerate() {
+        if i % BUDGET_CHECK_EVERY == 0 {
+            budget.check().map_err(|e| format!("upload-pack: {e}"))?;
+        }
         if !store.contains(w) {
             return Err(format!("upload-pack: not our ref {w}"));
         }
@@ -431,184 +840,23 @@ fn check_wants(store: &ObjectStore, wants: &[ObjectId]) -> Result<(), String> {
     Ok(())
 }
 
-async fn fetch_v0(snap: RefSnapshot, req: UploadRequest) -> Response<ResponseBody> {
-    let service = Service::UploadPack;
-    if req.wants.is_empty() {
-        // A client that wants nothing sends only a flush (git's own
-        // upload-pack then ends without a word); answer with a flush so the
-        // response is a well-formed, non-empty pkt stream.
-        return git_result(service, ResponseBody::full(&pktline::FLUSH_PKT[..]));
-    }
-    if let Err(msg) = check_wants(&snap.store, &req.wants) {
-        return git_error(service, &msg);
-    }
-    let deepen = match resolve_deepen(&snap, &req.depth) {
-        Ok(d) => d,
-        Err(msg) => return git_error(service, &msg),
-    };
-    let store = snap.store.clone();
-    let mut preamble = Vec::new();
-    let plan = FetchPlan {
-        walk: WalkRequest {
-            wants: req.wants.clone(),
-            haves: Vec::new(),
-            client_shallows: req.shallows.clone(),
-            deepen: deepen.clone(),
-            deepen_relative: req.caps.deepen_relative,
-            filter: walk_filter(&req.filter),
-            include_tag_candidates: if req.caps.include_tag {
-                tag_candidates(&snap)
-            } else {
-                Vec::new()
-            },
-        },
-        sideband: req.caps.sideband_mode(),
-        progress: !req.caps.no_progress,
-        ofs_delta: req.caps.ofs_delta,
-        deepen: deepen.is_some(),
-    };
-    let negotiation = negotiate::negotiate_v0_request(
-        &req,
-        |oid| store.contains(oid),
-        |common| !common.is_empty(),
-    );
-    let mut plan = plan;
-    plan.walk.haves = negotiation.common.clone();
-    if !plan.deepen && !negotiation.pack_follows {
-        return git_result(service, ResponseBody::full(negotiation.bytes));
-    }
-    // One walk serves both the shallow update (which does not depend on
-    // the haves) and the pack.
-    let walked = match run_walk(store, plan.walk.clone()).await {
-        Ok(w) => w,
-        Err(msg) => return git_error(service, &msg),
-    };
-    if plan.deepen {
-        // Every stateless response starts with the shallow update.
-        negotiate::write_shallow_update_v0(&mut preamble, &walked.shallow, &walked.unshallow);
-    }
-    preamble.extend_from_slice(&negotiation.bytes);
-    if !negotiation.pack_follows {
-        return git_result(service, ResponseBody::full(preamble));
-    }
-    stream_pack(snap, plan, walked, preamble, None).await
-}
-
-async fn fetch_v2(snap: RefSnapshot, req: FetchRequest) -> Response<ResponseBody> {
-    let service = Service::UploadPack;
-    let mut wants = req.wants.clone();
-    let mut wanted_refs = Vec::new();
-    for r in &req.want_refs {
-        match snap.refs.iter().find(|x| &x.name == r) {
-            Some(x) => {
-                wants.push(x.oid);
-                wanted_refs.push((x.oid, x.name.clone()));
-            }
-            None => return git_error(service, &format!("unknown ref {r}")),
-        }
-    }
-    if let Err(msg) = check_wants(&snap.store, &wants) {
-        return git_error(service, &msg);
-    }
-    let deepen = match resolve_deepen(&snap, &req.depth) {
-        Ok(d) => d,
-        Err(msg) => return git_error(service, &msg),
-    };
-    let store = snap.store.clone();
-    let acks = negotiate::acknowledge_v2(
-        &req.haves,
-        req.done,
-        req.wait_for_done,
-        |oid| store.contains(oid),
-        |common| !common.is_empty(),
-    );
-    let plan = FetchPlan {
-        walk: WalkRequest {
-            wants,
-            haves: acks.common.clone(),
-            client_shallows: req.shallows.clone(),
-            deepen: deepen.clone(),
-            deepen_relative: req.deepen_relative,
-            filter: walk_filter(&req.filter),
-            include_tag_candidates: if req.include_tag {
-                tag_candidates(&snap)
-            } else {
-                Vec::new()
-            },
-        },
-        sideband: Some(SidebandMode::SideBand64k),
-        progress: !req.no_progress,
-        ofs_delta: req.ofs_delta,
-        deepen: deepen.is_some(),
-    };
-    let preamble = acks.bytes;
-    if !acks.pack_follows {
-        return git_result(service, ResponseBody::full(preamble));
-    }
-    // wanted-refs comes after shallow-info, which stream_pack writes.
-    let mut wanted_section = Vec::new();
-    if !wanted_refs.is_empty() {
-        let refs: Vec<(ObjectId, &str)> =
-            wanted_refs.iter().map(|(o, n)| (*o, n.as_str())).collect();
-        if let Err(e) = negotiate::write_wanted_refs(&mut wanted_section, &refs) {
-            return git_error(service, &e.to_string());
-        }
-    }
-    let walked = match run_walk(store, plan.walk.clone()).await {
-        Ok(w) => w,
-        Err(msg) => return git_error(service, &msg),
-    };
-    stream_pack(snap, plan, walked, preamble, Some(wanted_section)).await
-}
-
-async fn run_walk(store: ObjectStore, req: WalkRequest) -> Result<WalkResult, String> {
-    glommio::executor()
-        .spawn_blocking(move || {
-            contained(move || {
-                walk::enumerate(&store, &req).map_err(|e| format!("upload-pack: {e}"))
-            })
-        })
-        .await
-}
-
-/// Stream the pack of `walked` (side-band framed) behind `preamble`.
-/// `v2` is `Some(wanted-refs section, possibly empty)` for protocol v2: the
-/// sections then follow in protocol order (shallow-info, wanted-refs, packfile).
-async fn stream_pack(
-    snap: RefSnapshot,
-    plan: FetchPlan,
+/// Plan the pack of `walked` and put the progress line after `preamble`.
+fn plan_pack(
+    store: &ObjectStore,
     walked: WalkResult,
     mut preamble: Vec<u8>,
-    v2: Option<Vec<u8>>,
-) -> Response<ResponseBody> {
-    let service = Service::UploadPack;
-    let store = snap.store.clone();
-    if let Some(wanted_section) = v2 {
-        if plan.deepen {
-            negotiate::write_shallow_info(&mut preamble, &walked.shallow, &walked.unshallow);
-        }
-        preamble.extend_from_slice(&wanted_section);
-        negotiate::write_packfile_header(&mut preamble);
-    }
+    sideband: Option<SidebandMode>,
+    progress: bool,
+    ofs_delta: bool,
+) -> Result<Prepared, String> {
     let opts = PackWriteOptions {
-        ofs_delta: plan.ofs_delta,
-        chunk_bytes: pack_chunk_bytes(plan.sideband),
+        ofs_delta,
+        chunk_bytes: pack_chunk_bytes(sideband),
     };
-    let objects = walked.objects;
-    let count = objects.len();
-    crate::metrics::record_pack_sent(0, count as u64);
-    let stream = match glommio::executor()
-        .spawn_blocking(move || {
-            contained(move || pack_stream(&store, &objects, opts).map_err(|e| e.to_string()))
-        })
-        .await
-    {
-        Ok(s) => s,
-        Err(msg) => return git_error(service, &format!("upload-pack: {msg}")),
-    };
-    let (tx, body) = ResponseBody::channel();
-    let sideband = plan.sideband;
-    if plan.progress {
+    let count = walked.objects.len();
+    let stream =
+        pack_stream(store, &walked.objects, opts).map_err(|e| format!("upload-pack: {e}"))?;
+    if progress {
         if let Some(mode) = sideband {
             sideband::write_progress(
                 &mut preamble,
@@ -617,12 +865,41 @@ async fn stream_pack(
             );
         }
     }
+    Ok(Prepared::Pack(Box::new(PackToSend {
+        preamble,
+        stream,
+        sideband,
+        count,
+    })))
+}
+
+/// Pack bytes generated per blocking-pool job when a pack is not sent
+/// verbatim (so the executor never compresses or resolves deltas, and
+/// other requests' jobs get the pool between these).
+const PACK_GENERATE_STEP_BYTES: usize = 1024 * 1024;
+
+/// Stream a planned pack behind its preamble (side-band framed). Whole
+/// stored packs go out with io_uring DMA reads; anything else is
+/// generated on the blocking pool a step at a time, one step ahead of
+/// the client.
+fn stream_pack(snap: RefSnapshot, pack: PackToSend, budget: Budget) -> Response<ResponseBody> {
+    let service = Service::UploadPack;
+    let PackToSend {
+        preamble,
+        stream,
+        sideband,
+        count,
+    } = pack;
+    crate::metrics::record_pack_sent(0, count as u64);
+    let (tx, body) = ResponseBody::channel();
     glommio::spawn_local(async move {
         let mut tx = tx;
+        // The client going away (the body dropped) ends this task, and the
+        // guard then stops generation on the pool.
+        let _cancel = budget.cancel_on_drop();
         if send(&mut tx, Bytes::from(preamble)).await.is_err() {
             return;
         }
-        let mut stream = stream;
         let verbatim = match stream.verbatim_plan() {
             Some(plan) => stream_verbatim_dma(&mut tx, sideband, &plan).await,
             None => Err(DmaStreamError::NotVerbatim),
@@ -631,21 +908,19 @@ async fn stream_pack(
             Ok(()) => Ok(()),
             Err(DmaStreamError::ClientGone) => return,
             Err(DmaStreamError::Failed(e)) => Err(format!("pack read failed: {e}")),
+            Err(DmaStreamError::Corrupt(path)) => {
+                tracing::error!(repo = %snap.key, pack = %path.display(), "stored pack is corrupt: its contents do not match its checksum; restore it from a replica or backup");
+                Err("a stored pack is corrupt (checksum mismatch); the server's operator has been told".into())
+            }
             Err(other) => {
                 if let DmaStreamError::Unavailable(e) = &other {
                     // Nothing sent yet: serve the same bytes with positional reads.
                     warn_dma_unavailable(e);
                 }
-                loop {
-                    let chunk = match stream.next() {
-                        None => break Ok(()),
-                        Some(Ok(chunk)) => chunk,
-                        Some(Err(e)) => break Err(format!("pack generation failed: {e}")),
-                    };
-                    if send_pack_data(&mut tx, sideband, chunk).await.is_err() {
-                        return; // client went away
-                    }
-                    glommio::yield_if_needed().await;
+                match stream_generated(&mut tx, sideband, stream, &budget).await {
+                    Ok(()) => Ok(()),
+                    Err(None) => return, // client went away
+                    Err(Some(msg)) => Err(msg),
                 }
             }
         };
@@ -661,7 +936,7 @@ async fn stream_pack(
                 // body ends early and the client sees a truncated pack.
                 if let Some(mode) = sideband {
                     let mut out = Vec::new();
-                    sideband::write_error(&mut out, mode, &msg);
+                    sideband::write_error(&mut out, mode, &crate::redact::message(&msg));
                     let _ = send(&mut tx, Bytes::from(out)).await;
                 }
             }
@@ -669,6 +944,74 @@ async fn stream_pack(
     })
     .detach();
     git_result(service, body)
+}
+
+/// Generate a pack on the blocking pool, [`PACK_GENERATE_STEP_BYTES`] per
+/// job, the next step running while the last one is sent. `Err(None)`:
+/// the client went away.
+async fn stream_generated(
+    tx: &mut mpsc::Sender<Bytes>,
+    sideband: Option<SidebandMode>,
+    stream: PackStream,
+    budget: &Budget,
+) -> Result<(), Option<String>> {
+    type Step = (PackStream, Vec<Bytes>, Option<String>, bool);
+    fn generate(
+        budget: &Budget,
+        mut stream: PackStream,
+    ) -> glommio::task::JoinHandle<Result<Step, String>> {
+        let budget = budget.clone();
+        glommio::spawn_local(async move {
+            work::blocking(&budget.clone(), move |budget| {
+                let mut chunks = Vec::new();
+                let mut bytes = 0;
+                while bytes < PACK_GENERATE_STEP_BYTES {
+                    match stream.next() {
+                        None => return Ok((stream, chunks, None, true)),
+                        Some(Ok(chunk)) => {
+                            bytes += chunk.len();
+                            chunks.push(chunk);
+                        }
+                        Some(Err(e)) => {
+                            return Ok((
+                                stream,
+                                chunks,
+                                Some(format!("pack generation failed: {e}")),
+                                true,
+                            ))
+                        }
+                    }
+                    if let Err(e) = budget.check() {
+                        return Ok((stream, chunks, Some(e.to_string()), true));
+                    }
+                }
+                Ok((stream, chunks, None, false))
+            })
+            .await
+        })
+        .detach()
+    }
+    let mut next = Some(generate(budget, stream));
+    while let Some(job) = next.take() {
+        let step = match job.await {
+            Some(Ok(step)) => step,
+            Some(Err(msg)) => return Err(Some(msg)),
+            None => return Err(Some("pack generation stopped".into())),
+        };
+        let (stream, chunks, failed, last) = step;
+        if !last {
+            next = Some(generate(budget, stream));
+        }
+        for chunk in chunks {
+            if send_pack_data(tx, sideband, chunk).await.is_err() {
+                return Err(None);
+            }
+        }
+        if let Some(msg) = failed {
+            return Err(Some(msg));
+        }
+    }
+    Ok(())
 }
 
 enum DmaStreamError {
@@ -679,6 +1022,8 @@ enum DmaStreamError {
     Unavailable(guts_io::dma::DmaError),
     /// Reading failed after bytes were sent.
     Failed(guts_io::dma::DmaError),
+    /// The stored pack's contents do not match its checksum.
+    Corrupt(std::path::PathBuf),
     ClientGone,
 }
 
@@ -709,6 +1054,13 @@ async fn stream_verbatim_dma(
     }
     let max = pack_chunk_bytes(sideband);
     let mut hasher = plan.needs_trailer().then(sha1::Sha1::new);
+    // One stored pack sent whole: check its trailer against its contents
+    // as it goes, and withhold the trailer until it matches, so that a pack
+    // corrupted on disk is reported (and logged) instead of served.
+    let mut verify = match (plan.header, &plan.ranges[..]) {
+        (None, [(path, 0, _)]) => Some((sha1::Sha1::new(), Bytes::new(), path.clone())),
+        _ => None,
+    };
     async fn out(
         tx: &mut mpsc::Sender<Bytes>,
         sideband: Option<SidebandMode>,
@@ -738,9 +1090,34 @@ async fn stream_verbatim_dma(
                 Err(e) => return Err(DmaStreamError::Failed(e)),
             };
             first_read = false;
-            out(tx, sideband, &mut hasher, chunk).await?;
+            let chunk = match verify.as_mut() {
+                Some((h, held, _)) => {
+                    let mut all = if held.is_empty() {
+                        chunk
+                    } else {
+                        let mut v = Vec::with_capacity(held.len() + chunk.len());
+                        v.extend_from_slice(held);
+                        v.extend_from_slice(&chunk);
+                        Bytes::from(v)
+                    };
+                    *held = all.split_off(all.len().saturating_sub(TRAILER_BYTES));
+                    h.update(&all);
+                    all
+                }
+                None => chunk,
+            };
+            if !chunk.is_empty() {
+                out(tx, sideband, &mut hasher, chunk).await?;
+            }
         }
         reader.close().await;
+    }
+    if let Some((h, held, path)) = verify {
+        let computed: [u8; 20] = h.finalize().into();
+        if held.as_ref() != computed.as_slice() {
+            return Err(DmaStreamError::Corrupt(path));
+        }
+        out(tx, sideband, &mut hasher, held).await?;
     }
     if let Some(h) = hasher {
         let trailer: [u8; 20] = h.finalize().into();
@@ -749,23 +1126,6 @@ async fn stream_verbatim_dma(
             .map_err(|()| DmaStreamError::ClientGone)?;
     }
     Ok(())
-}
-
-/// Run blocking-pool work so that a bug (a panic) fails this one request
-/// with an error instead of taking a pool thread down with it.
-fn contained<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
-            tracing::error!(panic = %what, "internal error in a git service worker");
-            Err(format!("internal error: {what}"))
-        }
-    }
 }
 
 async fn send(tx: &mut mpsc::Sender<Bytes>, data: Bytes) -> Result<(), ()> {
@@ -893,7 +1253,7 @@ async fn receive_pack(
         Err(r) => return r,
     };
     let limit = shard.config.limits.push_body_max_bytes;
-    let mut body = match service_body(state, &parts.headers, incoming, service, limit) {
+    let mut body = match service_body(shard, state, &parts.headers, incoming, service, limit) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -902,6 +1262,9 @@ async fn receive_pack(
     let mut parser = PushParser::new(Default::default());
     let mut pending: Vec<u8> = Vec::new();
     let mut body_was_empty = true;
+    // The parsed commands are charged to the node's memory budget as they
+    // grow, and held until the push is answered.
+    let mut memory = shard.memory.reservation();
     let (request, mut leftover) = loop {
         let chunk = match body.next_chunk().await {
             Ok(Some(c)) => {
@@ -920,39 +1283,55 @@ async fn receive_pack(
             }
             Err(e) => return body_error_response(&e),
         };
-        pending.extend_from_slice(&chunk);
-        match parser.advance(&pending) {
-            Ok(PushStep::NeedMore { consumed }) => {
-                pending.drain(..consumed);
+        // Parse in small pieces, giving way between them.
+        let mut offset = 0;
+        let mut done = None;
+        while offset < chunk.len() {
+            let end = (offset + PARSE_STEP_BYTES).min(chunk.len());
+            pending.extend_from_slice(&chunk[offset..end]);
+            offset = end;
+            match parser.advance(&pending) {
+                Ok(PushStep::NeedMore { consumed }) => {
+                    pending.drain(..consumed);
+                    if let Err(e) = memory.resize(parser.retained_bytes() + pending.capacity()) {
+                        return memory_refused(&e);
+                    }
+                    glommio::yield_if_needed().await;
+                }
+                Ok(PushStep::Done { consumed, request }) => {
+                    let mut rest = pending.split_off(consumed);
+                    rest.extend_from_slice(&chunk[offset..]);
+                    done = Some((request, rest));
+                    break;
+                }
+                Err(
+                    e @ (guts_net::receive::ReceiveError::TooManyPushOptions { .. }
+                    | guts_net::receive::ReceiveError::PushOptionsTooLarge { .. }),
+                ) => {
+                    // Refuse in the client's own report format, which git prints
+                    // ("remote unpack failed: ..." and "[remote rejected]"),
+                    // rather than a bare 400 that git shows as "RPC failed".
+                    let so_far = parser.request_so_far();
+                    let reply = PushReply::from_request(so_far);
+                    let msg = e.to_string();
+                    let refs: Vec<RefReport<'_>> = so_far
+                        .commands
+                        .iter()
+                        .map(|c| RefReport {
+                            name: &c.name,
+                            result: Err(msg.as_str()),
+                        })
+                        .collect();
+                    log_push(&snap.key, state, &refs, Some(&msg));
+                    // Read the rest (the pack) so the client reads the answer.
+                    while let Ok(Some(_)) = body.next_chunk().await {}
+                    return receive_response(reply.render(&[], Err(&msg), &refs));
+                }
+                Err(e) => return bad_request(format!("receive-pack request: {e}")),
             }
-            Ok(PushStep::Done { consumed, request }) => {
-                let rest = pending.split_off(consumed);
-                break (request, rest);
-            }
-            Err(
-                e @ (guts_net::receive::ReceiveError::TooManyPushOptions { .. }
-                | guts_net::receive::ReceiveError::PushOptionsTooLarge { .. }),
-            ) => {
-                // Refuse in the client's own report format, which git prints
-                // ("remote unpack failed: ..." and "[remote rejected]"),
-                // rather than a bare 400 that git shows as "RPC failed".
-                let so_far = parser.request_so_far();
-                let reply = PushReply::from_request(so_far);
-                let msg = e.to_string();
-                let refs: Vec<RefReport<'_>> = so_far
-                    .commands
-                    .iter()
-                    .map(|c| RefReport {
-                        name: &c.name,
-                        result: Err(msg.as_str()),
-                    })
-                    .collect();
-                log_push(&snap.key, state, &refs, Some(&msg));
-                // Read the rest (the pack) so the client reads the answer.
-                while let Ok(Some(_)) = body.next_chunk().await {}
-                return receive_response(reply.render(&[], Err(&msg), &refs));
-            }
-            Err(e) => return bad_request(format!("receive-pack request: {e}")),
+        }
+        if let Some(done) = done {
+            break done;
         }
     };
     let reply = PushReply::from_request(&request);
@@ -965,7 +1344,7 @@ async fn receive_pack(
 
     // 2. The pack, streamed into a temporary file as it arrives.
     let ingested = if request.expects_pack() || !leftover.is_empty() {
-        match receive_pack_data(&snap, &mut body, std::mem::take(&mut leftover)).await {
+        match receive_pack_data(shard, &snap, &mut body, std::mem::take(&mut leftover)).await {
             Ok(p) => p,
             Err(msg) => {
                 let refs: Vec<RefReport<'_>> = request
@@ -997,13 +1376,38 @@ async fn receive_pack(
         ));
     }
 
-    // 3. Validate each command against the snapshot and the new objects.
-    let mut results: Vec<Option<String>> = vec![None; request.commands.len()];
-    for (i, cmd) in request.commands.iter().enumerate() {
-        if let Err(reason) = validate_command(&snap, ingested.as_ref(), cmd) {
-            results[i] = Some(reason);
+    // 3. Validate each command against the snapshot and the new objects
+    //    (a lookup each, on the blocking pool: a push may carry 100,000).
+    let commands = request.commands.clone();
+    let job_snap = snap.clone();
+    let budget = Budget::new(shard.config.limits.request_work_max_ms);
+    let validated = work::blocking(&budget, move |budget| {
+        let mut results: Vec<Option<String>> = Vec::with_capacity(commands.len());
+        for (i, cmd) in commands.iter().enumerate() {
+            if i % BUDGET_CHECK_EVERY == 0 {
+                budget.check().map_err(|e| e.to_string())?;
+            }
+            results.push(validate_command(&job_snap, ingested.as_ref(), cmd).err());
         }
-    }
+        Ok((ingested, results))
+    })
+    .await;
+    let (ingested, mut results) = match validated {
+        Ok(v) => v,
+        Err(msg) => {
+            let msg = crate::redact::message(&msg);
+            let refs: Vec<RefReport<'_>> = request
+                .commands
+                .iter()
+                .map(|c| RefReport {
+                    name: &c.name,
+                    result: Err(msg.as_str()),
+                })
+                .collect();
+            log_push(&snap.key, state, &refs, None);
+            return receive_response(reply.render(&progress, Ok(()), &refs));
+        }
+    };
     let atomic = request.caps.atomic;
     if atomic && results.iter().any(Option::is_some) {
         for r in results.iter_mut() {
@@ -1047,6 +1451,7 @@ async fn receive_pack(
         }
         Ok(Err(e)) | Err(e) => {
             tracing::error!(repo = %key, error = %e, "push not applied");
+            let e = crate::redact::message(&e.to_string());
             vec![Err(format!("not applied: {e}")); updates.len()]
         }
     };
@@ -1115,48 +1520,111 @@ fn log_push(repo: &str, state: &Rc<ConnState>, refs: &[RefReport<'_>], unpack: O
         "push"
     );
 }
+/// Compressed pack bytes handed to the blocking pool per ingest step:
+/// small enough that one step of a pathological pack (zlib inflates about
+/// 1000-fold) stays short, so other requests' jobs get the pool between steps.
+const INGEST_STEP_BYTES: usize = 256 * 1024;
 
 /// Stream the pack part of a push into an ingest; returns the verified,
-/// not yet visible pack (None for an empty pack).
+/// not yet visible pack (None for an empty pack). Inflating and hashing
+/// run on the blocking pool, one step behind the socket.
 async fn receive_pack_data(
+    shard: &Rc<Shard>,
     snap: &RefSnapshot,
     body: &mut RequestBody,
     first: Vec<u8>,
 ) -> Result<Option<IngestedPack>, String> {
+    let limits = &shard.config.limits;
     let pack_dir = snap.store.objects_dir().join("pack");
-    let limits = IngestLimits::default();
-    let mut ingest = Ingest::new(&pack_dir, limits).map_err(|e| e.to_string())?;
+    let ingest_limits = IngestLimits {
+        inflated_floor_bytes: limits.push_inflated_floor_bytes,
+        inflated_ratio_max: limits.push_inflated_ratio_max,
+        ..IngestLimits::default()
+    };
+    let streaming = Budget::new(limits.request_timeout_ms);
+    let ingest = work::blocking(&streaming, move |_| {
+        Ingest::new(&pack_dir, ingest_limits).map_err(|e| e.to_string())
+    })
+    .await?;
+    let mut ingest = Some(ingest);
+    let mut in_flight: Option<glommio::task::JoinHandle<Result<Ingest, String>>> = None;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_bytes = 0;
     if !first.is_empty() {
-        ingest.write(&first).map_err(|e| ingest_message(&e))?;
+        batch_bytes += first.len();
+        batch.push(Bytes::from(first));
     }
     loop {
-        match body.next_chunk().await {
-            Ok(Some(chunk)) => ingest.write(&chunk).map_err(|e| ingest_message(&e))?,
-            Ok(None) => break,
+        let done = match body.next_chunk().await {
+            Ok(Some(chunk)) => {
+                batch_bytes += chunk.len();
+                batch.push(chunk);
+                false
+            }
+            Ok(None) => true,
             Err(e) => return Err(e.to_string()),
+        };
+        if batch_bytes < INGEST_STEP_BYTES && !done {
+            continue;
         }
-        glommio::yield_if_needed().await;
+        if let Some(step) = in_flight.take() {
+            ingest = Some(step.await.ok_or("pack ingest stopped")??);
+        }
+        let Some(mut next) = ingest.take() else {
+            return Err("pack ingest stopped".into());
+        };
+        let chunks = std::mem::take(&mut batch);
+        batch_bytes = 0;
+        let budget = streaming.clone();
+        in_flight = Some(
+            glommio::spawn_local(async move {
+                work::blocking(&budget, move |_| {
+                    for chunk in &chunks {
+                        next.write(chunk).map_err(|e| ingest_message(&e))?;
+                    }
+                    Ok(next)
+                })
+                .await
+            })
+            .detach(),
+        );
+        if done {
+            break;
+        }
     }
+    let ingest = match in_flight.take() {
+        Some(step) => step.await.ok_or("pack ingest stopped")??,
+        None => ingest.ok_or("pack ingest stopped")?,
+    };
     crate::metrics::record_pack_received(ingest.received_bytes());
     let source = StoreSource(snap.store.clone());
     let checks = CheckOptions {
         strict: true,
         check_links: true,
     };
-    let finished = glommio::executor()
-        .spawn_blocking(move || {
-            contained(move || {
-                ingest
-                    .finish(&source, &checks)
-                    .map_err(|e| ingest_message(&e))
-            })
-        })
-        .await?;
+    // One push at a time resolves deltas on this shard (the rest wait
+    // their turn), so clones always find a blocking thread free.
+    let _slot = shard
+        .push_slots
+        .acquire_permit(1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let budget = Budget::new(limits.request_work_max_ms);
+    let mut ingest = ingest;
+    ingest.set_interrupt(budget.interrupt());
+    let finished = work::blocking(&budget, move |_| {
+        ingest
+            .finish(&source, &checks)
+            .map_err(|e| ingest_message(&e))
+    })
+    .await?;
     Ok(Some(finished))
 }
 
+/// An ingest error as the client sees it (`unpack <msg>`): one line, no
+/// server paths.
 fn ingest_message(e: &IngestError) -> String {
-    e.to_string().replace('\n', " ")
+    crate::redact::message(&e.to_string().replace('\n', " "))
 }
 
 fn object_kind(
@@ -1180,7 +1648,7 @@ fn validate_command(
     if let Err(e) = check_ref_name(cmd.name.as_bytes()) {
         return Err(format!("funny refname: {e}"));
     }
-    let current = snap.refs.iter().find(|r| r.name == cmd.name).map(|r| r.oid);
+    let current = snap.find(&cmd.name).map(|r| r.oid);
     match (current, cmd.old.is_null()) {
         (Some(cur), _) if cur != cmd.old => {
             return Err("stale info: the ref changed since it was advertised; fetch first".into())
@@ -1227,25 +1695,36 @@ async fn apply_push(
             // Nothing will refer to it: drop it (its temp files go with it).
             return Ok(Vec::new());
         }
+        // Renaming, fsyncing and reading the new index happen on the
+        // blocking pool; the executor only adds the opened pack to the list.
         let committed = glommio::executor()
-            .spawn_blocking(move || contained(move || pack.commit().map_err(|e| e.to_string())))
+            .spawn_blocking(move || {
+                contained(move || match pack.commit().map_err(|e| e.to_string())? {
+                    Some((pack_path, idx_path)) => Pack::open(&pack_path, &idx_path)
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
+                    None => Ok(None),
+                })
+            })
             .await;
         match committed {
-            Ok(Some((pack_path, idx_path))) => {
-                let size = std::fs::metadata(&pack_path).map(|m| m.len()).unwrap_or(0);
-                pack_ref = Some(crate::consensus::PackRef { checksum, size });
+            Ok(Some(opened)) => {
+                pack_ref = Some(crate::consensus::PackRef {
+                    checksum,
+                    size: opened.len(),
+                });
                 let mut r = repo.borrow_mut();
-                r.store
-                    .add_pack(&pack_path, &idx_path)
-                    .map_err(|e| ShardError::Repo(RepoError::Store(e)))?;
+                r.store.add_opened_pack(opened);
                 r.invalidate();
             }
             Ok(None) => {}
             Err(msg) => {
+                tracing::error!(repo = %key, error = %msg, "could not store a pushed pack");
+                let msg = crate::redact::message(&msg);
                 return Ok(vec![
                     Err(format!("could not store the pack: {msg}"));
                     updates.len()
-                ])
+                ]);
             }
         }
     }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{self, Caller};
 use crate::body::{RequestBody, ResponseBody};
-use crate::conn::{ConnState, HyperStream, Phase, PhaseGuard, RequestLog, UnansweredRequest};
+use crate::conn::{
+    ClientKey, ConnState, HyperStream, Phase, PhaseGuard, Registry, RequestLog, UnansweredRequest,
+};
 use crate::repo::{check_name, list_repos, RepoError};
 use crate::shard::{Shard, ShardError};
 
@@ -23,6 +25,7 @@ const WRITE_STALL_TIMEOUT_MS: u64 = 120_000;
 
 /// Accept connections for this shard until the node stops.
 pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    let registry = Rc::new(Registry::default());
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.stopped().await;
@@ -44,36 +47,85 @@ pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
                 continue;
             }
         };
-        if shard.connections.get() >= shard.config.limits.connections_max {
+        let limits = &shard.config.limits;
+        let peer = stream.peer_addr().ok();
+        let client = peer.map(|a| ClientKey::of(a.ip()));
+        if let Some(c) = client {
+            if registry.client_count(c) >= limits.connections_per_client_max {
+                tracing::debug!(shard = shard.id, client = %c, limit = limits.connections_per_client_max, "per-client connection limit reached");
+                refuse(
+                    stream,
+                    "429 Too Many Requests",
+                    "too many connections from your address",
+                );
+                continue;
+            }
+        }
+        if shard.connections.get() >= limits.connections_max && !registry.evict_idlest() {
             tracing::warn!(
                 shard = shard.id,
-                limit = shard.config.limits.connections_max,
-                "connection limit reached; closing new connection"
+                limit = limits.connections_max,
+                "connection limit reached and no connection is idle; refusing a new one"
             );
-            drop(stream);
+            refuse(
+                stream,
+                "503 Service Unavailable",
+                "the server has too many connections; retry later",
+            );
             continue;
         }
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_millis(WRITE_STALL_TIMEOUT_MS)));
         shard.connections.set(shard.connections.get() + 1);
         crate::metrics::set_connections(shard.id, shard.connections.get());
-        let shard2 = shard.clone();
+        // The connection's state (and its place in the registry) exists from
+        // accept on, so that the header timeout and eviction cover a TLS
+        // handshake too.
+        let state = ConnState::new(peer);
+        let id = registry.add(client, state.clone());
+        let (shard2, registry2) = (shard.clone(), registry.clone());
         let tls = shard.tls.borrow().clone();
         glommio::spawn_local(async move {
-            let peer = stream.peer_addr().ok();
             match tls {
-                None => serve_connection(shard2.clone(), stream, peer).await,
+                None => serve_connection(shard2.clone(), stream, state).await,
                 Some(acceptor) => {
                     if let Some(session) = tls_handshake(&shard2, acceptor, stream, peer).await {
-                        serve_connection(shard2.clone(), session, peer).await
+                        serve_connection(shard2.clone(), session, state).await
                     }
                 }
             }
+            registry2.remove(id, client);
             shard2.connections.set(shard2.connections.get() - 1);
             crate::metrics::set_connections(shard2.id, shard2.connections.get());
         })
         .detach();
     }
+}
+
+/// Longest a refused connection is given to take its answer.
+const REFUSE_WRITE_TIMEOUT_MS: u64 = 1000;
+
+/// Answer a connection that will not be served with `status` and close it.
+fn refuse(stream: glommio::net::TcpStream, status: &'static str, msg: &'static str) {
+    use futures_lite::AsyncWriteExt;
+    crate::metrics::record_connection_refused();
+    glommio::spawn_local(async move {
+        let mut stream = stream;
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{msg}\n",
+            msg.len() + 1
+        );
+        let write = async {
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.close().await;
+        };
+        let give_up = glommio::timer::sleep(Duration::from_millis(REFUSE_WRITE_TIMEOUT_MS));
+        futures_lite::future::or(write, async {
+            give_up.await;
+        })
+        .await;
+    })
+    .detach();
 }
 
 /// The TLS handshake of a new connection, within the time a client has
@@ -103,11 +155,11 @@ async fn tls_handshake(
     }
 }
 
-async fn serve_connection<S>(shard: Rc<Shard>, stream: S, peer: Option<std::net::SocketAddr>)
+async fn serve_connection<S>(shard: Rc<Shard>, stream: S, state: Rc<ConnState>)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let state = ConnState::new(peer);
+    let peer = state.peer;
     let io = HyperStream::new(stream, state.clone());
     let svc_shard = shard.clone();
     let svc_state = state.clone();
@@ -148,6 +200,14 @@ where
             Ok(())
         }
     };
+    let evicted = state.on_close();
+    let evicted = async move {
+        if evicted.await.is_ok() {
+            tracing::debug!(client = ?client, "closing the idlest connection to make room");
+        } else {
+            futures_lite::future::pending::<()>().await;
+        }
+    };
     let watchdog = async move {
         loop {
             glommio::timer::sleep(Duration::from_millis(WATCHDOG_TICK_MS)).await;
@@ -163,6 +223,7 @@ where
             }
         }
     };
+    let watchdog = futures_lite::future::or(watchdog, evicted);
     futures_lite::future::or(
         async move {
             if let Err(e) = conn.await {
@@ -391,6 +452,61 @@ pub(crate) fn json_error(
     json(status, &serde_json::json!({ "error": msg.to_string() }))
 }
 
+/// Client addresses remembered by one shard's creation rate limiter
+/// before full buckets are forgotten.
+const CREATION_LIMITER_CLIENTS_MAX: usize = 10_000;
+
+thread_local! {
+    /// Per client address: tokens left and when they were counted. One
+    /// per shard thread, like everything else a shard owns.
+    static CREATION_TOKENS: std::cell::RefCell<std::collections::HashMap<ClientKey, (f64, Instant)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Take one repository creation from the client's bucket (`per_minute`
+/// tokens, refilled continuously; 0: no limit), or say how many seconds
+/// until one is free.
+fn take_creation_token(state: &Rc<ConnState>, per_minute: u64) -> Result<(), u64> {
+    let Some(client) = state.client() else {
+        return Ok(());
+    };
+    if per_minute == 0 {
+        return Ok(());
+    }
+    let capacity = per_minute as f64;
+    let per_second = capacity / 60.0;
+    let now = Instant::now();
+    CREATION_TOKENS.with(|cell| {
+        let mut buckets = cell.borrow_mut();
+        if buckets.len() >= CREATION_LIMITER_CLIENTS_MAX {
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_second < capacity
+            });
+        }
+        let (tokens, at) = buckets.entry(client).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(capacity);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / per_second).ceil().max(1.0) as u64)
+        }
+    })
+}
+
+/// Seconds a client told 503 waits before retrying.
+const RETRY_AFTER_S: u64 = 5;
+
+/// A JSON 503 with `Retry-After`: a passing condition (disk, descriptors,
+/// a shard restarting), never the client's fault.
+fn unavailable(msg: &str) -> Response<ResponseBody> {
+    let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from(RETRY_AFTER_S));
+    r
+}
+
 /// Map a shard-layer error to an HTTP answer.
 pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
     match e {
@@ -406,7 +522,13 @@ pub fn shard_error_response(e: &ShardError) -> Response<ResponseBody> {
         ShardError::Stopping => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         other => {
             tracing::error!(error = %other, "internal error");
-            text(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::redact::message(&other.to_string()),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from(RETRY_AFTER_S));
+            r
         }
     }
 }
@@ -482,7 +604,7 @@ async fn route(
     *state.caller.borrow_mut() = caller.label();
     if path == "/api/repos" || path == "/api/repos/" {
         return match method {
-            Method::GET => list_repositories(shard, &caller),
+            Method::GET => list_repositories(shard, &caller, req.uri().query().unwrap_or("")).await,
             Method::POST => create_repository(shard, state, req, &caller).await,
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST"),
         };
@@ -508,17 +630,70 @@ async fn route(
     text(StatusCode::NOT_FOUND, "not found")
 }
 
-fn list_repositories(shard: &Rc<Shard>, caller: &Caller) -> Response<ResponseBody> {
+/// Repositories per page of `GET /api/repos` unless `per_page` says otherwise.
+pub const REPOS_PER_PAGE_DEFAULT: usize = 100;
+/// Most repositories per page of `GET /api/repos`.
+pub const REPOS_PER_PAGE_MAX: usize = 1000;
+
+/// `GET /api/repos?page=N&per_page=M`: one page of the repositories, sorted
+/// by name; a `Link: <...>; rel="next"` header names the next page. The
+/// data directory is read on the blocking pool, not the shard's executor.
+async fn list_repositories(
+    shard: &Rc<Shard>,
+    caller: &Caller,
+    query: &str,
+) -> Response<ResponseBody> {
+    let param = |key: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    };
+    let page = match param("page").map(str::parse::<usize>) {
+        None => 1,
+        Some(Ok(p)) if p >= 1 => p,
+        Some(_) => return json_error(StatusCode::BAD_REQUEST, "page must be a number from 1"),
+    };
+    let per_page = match param("per_page").map(str::parse::<usize>) {
+        None => REPOS_PER_PAGE_DEFAULT,
+        Some(Ok(n)) if (1..=REPOS_PER_PAGE_MAX).contains(&n) => n,
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("per_page must be a number from 1 to {REPOS_PER_PAGE_MAX}"),
+            )
+        }
+    };
+    let dir = shard.config.data_dir.clone();
+    let skip = (page - 1).saturating_mul(per_page);
+    // Which repositories this caller may see is decided here, on the
+    // shard (the access table is the shard's); the directory is read on
+    // the blocking pool.
+    let all = glommio::executor()
+        .spawn_blocking(move || list_repos(&dir))
+        .await;
     let access = shard.access.borrow();
-    let repos: Vec<_> = list_repos(&shard.config.data_dir)
+    let mut visible = all.into_iter().filter(|(owner, name)| {
+        let key = format!("{owner}/{name}");
+        caller.can_read(&key, access.is_private(&key))
+    });
+    let repos: Vec<(String, String)> = visible.by_ref().skip(skip).take(per_page).collect();
+    let more = visible.next().is_some();
+    drop(access);
+    let repos: Vec<_> = repos
         .into_iter()
-        .filter(|(owner, name)| {
-            let key = format!("{owner}/{name}");
-            caller.can_read(&key, access.is_private(&key))
-        })
         .map(|(owner, name)| serde_json::json!({"owner": owner, "name": name, "full_name": format!("{owner}/{name}")}))
         .collect();
-    json(StatusCode::OK, &serde_json::Value::Array(repos))
+    let mut r = json(StatusCode::OK, &serde_json::Value::Array(repos));
+    if more {
+        let link = format!(
+            "</api/repos?page={}&per_page={per_page}>; rel=\"next\"",
+            page + 1
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&link) {
+            r.headers_mut().insert(header::LINK, v);
+        }
+    }
+    r
 }
 
 #[derive(serde::Deserialize)]
@@ -613,6 +788,19 @@ async fn create_repository(
     if !caller.can_write(&key) {
         return forbidden(caller, &format!("create {key}"));
     }
+    if let Err(wait_s) = take_creation_token(state, shard.config.limits.repo_creates_per_minute) {
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many repositories created from your address (limit {} per minute); retry in {wait_s} s",
+                shard.config.limits.repo_creates_per_minute
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from(wait_s));
+        return r;
+    }
+
     let (owner, n, private) = (req.owner.clone(), name.clone(), req.private);
     let result = shard
         .on_owner(&key, move |s| async move {
@@ -627,8 +815,17 @@ async fn create_repository(
                 &serde_json::json!({"owner": req.owner, "name": name, "full_name": key, "private": req.private}),
             )
         }
+        Ok(Err((status, msg))) if status.is_server_error() => {
+            tracing::error!(repo = %key, error = %msg, "repository creation failed");
+            // Out of disk space or descriptors: the client may retry, and
+            // is not shown the server's paths.
+            unavailable(&format!(
+                "could not create the repository: {}",
+                crate::redact::message(&msg)
+            ))
+        }
         Ok(Err((status, msg))) => json_error(status, msg),
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => unavailable(&crate::redact::message(&e.to_string())),
     }
 }
 
@@ -668,6 +865,9 @@ async fn show_repository(shard: &Rc<Shard>, rest: &str, caller: &Caller) -> Resp
         Err(ShardError::Repo(RepoError::NotFound(_))) => {
             json_error(StatusCode::NOT_FOUND, "repository not found")
         }
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => {
+            tracing::error!(repo = %key, error = %e, "repository unavailable");
+            unavailable(&crate::redact::message(&e.to_string()))
+        }
     }
 }

@@ -15,10 +15,13 @@ pub mod conn;
 pub mod consensus;
 pub mod git;
 pub mod http;
+pub mod memory;
 pub mod metrics;
+pub mod redact;
 pub mod repo;
 pub mod shard;
 pub mod tls;
+pub mod work;
 
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
@@ -32,6 +35,9 @@ pub use consensus::{
     OrdererError, Transaction,
 };
 use shard::{Shard, ShardJob, SHARD_INBOX_MAX};
+
+/// How long a task runs before `yield_if_needed` gives way to others.
+pub const PREEMPT_TIMER_MS: u64 = 5;
 
 /// Threads of each shard's blocking pool (walks, pack ingest resolution).
 pub const BLOCKING_THREADS_PER_SHARD: usize = 2;
@@ -228,6 +234,9 @@ pub fn start(
     for d in damaged.iter() {
         tracing::error!(repo = %d.repo, reason = %d.reason, "repository damaged: it answers with this error until it is repaired (see docs/operations.md); the others are served");
     }
+    redact::set_data_dir(&config.data_dir);
+    sweep_stale_temp_packs(&config.data_dir);
+    set_pack_file_budget(config.limits.pack_files_open_max);
     let mut inboxes = Vec::with_capacity(n);
     let mut inbox_rx = Vec::with_capacity(n);
     for _ in 0..n {
@@ -254,6 +263,10 @@ pub fn start(
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .ring_depth(128)
+            // Long-running tasks give way at least this often
+            // (`yield_if_needed`), so /health and small requests stay prompt
+            // beside big ones.
+            .preempt_timer(std::time::Duration::from_millis(PREEMPT_TIMER_MS))
             // CPU-heavy work (object walks, delta resolution) runs on a
             // blocking pool that is NOT pinned to the shard's core, so it can
             // use the other cores while the executor keeps serving requests.
@@ -381,6 +394,56 @@ fn ensure_memlock(io_memory_bytes: usize) -> Result<(), StartError> {
         );
     }
     Ok(())
+}
+
+/// Remove, in the background, what pushes cut short by the last stop left
+/// in pack directories.
+fn sweep_stale_temp_packs(data_dir: &std::path::Path) {
+    let dir = data_dir.to_path_buf();
+    let started = std::time::SystemTime::now();
+    let spawned = std::thread::Builder::new()
+        .name("sweep".into())
+        .spawn(move || {
+            let removed = repo::remove_stale_temp_packs(&dir, started);
+            if removed > 0 {
+                tracing::info!(
+                    files = removed,
+                    "removed temporary pack files of pushes interrupted before this start"
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the temporary pack sweep");
+    }
+}
+
+/// Apply the open pack file budget, within a quarter of the open-file
+/// limit (connections, pushes and logs need the rest).
+fn set_pack_file_budget(wanted: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    let nofile = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
+        .then_some(lim.rlim_cur as u64);
+    let mut budget = wanted.max(1);
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    let infinity = libc::RLIM_INFINITY as u64;
+    if let Some(n) = nofile.filter(|n| *n != infinity) {
+        let quarter = (n / 4).max(16) as usize;
+        if budget > quarter {
+            tracing::warn!(
+                pack_files_open_max = wanted,
+                open_file_limit = n,
+                using = quarter,
+                "pack file budget lowered to a quarter of the open-file limit"
+            );
+            budget = quarter;
+        }
+    }
+    guts_io::files::set_open_files_max(budget);
 }
 
 fn is_root() -> bool {

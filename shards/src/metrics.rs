@@ -48,6 +48,10 @@ static BLOCK_HEIGHT: AtomicU64 = ZERO;
 static BLOCK_TRANSACTIONS: AtomicU64 = ZERO;
 static AUTH_FAILURES: AtomicU64 = ZERO;
 static AUTH_RATE_LIMITED: AtomicU64 = ZERO;
+static CONNECTIONS_REFUSED: AtomicU64 = ZERO;
+static MEMORY_REFUSED: AtomicU64 = ZERO;
+static MEMORY_RESERVED: AtomicU64 = ZERO;
+static MEMORY_BUDGET: AtomicU64 = ZERO;
 
 /// Count one request and its duration and status.
 pub fn record_request(class: RequestClass, status: u16, seconds: f64) {
@@ -71,6 +75,23 @@ pub fn set_connections(shard: usize, open: usize) {
     if let Some(g) = CONNECTIONS.get(shard) {
         g.store(open as u64, Relaxed);
     }
+}
+
+/// Count a connection refused (per-client limit, or the shard's cap with
+/// nothing idle to close).
+pub fn record_connection_refused() {
+    CONNECTIONS_REFUSED.fetch_add(1, Relaxed);
+}
+
+/// Count a request refused because the memory budget was spent.
+pub fn record_memory_refused() {
+    MEMORY_REFUSED.fetch_add(1, Relaxed);
+}
+
+/// The node's memory budget and what is reserved of it now.
+pub fn set_memory(reserved: u64, budget: u64) {
+    MEMORY_RESERVED.store(reserved, Relaxed);
+    MEMORY_BUDGET.store(budget, Relaxed);
 }
 
 /// Count ref updates applied or rejected.
@@ -184,6 +205,10 @@ pub fn render(shards: usize, storage_available_bytes: Option<u64>, uptime_second
             open.load(Relaxed)
         );
     }
+    let _ = writeln!(o, "# HELP guts_http_connections_refused_total Connections refused (per-client limit, or the connection cap with none idle).\n# TYPE guts_http_connections_refused_total counter\nguts_http_connections_refused_total {}", CONNECTIONS_REFUSED.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_memory_budget_bytes The node's memory budget for requests.\n# TYPE guts_memory_budget_bytes gauge\nguts_memory_budget_bytes {}", MEMORY_BUDGET.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_memory_reserved_bytes Bytes of the memory budget reserved by requests now.\n# TYPE guts_memory_reserved_bytes gauge\nguts_memory_reserved_bytes {}", MEMORY_RESERVED.load(Relaxed));
+    let _ = writeln!(o, "# HELP guts_memory_refused_total Requests refused because the memory budget was spent.\n# TYPE guts_memory_refused_total counter\nguts_memory_refused_total {}", MEMORY_REFUSED.load(Relaxed));
     let _ = writeln!(o, "# HELP guts_git_ref_updates_total Ref updates from pushes by outcome.\n# TYPE guts_git_ref_updates_total counter");
     let _ = writeln!(
         o,

@@ -119,6 +119,17 @@ pub struct RefSnapshot {
     pub sequence: u64,
 }
 
+impl RefSnapshot {
+    /// The ref named `name`: a binary search, as the refs are sorted by
+    /// name (bytewise, as the ref store keeps them).
+    pub fn find(&self, name: &str) -> Option<&AdvertisedRef> {
+        self.refs
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.refs[i])
+    }
+}
+
 /// A repository held by its owning shard.
 pub struct Repo {
     pub key: String,
@@ -285,6 +296,70 @@ pub fn sync_dir(path: &Path) -> Result<(), RepoError> {
     std::fs::File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_err(path))
+}
+
+/// An existing repository whose `OWNER/NAME` equals `owner/name` but for
+/// letter case, as `OWNER/NAME`: hosts treat such names as one, and so
+/// must a node (a clone URL typed in another case must not reach a
+/// different repository). Reads the data directory: call it off the
+/// executor or where a directory scan is acceptable (repository creation).
+pub fn find_case_variant(data_dir: &Path, owner: &str, name: &str) -> Option<String> {
+    let owners = std::fs::read_dir(data_dir.join("repos")).ok()?;
+    for o in owners.flatten() {
+        let o_name = o.file_name().to_string_lossy().into_owned();
+        if !o_name.eq_ignore_ascii_case(owner) {
+            continue;
+        }
+        let Ok(repos) = std::fs::read_dir(o.path()) else {
+            continue;
+        };
+        for r in repos.flatten() {
+            let file = r.file_name().to_string_lossy().into_owned();
+            if let Some(n) = file.strip_suffix(".git") {
+                if n.eq_ignore_ascii_case(name) {
+                    return Some(format!("{o_name}/{n}"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Remove the temporary files of pushes cut short before `before` (the
+/// node's start) from every repository's pack directory — a push that
+/// died with the process leaves them, and a repository nobody opens again
+/// would keep them forever. Files newer than `before` belong to pushes in
+/// progress and are left alone. Returns how many files were removed.
+pub fn remove_stale_temp_packs(data_dir: &Path, before: std::time::SystemTime) -> usize {
+    let mut removed = 0;
+    let Ok(owners) = std::fs::read_dir(data_dir.join("repos")) else {
+        return 0;
+    };
+    for owner in owners.flatten() {
+        let Ok(repos) = std::fs::read_dir(owner.path()) else {
+            continue;
+        };
+        for repo in repos.flatten() {
+            let Ok(files) = std::fs::read_dir(repo.path().join("objects").join("pack")) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let name = name.to_string_lossy();
+                if !(name.starts_with("tmp_pack_") || name.starts_with("tmp_idx_")) {
+                    continue;
+                }
+                let stale = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before);
+                if stale && std::fs::remove_file(file.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
 }
 
 /// Every repository on disk as `(owner, name)`, sorted.

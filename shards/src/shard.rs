@@ -22,11 +22,31 @@ use crate::config::ShardConfig;
 use crate::consensus::{
     BatchReceiver, FinalizedBatch, Op, Orderer, PackRef, Transaction, TxId, ACCESS_SHARD,
 };
-use crate::repo::{check_name, repo_dir, DamagedRepo, RefSnapshot, Repo, RepoError};
+use crate::memory::MemoryBudget;
+use crate::repo::{
+    check_name, find_case_variant, repo_dir, DamagedRepo, RefSnapshot, Repo, RepoError,
+};
 
 /// Repositories a shard keeps open (ref store, pack indexes, caches);
 /// the least recently used idle ones are closed beyond this.
 pub const OPEN_REPOS_MAX: usize = 256;
+
+/// Ref updates of a non-atomic push checked and written (as one log
+/// record) before the executor is given to other tasks.
+pub const APPLY_SLICE_UPDATES: usize = 1024;
+
+/// Pushes that may resolve deltas (the long part of a push) at once on one
+/// shard: one less than its blocking threads, so that pushes never hold
+/// every thread a clone's walk needs.
+pub const PUSH_RESOLVE_SLOTS: usize = if crate::BLOCKING_THREADS_PER_SHARD > 1 {
+    crate::BLOCKING_THREADS_PER_SHARD - 1
+} else {
+    1
+};
+
+/// Shares of the git-services task queue (the default queue, which accepts
+/// connections and answers health checks, has 1000).
+pub const BULK_SHARES: usize = 1000;
 
 /// Jobs one shard may have queued for another before the sender waits.
 pub const SHARD_INBOX_MAX: usize = 1024;
@@ -115,6 +135,16 @@ pub struct Shard {
     pub halted: Cell<bool>,
     /// Repositories found damaged at start (reported by `/health`).
     pub damaged: Arc<Vec<DamagedRepo>>,
+    /// The node's memory budget (shared by every shard).
+    pub memory: Arc<MemoryBudget>,
+    /// Pushes resolving deltas at once on this shard: fewer than its
+    /// blocking threads, so fetches always have one.
+    pub push_slots: glommio::sync::Semaphore,
+    /// The task queue git services run in, beside the default queue that
+    /// accepts connections and answers health checks: the executor splits
+    /// its time between the two, so no number of busy git requests delays
+    /// a health check by more than one time slice.
+    bulk: glommio::TaskQueueHandle,
     /// TLS for new connections, if configured (replaced on reload).
     pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
 }
@@ -129,6 +159,7 @@ impl Shard {
         access: AccessTable,
         damaged: Arc<Vec<DamagedRepo>>,
     ) -> Rc<Shard> {
+        let config_memory = config.limits.memory_budget_bytes;
         let auth_failures = FailureLimiter::new(
             config.limits.auth_failures_max,
             config.limits.auth_failure_window_ms,
@@ -154,6 +185,13 @@ impl Shard {
             stop: glommio::sync::Semaphore::new(0),
             halted: Cell::new(false),
             damaged,
+            memory: MemoryBudget::node(config_memory),
+            push_slots: glommio::sync::Semaphore::new(PUSH_RESOLVE_SLOTS as u64),
+            bulk: glommio::executor().create_task_queue(
+                glommio::Shares::Static(BULK_SHARES),
+                glommio::Latency::NotImportant,
+                "git-services",
+            ),
             tls: RefCell::new(config.tls.clone().map(crate::tls::acceptor)),
             config,
         })
@@ -179,6 +217,34 @@ impl Shard {
     /// Transactions submitted and not yet applied.
     pub fn pending_transactions(&self) -> usize {
         self.pending.borrow().len()
+    }
+
+    /// Run `work` (a git service request) in the shard's git-services task
+    /// queue and wait for it; dropping the returned future cancels it.
+    pub async fn in_bulk<T: 'static>(&self, work: impl Future<Output = T> + 'static) -> T {
+        let work = Rc::new(RefCell::new(Some(work)));
+        let inner = work.clone();
+        let task = glommio::spawn_local_into(
+            async move {
+                let taken = inner.borrow_mut().take();
+                match taken {
+                    Some(w) => Some(w.await),
+                    None => None,
+                }
+            },
+            self.bulk,
+        );
+        if let Ok(task) = task {
+            if let Some(out) = task.await {
+                return out;
+            }
+        }
+        // The queue refused the task (it cannot: the shard made it): run here.
+        let taken = work.borrow_mut().take();
+        match taken {
+            Some(w) => w.await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Number of shards.
@@ -281,8 +347,16 @@ impl Shard {
         }
     }
 
-    /// Create repository `owner/name` (owner shard only).
+    /// Create repository `owner/name` (owner shard only), refusing one
+    /// whose name differs from an existing repository's only in letter
+    /// case (hosts treat such names as one). Different spellings live on
+    /// different shards, so the check and the creation hold a node-wide
+    /// claim on the lower-case name.
     pub fn create_repo(&self, owner: &str, name: &str) -> Result<(), RepoError> {
+        let _claim = CaseClaim::take(owner, name)?;
+        if let Some(existing) = find_case_variant(&self.config.data_dir, owner, name) {
+            return Err(RepoError::Exists(existing));
+        }
         let repo = Repo::create(&self.config.data_dir, owner, name)?;
         self.insert_repo(repo.key.clone(), Rc::new(RefCell::new(repo)));
         Ok(())
@@ -409,23 +483,21 @@ impl Shard {
                 continue;
             }
             last_height = batch.height.max(last_height);
-            self.apply_batch(batch);
+            self.apply_batch(batch).await;
         }
     }
 
-    fn apply_batch(&self, batch: FinalizedBatch) {
+    async fn apply_batch(&self, batch: FinalizedBatch) {
         for tx in batch.transactions {
             let outcome = match &tx.op {
                 Op::Update {
                     updates,
                     atomic,
                     pack,
-                } => TxOutcome::Refs(self.apply_ref_updates(
-                    &tx.repo,
-                    updates,
-                    *atomic,
-                    pack.as_ref(),
-                )),
+                } => TxOutcome::Refs(
+                    self.apply_ref_updates(&tx.repo, updates, *atomic, pack.as_ref())
+                        .await,
+                ),
                 Op::CreateRepo => TxOutcome::Refs(vec![self.apply_create(&tx.repo)]),
                 _ => TxOutcome::Access(self.apply_access(&tx)),
             };
@@ -474,15 +546,20 @@ impl Shard {
         outcome
     }
 
-    fn apply_ref_updates(
+    async fn apply_ref_updates(
         &self,
         repo: &str,
         updates: &[RefUpdate],
         atomic: bool,
         pack: Option<&PackRef>,
     ) -> Vec<UpdateOutcome> {
-        let outcomes = self.apply_ref_updates_inner(repo, updates, atomic, pack);
-        self.adopt_default_branch(repo, updates, &outcomes);
+        let had_branches = self.has_branches(repo);
+        let outcomes = self
+            .apply_ref_updates_inner(repo, updates, atomic, pack)
+            .await;
+        if !had_branches {
+            self.adopt_default_branch(repo, updates, &outcomes);
+        }
         // A ref store that failed a write refuses further writes until it is
         // reopened (whether the record reached the disk is unknown); close it
         // so the next use replays its log and settles the question.
@@ -498,10 +575,32 @@ impl Shard {
         outcomes
     }
 
-    /// While HEAD names a branch that does not exist (a new repository),
-    /// point it at the first branch a push creates — `main` or `master`
-    /// when present — so clones check out what was pushed, as hosting
-    /// services do.
+    /// Whether repository `key` has any branch now.
+    fn has_branches(&self, key: &str) -> bool {
+        let Some((owner, name)) = key.split_once('/') else {
+            return false;
+        };
+        let Ok(repo) = self.repo(owner, name) else {
+            return false;
+        };
+        let has = repo.try_borrow().is_ok_and(|r| {
+            r.refs
+                .refs()
+                .range::<str, _>((
+                    std::ops::Bound::Included("refs/heads/"),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .is_some_and(|(n, _)| n.starts_with("refs/heads/"))
+        });
+        has
+    }
+
+    /// In a repository that had no branch before this push (a new one, or
+    /// one whose branches were all deleted), point HEAD at a branch the
+    /// push creates — `main` or `master` when present — so clones check
+    /// out what was pushed, as hosting services do. A push never moves HEAD
+    /// in a repository that has branches, even if HEAD's own branch is gone.
     fn adopt_default_branch(&self, key: &str, updates: &[RefUpdate], outcomes: &[UpdateOutcome]) {
         let Some((entry, _)) = self.repos.borrow().get(key).cloned() else {
             return;
@@ -534,7 +633,7 @@ impl Shard {
         }
     }
 
-    fn apply_ref_updates_inner(
+    async fn apply_ref_updates_inner(
         &self,
         repo: &str,
         updates: &[RefUpdate],
@@ -549,9 +648,8 @@ impl Shard {
             Ok(r) => r,
             Err(e) => return vec![Err(e.to_string()); updates.len()],
         };
-        let mut repo = repo.borrow_mut();
-        repo.invalidate();
         if let Some(p) = pack {
+            let mut repo = repo.borrow_mut();
             // A pack that arrived from a peer is on disk but not yet in
             // this shard's store: adopt it before the refs point into it.
             if !repo
@@ -573,6 +671,8 @@ impl Shard {
             }
         }
         if atomic {
+            let mut repo = repo.borrow_mut();
+            repo.invalidate();
             return match repo.refs.apply(updates) {
                 Ok(()) => vec![Ok(()); updates.len()],
                 Err(e) => {
@@ -590,37 +690,76 @@ impl Shard {
                 }
             };
         }
-        // Non-atomic: each update stands alone; the valid ones are written in one record.
+        // Non-atomic: each update stands alone. They are checked and written
+        // a slice at a time (one log record per slice), yielding between
+        // slices, so that a push of many refs does not hold the executor:
+        // git's own receive-pack also updates refs one after another.
         let mut outcomes: Vec<UpdateOutcome> = Vec::with_capacity(updates.len());
-        let mut valid = Vec::new();
-        for u in updates {
-            match repo.refs.check(std::slice::from_ref(u)) {
-                Ok(()) => {
-                    outcomes.push(Ok(()));
-                    valid.push(u.clone());
-                }
-                Err(e) => outcomes.push(Err(reason(&e))),
+        for (i, slice) in updates.chunks(APPLY_SLICE_UPDATES).enumerate() {
+            if i > 0 {
+                futures_lite::future::yield_now().await;
             }
-        }
-        if valid.is_empty() {
-            return outcomes;
-        }
-        if let Err(joint) = repo.refs.apply(&valid) {
-            // Updates valid alone may conflict together (D/F): apply one by one.
-            tracing::debug!(repo = %key, error = %joint, "joint apply failed, applying singly");
-            let mut k = 0;
-            for (i, u) in updates.iter().enumerate() {
-                if outcomes[i].is_err() {
-                    continue;
-                }
-                debug_assert_eq!(valid[k].name, u.name);
-                k += 1;
-                if let Err(e) = repo.refs.apply(std::slice::from_ref(u)) {
-                    outcomes[i] = Err(reason(&e));
+            let mut repo = repo.borrow_mut();
+            repo.invalidate();
+            let base = outcomes.len();
+            let mut valid = Vec::new();
+            for u in slice {
+                match repo.refs.check(std::slice::from_ref(u)) {
+                    Ok(()) => {
+                        outcomes.push(Ok(()));
+                        valid.push(u.clone());
+                    }
+                    Err(e) => outcomes.push(Err(reason(&e))),
                 }
             }
+            if valid.is_empty() {
+                continue;
+            }
+            if let Err(joint) = repo.refs.apply(&valid) {
+                // Updates valid alone may conflict together (D/F): apply one by one.
+                tracing::debug!(repo = %key, error = %joint, "joint apply failed, applying singly");
+                for (k, u) in slice.iter().enumerate() {
+                    if outcomes[base + k].is_err() {
+                        continue;
+                    }
+                    if let Err(e) = repo.refs.apply(std::slice::from_ref(u)) {
+                        outcomes[base + k] = Err(reason(&e));
+                    }
+                }
+            }
+            repo.invalidate();
         }
         outcomes
+    }
+}
+
+/// A node-wide claim on a repository name in lower case, held while it is
+/// checked and created (creation is rare: one lock is fine here).
+struct CaseClaim(String);
+
+fn case_claims() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static CLAIMS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    CLAIMS.get_or_init(Default::default)
+}
+
+impl CaseClaim {
+    fn take(owner: &str, name: &str) -> Result<CaseClaim, RepoError> {
+        let key = format!("{owner}/{name}").to_ascii_lowercase();
+        let mut claims = case_claims().lock().unwrap_or_else(|e| e.into_inner());
+        if !claims.insert(key.clone()) {
+            return Err(RepoError::Exists(format!("{owner}/{name}")));
+        }
+        Ok(CaseClaim(key))
+    }
+}
+
+impl Drop for CaseClaim {
+    fn drop(&mut self) {
+        case_claims()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
     }
 }
 

@@ -111,6 +111,10 @@ pub enum IngestError {
         expected: ObjectKind,
         actual: ObjectKind,
     },
+    #[error("the pack inflates to more than {limit} bytes (objects, deltas and delta results; a pack of this size may inflate to at most this much)")]
+    TooMuchInflation { limit: u64 },
+    #[error("pack ingest stopped: the push ran out of time or its client went away")]
+    Interrupted,
     #[error("ingest already failed")]
     AlreadyFailed,
 }

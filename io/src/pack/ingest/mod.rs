@@ -35,6 +35,7 @@ pub use error::{IngestError, PackSection};
 pub use index::IngestedPack;
 pub use parse::{PackParser, ParsedPack, StreamedObject};
 
+use crate::interrupt::Interrupt;
 use crate::object::ObjectKind;
 use crate::oid::ObjectId;
 use checks::{ObjectChecks, PackObjects};
@@ -64,6 +65,14 @@ pub const THREADS_DEFAULT: usize = 2;
 /// trees may name (each is remembered, 24 bytes, and read back for its
 /// checks). Real histories name a few per directory that has one.
 pub const SPECIAL_BLOBS_MAX_DEFAULT: usize = 100_000;
+
+/// Default floor of the bytes one pack may inflate to (whole objects,
+/// deltas and delta results, bases rebuilt after eviction included).
+pub const INFLATED_FLOOR_BYTES_DEFAULT: u64 = 1 << 30;
+/// Default most bytes one pack may inflate to per byte received, past the
+/// floor: real packs inflate tens of times; a 686-byte pack whose delta
+/// chain produces gigabytes does not get to.
+pub const INFLATED_RATIO_MAX_DEFAULT: u64 = 1000;
 
 /// Write buffer in front of the temporary pack file.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
@@ -112,6 +121,20 @@ pub struct IngestLimits {
     /// Most distinct objects the pack's trees may name `.gitmodules` or
     /// `.gitattributes` (their contents are checked at the end).
     pub special_blobs_max: usize,
+    /// Bytes the pack may always inflate to (see [`IngestLimits::inflated_limit`]).
+    pub inflated_floor_bytes: u64,
+    /// Bytes the pack may inflate to per byte of pack, past the floor.
+    pub inflated_ratio_max: u64,
+}
+
+impl IngestLimits {
+    /// The most bytes a pack of `pack_bytes` may inflate to, counting
+    /// every inflated entry and every delta result (bases rebuilt after
+    /// eviction too): the work ingest does is bounded by what was sent.
+    pub fn inflated_limit(&self, pack_bytes: u64) -> u64 {
+        self.inflated_floor_bytes
+            .max(self.inflated_ratio_max.saturating_mul(pack_bytes))
+    }
 }
 
 impl Default for IngestLimits {
@@ -124,6 +147,8 @@ impl Default for IngestLimits {
             delta_chain_max: DELTA_CHAIN_MAX_DEFAULT,
             threads: THREADS_DEFAULT,
             special_blobs_max: SPECIAL_BLOBS_MAX_DEFAULT,
+            inflated_floor_bytes: INFLATED_FLOOR_BYTES_DEFAULT,
+            inflated_ratio_max: INFLATED_RATIO_MAX_DEFAULT,
         }
     }
 }
@@ -169,6 +194,8 @@ pub struct Ingest {
     /// The checks of the whole objects that streamed past.
     streamed: ObjectChecks,
     failed: bool,
+    /// When to give up resolving (the push's client left, or its budget ran out).
+    interrupt: Interrupt,
 }
 
 impl Ingest {
@@ -183,7 +210,14 @@ impl Ingest {
             streamed: ObjectChecks::new(CheckOptions::ALL, limits.special_blobs_max),
             limits,
             failed: false,
+            interrupt: Interrupt::default(),
         })
+    }
+
+    /// Stop [`Ingest::finish`] with [`IngestError::Interrupted`] once
+    /// `interrupt` is set (checked between deltas).
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        self.interrupt = interrupt;
     }
 
     /// Path of the temporary pack file.
@@ -233,7 +267,8 @@ impl Ingest {
             .into_inner()
             .map_err(|e| io_err("writing the temporary pack")(e.into_error()))?;
 
-        let mut resolution = Resolution::new(&file, parsed, &self.limits, *checks);
+        let mut resolution =
+            Resolution::new(&file, parsed, &self.limits, *checks, self.interrupt.clone());
         resolution.resolve_in_pack()?;
         let appended = thin::complete(&mut resolution, repo, end)?;
         let mut objects = resolution.finish()?;

@@ -185,6 +185,8 @@ pub struct ParsedPack {
     pub(super) end: u64,
     /// Largest object buffer held while streaming.
     pub(super) largest_buffer: u64,
+    /// Bytes inflated while streaming.
+    pub(super) inflated: u64,
 }
 
 impl ParsedPack {
@@ -209,6 +211,9 @@ pub struct PackParser {
     pack_max_bytes: u64,
     object_max_bytes: u64,
     objects_max: u32,
+    limits: IngestLimits,
+    /// Bytes inflated so far (whole objects and deltas).
+    inflated: u64,
     state: State,
     /// Bytes fed so far.
     received: u64,
@@ -234,6 +239,8 @@ impl PackParser {
             pack_max_bytes: limits.pack_max_bytes,
             object_max_bytes: limits.object_max_bytes,
             objects_max: limits.objects_max,
+            limits: *limits,
+            inflated: 0,
             state: State::Header {
                 buf: [0; PACK_HEADER_BYTES],
                 len: 0,
@@ -330,6 +337,7 @@ impl PackParser {
             trailer: self.trailer,
             end: self.received - TRAILER_BYTES as u64,
             largest_buffer: self.largest_buffer,
+            inflated: self.inflated,
         })
     }
 
@@ -628,6 +636,11 @@ impl PackParser {
             };
             self.entry_failed(error, cur.prefix, Box::new(cur.pack_hash_at_start));
             return Ok((consumed, false));
+        }
+        self.inflated += produced as u64;
+        let limit = self.limits.inflated_limit(self.received);
+        if self.inflated > limit {
+            return Err(IngestError::TooMuchInflation { limit });
         }
         let out = &self.inflate_buf[..produced];
         cur.inflated += produced as u64;

@@ -13,6 +13,7 @@ use super::error::{io_err, IngestError};
 use super::parse::{Base, Entry, ParsedPack, Resolved};
 use super::{CheckOptions, IngestLimits, IngestStats};
 use crate::delta::apply_delta;
+use crate::interrupt::Interrupt;
 use crate::object::hash_object_checked;
 use crate::oid::ObjectId;
 use flate2::{Decompress, FlushDecompress, Status};
@@ -137,6 +138,24 @@ struct Shared<'a> {
     limits: &'a IngestLimits,
     largest: &'a AtomicU64,
     deltas: &'a AtomicU64,
+    /// Bytes inflated and produced by deltas so far, streaming included.
+    produced: &'a AtomicU64,
+    /// The most `produced` may reach.
+    produced_limit: u64,
+    interrupt: &'a Interrupt,
+}
+
+impl Shared<'_> {
+    /// Count `bytes` more produced; an error past the pack's allowance.
+    fn produce(&self, bytes: usize) -> Result<(), IngestError> {
+        let total = self.produced.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+        if total > self.produced_limit {
+            return Err(IngestError::TooMuchInflation {
+                limit: self.produced_limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Worker {
@@ -150,17 +169,16 @@ impl Worker {
     }
 
     fn inflate(&mut self, sh: &Shared, idx: u32) -> Result<Vec<u8>, IngestError> {
-        inflate_entry(
-            sh.file,
-            &sh.entries[idx as usize],
-            &mut self.z,
-            &mut self.read_buf,
-            sh.largest,
-        )
+        let entry = &sh.entries[idx as usize];
+        sh.produce(entry.size as usize)?;
+        inflate_entry(sh.file, entry, &mut self.z, &mut self.read_buf, sh.largest)
     }
 
     fn apply(&mut self, sh: &Shared, base: &[u8], idx: u32) -> Result<Vec<u8>, IngestError> {
         let delta = self.inflate(sh, idx)?;
+        if let Ok((_, result_size)) = crate::delta::delta_sizes(&delta) {
+            sh.produce(result_size as usize)?;
+        }
         let mut out = Vec::new();
         apply_delta(base, &delta, &mut out, sh.limits.object_max_bytes).map_err(|source| {
             IngestError::BadDelta {
@@ -299,6 +317,9 @@ impl Worker {
                 continue;
             };
             frame.next += 1;
+            if sh.interrupt.is_set() {
+                return Err(IngestError::Interrupted);
+            }
             let Some((res, out)) = self.resolve_child(sh, &mut stack, child, &mut held)? else {
                 continue;
             };
@@ -332,6 +353,9 @@ pub(super) struct Resolution<'a> {
     pub(super) checks: CheckOptions,
     largest: AtomicU64,
     deltas: AtomicU64,
+    produced: AtomicU64,
+    produced_limit: u64,
+    interrupt: Interrupt,
     /// What each worker's checks found.
     passes: Vec<ObjectChecks>,
 }
@@ -376,7 +400,11 @@ impl DeltaChildren {
         }
     }
 
-    /// The deltas against entry `idx` (object `oid`).
+    /// The deltas against entry `idx` (object `oid`), those known to have
+    /// no deltas of their own first: they are resolved while their base is
+    /// at hand, before the walk descends and the base may be evicted (a
+    /// "comb" of long objects, each with a leaf and a deeper delta, would
+    /// otherwise rebuild its whole chain for every leaf).
     fn of(&self, idx: u32, oid: &ObjectId) -> Vec<u32> {
         let i = idx as usize;
         let mut out = Vec::new();
@@ -388,7 +416,14 @@ impl DeltaChildren {
         if let Some(refs) = self.ref_children.get(oid) {
             out.extend_from_slice(refs);
         }
+        out.sort_by_key(|&c| self.has_ofs_children(c));
         out
+    }
+
+    /// True if an OFS_DELTA is built on entry `idx`.
+    fn has_ofs_children(&self, idx: u32) -> bool {
+        let i = idx as usize;
+        i + 1 < self.ofs_start.len() && self.ofs_start[i] != self.ofs_start[i + 1]
     }
 
     /// True if any delta is built on entry `idx` (object `oid`).
@@ -433,13 +468,17 @@ impl<'a> Resolution<'a> {
         parsed: ParsedPack,
         limits: &'a IngestLimits,
         checks: CheckOptions,
+        interrupt: Interrupt,
     ) -> Self {
         let ParsedPack {
             entries,
             resolved,
             largest_buffer,
+            end,
+            inflated,
             ..
         } = parsed;
+        let produced_limit = limits.inflated_limit(end + 20);
         let children = DeltaChildren::new(&entries);
         let results = resolved
             .into_iter()
@@ -460,6 +499,9 @@ impl<'a> Resolution<'a> {
             checks,
             largest: AtomicU64::new(largest_buffer),
             deltas: AtomicU64::new(0),
+            produced: AtomicU64::new(inflated),
+            produced_limit,
+            interrupt,
             passes: Vec::new(),
         }
     }
@@ -473,6 +515,9 @@ impl<'a> Resolution<'a> {
             limits: self.limits,
             largest: &self.largest,
             deltas: &self.deltas,
+            produced: &self.produced,
+            produced_limit: self.produced_limit,
+            interrupt: &self.interrupt,
         }
     }
 
