@@ -719,7 +719,7 @@ mod tests {
 
     fn access(op: Op, repo: &str) -> Transaction {
         Transaction {
-            id: 1,
+            id: crate::consensus::TxId { origin: 0, nonce: 1 },
             shard: 0,
             repo: repo.into(),
             op,
