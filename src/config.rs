@@ -174,6 +174,10 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Measure the data disk, check the host settings that matter, change
+    /// what can be changed.
+    #[command(subcommand)]
+    Tune(crate::tune::TuneCommand),
 }
 
 /// `guts-node devnet ...`

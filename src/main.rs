@@ -11,6 +11,7 @@ mod devnet;
 mod lifecycle;
 mod metrics;
 mod sequencer;
+mod tune;
 
 use anyhow::Context;
 use clap::Parser;
@@ -33,6 +34,7 @@ fn main() {
         Some(Command::Token { action }) => {
             NodeConfig::resolve(&cli).and_then(|cfg| admin::token(&cfg, &action))
         }
+        Some(Command::Tune(cmd)) => tune::run(&cli, &cmd),
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
@@ -96,6 +98,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(cfg.data_dir.join("repos"))
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
+    match tune::probe::load_and_apply(&cfg.data_dir)? {
+        Some(sizing) => tracing::info!(
+            dma_read_buffer_bytes = sizing.dma_read_buffer_bytes,
+            dma_read_ahead_buffers = sizing.dma_read_ahead_buffers,
+            "bulk pack reads sized from {}",
+            cfg.data_dir
+                .join(tune::probe::IO_PROPERTIES_FILE_NAME)
+                .display()
+        ),
+        None => {
+            let (buffer, ahead) = guts_io::dma::sizing();
+            tracing::info!(
+                dma_read_buffer_bytes = buffer,
+                dma_read_ahead_buffers = ahead,
+                "bulk pack reads use the built-in sizing (no io-properties.toml: `guts-node tune probe` measures the disk)"
+            )
+        }
+    }
     lifecycle::check_address_free(cfg.api_addr)?;
     let (admin_token_sha256, created) =
         guts_shards::auth::load_or_create_admin_token(&cfg.data_dir).context("the admin token")?;
@@ -296,7 +316,7 @@ fn reload_tls(cfg: &NodeConfig, shards: &guts_shards::Shards) {
 }
 
 /// CPUs this process may run on.
-fn available_cores() -> Vec<usize> {
+pub(crate) fn available_cores() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -317,7 +337,10 @@ fn available_cores() -> Vec<usize> {
 
 /// Decide shard count and pinning: by default every core but one runs a
 /// shard and the last core runs consensus; never more shards than cores.
-fn plan_cores(cores: &[usize], requested: Option<usize>) -> (usize, Vec<usize>, Option<usize>) {
+pub(crate) fn plan_cores(
+    cores: &[usize],
+    requested: Option<usize>,
+) -> (usize, Vec<usize>, Option<usize>) {
     let n = cores.len().max(1);
     let wanted = requested.unwrap_or(if n > 1 { n - 1 } else { 1 }).max(1);
     if wanted > n {

@@ -12,12 +12,52 @@
 use bytes::Bytes;
 use glommio::io::{DmaFile, DmaStreamReader, DmaStreamReaderBuilder, ReadResult};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
-/// Bytes each DMA read fetches.
+/// Bytes each DMA read fetches, unless the node was sized otherwise
+/// ([`set_sizing`], from `DATA/io-properties.toml` written by
+/// `guts-node tune probe`).
 pub const DMA_READ_BUFFER_BYTES: usize = 256 * 1024;
-/// Reads issued ahead of the consumer.
+/// Reads issued ahead of the consumer, unless sized otherwise.
 pub const DMA_READ_AHEAD_BUFFERS: usize = 4;
+/// Smallest and largest DMA read buffer [`set_sizing`] accepts.
+pub const DMA_READ_BUFFER_BYTES_RANGE: (usize, usize) = (4096, 8 * 1024 * 1024);
+/// Smallest and largest read-ahead depth [`set_sizing`] accepts.
+pub const DMA_READ_AHEAD_BUFFERS_RANGE: (usize, usize) = (1, 64);
+
+static READ_BUFFER_BYTES: AtomicUsize = AtomicUsize::new(DMA_READ_BUFFER_BYTES);
+static READ_AHEAD_BUFFERS: AtomicUsize = AtomicUsize::new(DMA_READ_AHEAD_BUFFERS);
+
+/// Size the bulk pack reads of this process: bytes per read (a power of
+/// two within [`DMA_READ_BUFFER_BYTES_RANGE`]) and reads in flight ahead of
+/// the consumer (within [`DMA_READ_AHEAD_BUFFERS_RANGE`]). Set once at
+/// start, before any executor reads.
+pub fn set_sizing(buffer_bytes: usize, read_ahead_buffers: usize) -> Result<(), String> {
+    let (bmin, bmax) = DMA_READ_BUFFER_BYTES_RANGE;
+    if !buffer_bytes.is_power_of_two() || !(bmin..=bmax).contains(&buffer_bytes) {
+        return Err(format!(
+            "read buffer of {buffer_bytes} bytes: want a power of two from {bmin} to {bmax}"
+        ));
+    }
+    let (amin, amax) = DMA_READ_AHEAD_BUFFERS_RANGE;
+    if !(amin..=amax).contains(&read_ahead_buffers) {
+        return Err(format!(
+            "read-ahead of {read_ahead_buffers} buffers: want {amin} to {amax}"
+        ));
+    }
+    READ_BUFFER_BYTES.store(buffer_bytes, Ordering::Relaxed);
+    READ_AHEAD_BUFFERS.store(read_ahead_buffers, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The sizing in force: (bytes per read, reads ahead).
+pub fn sizing() -> (usize, usize) {
+    (
+        READ_BUFFER_BYTES.load(Ordering::Relaxed),
+        READ_AHEAD_BUFFERS.load(Ordering::Relaxed),
+    )
+}
 
 /// A DMA buffer owned by a `Bytes`. glommio's buffers are tied to the
 /// executor thread that read them; the `Bytes` built here are consumed on
@@ -94,11 +134,12 @@ impl DmaRangeReader {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
+        let (buffer_bytes, read_ahead) = sizing();
         let reader = DmaStreamReaderBuilder::new(file)
             .with_start_pos(start)
             .with_end_pos(end)
-            .with_buffer_size(DMA_READ_BUFFER_BYTES)
-            .with_read_ahead(DMA_READ_AHEAD_BUFFERS)
+            .with_buffer_size(buffer_bytes)
+            .with_read_ahead(read_ahead)
             .build();
         Ok(DmaRangeReader {
             reader,

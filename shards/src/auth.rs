@@ -719,7 +719,10 @@ mod tests {
 
     fn access(op: Op, repo: &str) -> Transaction {
         Transaction {
-            id: crate::consensus::TxId { origin: 0, nonce: 1 },
+            id: crate::consensus::TxId {
+                origin: 0,
+                nonce: 1,
+            },
             shard: 0,
             repo: repo.into(),
             op,

@@ -186,11 +186,10 @@ impl View<'_> {
     /// mirror equal to the disk when a block is delivered again.
     pub fn apply_finalized(&mut self, tx: &Tx) {
         match &tx.op {
-            Op::CreateRepo => {
-                if self.repo(&tx.repo).is_none() {
-                    self.touched.insert(tx.repo.clone(), Some(Refs::new()));
-                }
+            Op::CreateRepo if self.repo(&tx.repo).is_none() => {
+                self.touched.insert(tx.repo.clone(), Some(Refs::new()));
             }
+            Op::CreateRepo => {}
             Op::Update {
                 updates, atomic, ..
             } => {
