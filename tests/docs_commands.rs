@@ -66,8 +66,17 @@ fn the_runbook_index_lists_every_runbook_of_the_seed_index() {
     ] {
         let file = dir.join(format!("{name}.md"));
         let text = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{}", file.display()));
-        assert!(index.contains(&format!("({name}.md)")), "index lacks {name}");
-        for section in ["Severity", "Symptoms", "Detection", "Diagnosis", "Resolution"] {
+        assert!(
+            index.contains(&format!("({name}.md)")),
+            "index lacks {name}"
+        );
+        for section in [
+            "Severity",
+            "Symptoms",
+            "Detection",
+            "Diagnosis",
+            "Resolution",
+        ] {
             if name == "key-rotation" || name == "emergency-shutdown" {
                 break; // procedures, not incidents
             }
@@ -139,7 +148,10 @@ fn the_documented_commands_run_against_a_node() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     // The guide's walk-through really pushed: the repository serves its commit.
     let out = Command::new("git")
-        .args(["ls-remote", &format!("http://{}/git/docs/guide-hello.git", node.api)])
+        .args([
+            "ls-remote",
+            &format!("http://{}/git/docs/guide-hello.git", node.api),
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("refs/heads/main"));
