@@ -25,17 +25,19 @@ command -v lighttpd >/dev/null || { echo "lighttpd missing: apt-get install -y l
 NODE_PID=$!
 trap 'kill $NODE_PID 2>/dev/null; "$BENCH/refserver.sh" stop "$WORK/ref" "$REF_PORT" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$NODE_PORT/health/live" >/dev/null && break; sleep 0.1; done
+# Writes need the node's admin token (made on first start).
+TOKEN=$(cat "$WORK/node/admin.token")
 
 cat >"$WORK/create-node-repo" <<EOS
 #!/bin/sh
-curl -sf -X POST "http://127.0.0.1:$NODE_PORT/api/repos" -H 'Content-Type: application/json' \
+curl -sf -u "admin:$TOKEN" -X POST "http://127.0.0.1:$NODE_PORT/api/repos" -H 'Content-Type: application/json' \
      -d "{\"owner\":\"\$1\",\"name\":\"\$2\"}" >/dev/null
 EOS
 chmod +x "$WORK/create-node-repo"
 
 mkdir -p "$WORK/ref"
 eval "$(REFSERVER_TUNED=${REFSERVER_TUNED:-1} "$BENCH/refserver.sh" start "$WORK/ref" "$REF_PORT")"
-export A_LABEL=guts-node A_GIT_BASE="http://127.0.0.1:$NODE_PORT/git" A_CREATE_REPO="$WORK/create-node-repo"
+export A_LABEL=guts-node A_GIT_BASE="http://admin:$TOKEN@127.0.0.1:$NODE_PORT/git" A_CREATE_REPO="$WORK/create-node-repo"
 export A_SERVER_PID=$NODE_PID
 export B_LABEL=cgit-tuned B_GIT_BASE="$GIT_BASE" B_CREATE_REPO="$CREATE_REPO" B_SERVER_PID=${SERVER_PID:-}
 export JSON_OUT=${JSON_OUT:-$ROOT/bench-results/compare-$(date -u +%Y%m%dT%H%M%SZ).json}

@@ -5,7 +5,9 @@
 //! metrics on P+10i+1 and peers on P+10i+2, and keeps its data in
 //! `DIR/node-<i>/data`. `up` does the same if DIR has no genesis yet and
 //! runs every node (`guts-node --config DIR/node-<i>/config.toml`) until
-//! Ctrl-C, each node's log in `DIR/node-<i>/node.log`.
+//! Ctrl-C, each node's log in `DIR/node-<i>/node.log`. One admin token,
+//! in `DIR/admin.token`, is valid on every node (each node's data
+//! directory holds a copy).
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -69,12 +71,19 @@ pub fn init(dir: &Path, validators: usize, base_port: u16) -> anyhow::Result<()>
     let dir = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
+    // One admin token for the whole devnet: every node gets a copy in its
+    // data directory, and the operator one in DIR/admin.token.
+    let token = guts_shards::auth::new_token().context("making the devnet's admin token")?;
+    guts_shards::auth::write_admin_token(&dir, &token)
+        .with_context(|| format!("writing {}/admin.token", dir.display()))?;
     let mut entries = Vec::with_capacity(validators);
     for i in 0..validators {
         let (api, metrics, p2p) = ports(base_port, i)?;
         let nd = node_dir(&dir, i);
         std::fs::create_dir_all(nd.join("data"))
             .with_context(|| format!("creating {}", nd.display()))?;
+        guts_shards::auth::write_admin_token(&nd.join("data"), &token)
+            .with_context(|| format!("writing the admin token of node-{i}"))?;
         let key = SecretKey::generate();
         let key_path = nd.join("node.key");
         keys::save(&key, &key_path).with_context(|| format!("writing {}", key_path.display()))?;
@@ -114,6 +123,10 @@ pub fn init(dir: &Path, validators: usize, base_port: u16) -> anyhow::Result<()>
 
 fn print_summary(dir: &Path, validators: usize, base_port: u16) {
     println!("devnet in {}:", dir.display());
+    println!(
+        "  admin token (user admin, valid on every node): {}",
+        dir.join("admin.token").display()
+    );
     for i in 0..validators {
         if let Ok((api, _, p2p)) = ports(base_port, i) {
             println!(

@@ -365,3 +365,100 @@ fn a_full_node_follows_serves_clones_and_refuses_pushes() {
     .unwrap();
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
 }
+
+/// A base port with the 3 ports of each of `nodes` devnet nodes free.
+fn devnet_base_port(nodes: usize) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base as usize + 10 * nodes + 2 > u16::MAX as usize {
+            continue;
+        }
+        let all_free = (0..nodes).all(|i| {
+            (0..3).all(|k| {
+                std::net::TcpListener::bind(("127.0.0.1", base + 10 * i as u16 + k)).is_ok()
+            })
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range for a devnet");
+}
+
+#[test]
+fn devnet_init_makes_a_network_with_one_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net");
+    let base = devnet_base_port(4);
+    let out = Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        .args(["devnet", "init", "--validators", "4", "--base-port"])
+        .arg(base.to_string())
+        .arg("--dir")
+        .arg(&d)
+        .output()
+        .expect("devnet init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = std::fs::read_to_string(d.join("admin.token")).unwrap();
+    let token = token.trim().to_string();
+    assert!(token.len() >= 32, "admin token {token:?}");
+    // A second init over the same directory is refused, not merged.
+    let again = Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        .args(["devnet", "init", "--validators", "4", "--dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let nodes: Vec<Node> = (0..4)
+        .map(|i| {
+            let nd = d.join(format!("node-{i}"));
+            let api = base + 10 * i as u16;
+            let mut node = Node {
+                child: None,
+                data_dir: nd.join("data"),
+                api: at(api),
+                metrics: at(api + 1),
+                p2p: at(api + 2),
+                extra_args: vec![
+                    "--config".into(),
+                    nd.join("config.toml").display().to_string(),
+                ],
+                log: nd.join("node.log"),
+                extra_env: Vec::new(),
+                admin_token: String::new(),
+                _tmp: None,
+            };
+            node.spawn();
+            node
+        })
+        .collect();
+    for n in &nodes {
+        assert_eq!(n.admin_token, token, "every node takes the devnet's token");
+    }
+
+    // Create through node 2, push through node 3 with the one token, clone
+    // from node 0.
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    nodes[2].create_repo("dev", "net");
+    let api0 = nodes[0].api;
+    assert!(wait_until(AGREE_TIMEOUT, || {
+        matches!(
+            http(api0, "GET", "/api/repos/dev/net", &[], b""),
+            Ok((200, _))
+        )
+    }));
+    let wt = new_worktree(s, "wt");
+    let c = commit_file(&wt, "f", "devnet\n", "first");
+    let push_url = format!("http://admin:{token}@{}/git/dev/net.git", nodes[3].api);
+    git_ok(&wt, &["push", "-q", &push_url, "HEAD:refs/heads/main"]);
+    let url0 = format!("http://{}/git/dev/net.git", nodes[0].api);
+    let want = vec![("refs/heads/main".to_string(), c)];
+    assert!(wait_until(AGREE_TIMEOUT, || server_refs(s, &url0) == want));
+    clone_and_fsck(s, &url0, "clone-0");
+}

@@ -1005,20 +1005,36 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Take an exclusive, non-blocking `flock` on the log, held for as long as
 /// the file stays open (and released by the kernel if the process dies).
+///
+/// A child process forked by any thread of this process holds a copy of
+/// the descriptor, and so the lock, until it calls `exec` (which closes
+/// it: files are opened close-on-exec). A store closed and reopened while
+/// that happens would find its own lock taken, so a held lock is retried
+/// for a short, bounded time ([`LOCK_RETRY_MAX`]) before it is reported.
 fn lock_exclusive(file: &File, path: &Path) -> Result<(), RefError> {
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(());
+    let deadline = std::time::Instant::now() + LOCK_RETRY_MAX;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock {
+            return Err(err.into());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RefError::Locked {
+                path: path.to_path_buf(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    let err = io::Error::last_os_error();
-    if err.kind() == io::ErrorKind::WouldBlock {
-        return Err(RefError::Locked {
-            path: path.to_path_buf(),
-        });
-    }
-    Err(err.into())
 }
+
+/// How long a taken ref-log lock is retried before it is reported as held
+/// by another process (see [`lock_exclusive`]).
+const LOCK_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Write `dir/name` through `dir/name.tmp`, `fsync` and `rename`. The
 /// caller syncs the directory.

@@ -274,9 +274,8 @@ pub async fn create_repo(
         }
         match shard.order_create(&key).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) if reason.contains("already exists") => {
-                Err(refused(RepoError::Exists(key.clone())))
-            }
+            // The reason names the repository that exists, which may be
+            // spelled in another letter case than the request.
             Ok(Err(reason)) => Err((StatusCode::CONFLICT, reason)),
             Err(
                 e @ crate::shard::ShardError::Orderer(crate::consensus::OrdererError::ReadOnly(_)),

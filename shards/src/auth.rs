@@ -141,8 +141,6 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> AccessFileError + '_ {
 /// 0600, durably) on first start. Returns the token's SHA-256 and whether
 /// it was created now. The token itself never leaves this function.
 pub fn load_or_create_admin_token(data_dir: &Path) -> Result<([u8; 32], bool), AccessFileError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(ADMIN_TOKEN_FILE_NAME);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -156,6 +154,17 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<([u8; 32], bool), A
         Err(e) => return Err(io_at(&path)(e)),
     }
     let token = new_token().map_err(io_at(&path))?;
+    write_admin_token(data_dir, &token)?;
+    Ok((sha256(token.as_bytes()), true))
+}
+
+/// Write `token` as the node's admin token in `data_dir` (mode 0600,
+/// durably: temporary file, fsync, rename, directory fsync). `devnet init`
+/// writes one token to every node so one token is valid everywhere.
+pub fn write_admin_token(data_dir: &Path, token: &str) -> Result<(), AccessFileError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(ADMIN_TOKEN_FILE_NAME);
     let tmp = data_dir.join(format!("{ADMIN_TOKEN_FILE_NAME}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -169,8 +178,7 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<([u8; 32], bool), A
         .map_err(io_at(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
-    sync_dir(data_dir)?;
-    Ok((sha256(token.as_bytes()), true))
+    sync_dir(data_dir)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AccessFileError> {

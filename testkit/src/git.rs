@@ -6,7 +6,8 @@ use std::process::{Command, Output, Stdio};
 
 /// A `git` command run in `dir` with an isolated configuration: no system
 /// or user config (`HOME` is `dir`), no terminal prompts, git's own test
-/// identities (`A U Thor`, `C O Mitter`) and a fixed date. Otherwise git's
+/// identities (`A U Thor`, `C O Mitter`), a fixed date, and HTTP transfers
+/// that give up after 120 s without a byte. Otherwise git's
 /// defaults (so a mirror of a corpus bundle gets the bundle's `master` as
 /// its HEAD); end-to-end tests add their client configuration to it.
 pub fn git(dir: &Path) -> Command {
@@ -21,7 +22,11 @@ pub fn git(dir: &Path) -> Command {
         .env("GIT_AUTHOR_DATE", "1700000000 +0000")
         .env("GIT_COMMITTER_NAME", "C O Mitter")
         .env("GIT_COMMITTER_EMAIL", "committer@example.com")
-        .env("GIT_COMMITTER_DATE", "1700000000 +0000");
+        .env("GIT_COMMITTER_DATE", "1700000000 +0000")
+        // A server that stops answering fails the test after two minutes
+        // instead of hanging it (and CI) for good.
+        .env("GIT_HTTP_LOW_SPEED_LIMIT", "1")
+        .env("GIT_HTTP_LOW_SPEED_TIME", "120");
     c
 }
 

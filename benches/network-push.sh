@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Push-to-final latency, batched throughput and catch-up of a network of
+# validators, against a standalone node measured in the same run, all
+# driven by the real git client on loopback.
+#
+#   benches/network-push.sh                 # PUSHES=100 BLOCKS=1000 REFS=10000
+#   PUSHES=300 VALIDATORS=4 benches/network-push.sh
+#
+# Measures (release build: cargo build --release):
+#  1. latency: PUSHES one-commit pushes, one after another, timed around
+#     `git push` (the client sees the acknowledgement only once the update
+#     is final and on disk), to a standalone node and to node 0 of a
+#     VALIDATORS-validator devnet; p50/p99 and the ratio.
+#  2. throughput: one push of REFS new branches and CLIENTS concurrent
+#     pushes of REFS/CLIENTS branches each (one transaction per push,
+#     batched into blocks by the leader): finalized ref updates per second,
+#     from the first push starting to the last acknowledgement.
+#  3. catch-up: the last validator is stopped, BLOCKS one-commit pushes are
+#     finalized without it, it is started again, and the time until its
+#     block height equals the others' is reported.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${NODE_BIN:-$ROOT/target/release/guts-node}
+PUSHES=${PUSHES:-100}
+VALIDATORS=${VALIDATORS:-4}
+REFS=${REFS:-10000}
+CLIENTS=${CLIENTS:-4}
+BLOCKS=${BLOCKS:-1000}
+BASE=${BASE_PORT:-28400}
+[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now_ms() { date +%s%3N; }
+wait_live() {
+    for _ in $(seq 300); do curl -sf "http://$1/health/live" >/dev/null && return 0; sleep 0.1; done
+    echo "node at $1 did not start" >&2; exit 1
+}
+height() { # metrics address -> finalized height
+    curl -sf "http://$1/metrics" | awk '/^guts_consensus_block_height /{print $2; exit}'
+}
+stats() { # label file-of-ms
+    python3 - "$1" "$2" <<'EOF'
+import sys, statistics
+xs = sorted(float(l) for l in open(sys.argv[2]) if l.strip())
+q = lambda p: xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+print(f"{sys.argv[1]:<28} n={len(xs)} p50={q(0.5):.1f} ms p99={q(0.99):.1f} ms mean={statistics.mean(xs):.1f} ms")
+EOF
+}
+p50() { python3 -c "import sys; xs=sorted(float(l) for l in open(sys.argv[1]) if l.strip()); print(xs[len(xs)//2])" "$1"; }
+
+# A local repository to push from.
+git init -q -b main "$WORK/src"
+git -C "$WORK/src" -c user.name=b -c user.email=b@b commit -q --allow-empty -m root
+
+push_series() { # url outfile
+    local url=$1 out=$2
+    : >"$out"
+    for i in $(seq "$PUSHES"); do
+        echo "$i" >"$WORK/src/f"
+        git -C "$WORK/src" add f
+        git -C "$WORK/src" -c user.name=b -c user.email=b@b commit -q -m "c$i"
+        local t0 t1
+        t0=$(now_ms)
+        git -C "$WORK/src" push -q "$url" HEAD:refs/heads/main
+        t1=$(now_ms)
+        echo $((t1 - t0)) >>"$out"
+    done
+}
+
+# 1a. standalone node
+"$BIN" --data-dir "$WORK/solo" --api-addr "127.0.0.1:$BASE" --metrics-addr "127.0.0.1:$((BASE + 1))" \
+    --p2p-addr "127.0.0.1:$((BASE + 2))" --shards 1 >"$WORK/solo.log" 2>&1 &
+PIDS+=($!)
+wait_live "127.0.0.1:$BASE"
+TOK=$(cat "$WORK/solo/admin.token")
+curl -sf -u "admin:$TOK" -X POST "http://127.0.0.1:$BASE/api/repos" -d '{"owner":"b","name":"solo"}' >/dev/null
+push_series "http://admin:$TOK@127.0.0.1:$BASE/git/b/solo.git" "$WORK/solo.ms"
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
+
+# 1b. devnet
+NET_BASE=$((BASE + 10))
+"$BIN" devnet init --validators "$VALIDATORS" --dir "$WORK/net" --base-port "$NET_BASE" >/dev/null
+start_node() {
+    "$BIN" --config "$WORK/net/node-$1/config.toml" >>"$WORK/net/node-$1/node.log" 2>&1 &
+    NODE_PID[$1]=$!
+    PIDS+=($!)
+}
+declare -a NODE_PID
+for i in $(seq 0 $((VALIDATORS - 1))); do start_node "$i"; done
+for i in $(seq 0 $((VALIDATORS - 1))); do wait_live "127.0.0.1:$((NET_BASE + 10 * i))"; done
+TOK=$(cat "$WORK/net/admin.token")
+API0="127.0.0.1:$NET_BASE"
+curl -sf -u "admin:$TOK" -X POST "http://$API0/api/repos" -d '{"owner":"b","name":"net"}' >/dev/null
+URL0="http://admin:$TOK@$API0/git/b/net.git"
+git -C "$WORK/src" checkout -q --orphan fresh
+git -C "$WORK/src" -c user.name=b -c user.email=b@b commit -q --allow-empty -m root2
+push_series "$URL0" "$WORK/net.ms"
+
+echo "== push-to-final latency (client-observed git push, $PUSHES pushes)"
+stats "standalone" "$WORK/solo.ms"
+stats "$VALIDATORS validators" "$WORK/net.ms"
+python3 -c "print(f'ratio {$VALIDATORS}v / standalone (p50): {float($(p50 "$WORK/net.ms"))/float($(p50 "$WORK/solo.ms")):.2f}')"
+
+# 2. throughput: many ref updates, batched
+mk_branches() { # prefix count -> stdin for update-ref
+    for k in $(seq "$2"); do echo "create refs/heads/$1-$k HEAD"; done
+}
+mk_branches one "$REFS" | git -C "$WORK/src" update-ref --stdin
+t0=$(now_ms)
+git -C "$WORK/src" push -q "$URL0" "refs/heads/one-*:refs/heads/one-*"
+t1=$(now_ms)
+echo "== batched throughput"
+python3 -c "print(f'one push of $REFS ref updates: {$((t1 - t0))} ms, {$REFS*1000/max(1,$((t1 - t0))):.0f} updates/s')"
+PER=$((REFS / CLIENTS))
+for c in $(seq "$CLIENTS"); do mk_branches "c$c" "$PER" | git -C "$WORK/src" update-ref --stdin; done
+t0=$(now_ms)
+PUSH_PIDS=()
+for c in $(seq "$CLIENTS"); do
+    api="127.0.0.1:$((NET_BASE + 10 * ((c - 1) % VALIDATORS)))"
+    git -C "$WORK/src" push -q "http://admin:$TOK@$api/git/b/net.git" "refs/heads/c$c-*:refs/heads/c$c-*" &
+    PUSH_PIDS+=($!)
+done
+wait_ok=0
+for p in "${PUSH_PIDS[@]}"; do wait "$p" || wait_ok=1; done
+t1=$(now_ms)
+python3 -c "print(f'$CLIENTS concurrent pushes through different validators, $((PER * CLIENTS)) updates: {$((t1 - t0))} ms, {$((PER * CLIENTS))*1000/max(1,$((t1 - t0))):.0f} updates/s')"
+[ "$wait_ok" = 0 ] || echo "(a concurrent push failed)"
+
+# 3. catch-up
+LAST=$((VALIDATORS - 1))
+kill "${NODE_PID[$LAST]}"; wait "${NODE_PID[$LAST]}" 2>/dev/null || true
+git -C "$WORK/src" checkout -q main
+for i in $(seq "$BLOCKS"); do
+    echo "x$i" >"$WORK/src/f"
+    git -C "$WORK/src" -c user.name=b -c user.email=b@b commit -q -am "x$i"
+    git -C "$WORK/src" push -q "$URL0" HEAD:refs/heads/main
+done
+target=$(height "127.0.0.1:$((NET_BASE + 1))")
+t0=$(now_ms)
+start_node "$LAST"
+M="127.0.0.1:$((NET_BASE + 10 * LAST + 1))"
+until [ "$(height "$M" 2>/dev/null || echo 0)" -ge "$target" ] 2>/dev/null; do sleep 0.05; done
+t1=$(now_ms)
+echo "== catch-up"
+echo "node-$LAST restarted $BLOCKS blocks behind (height $target): caught up in $((t1 - t0)) ms (process start included)"
