@@ -217,6 +217,7 @@ fn wrong_host(root: &Path, data_dir: &Path) -> std::path::PathBuf {
         std::fs::write(path, v).unwrap();
     };
     w("proc/sys/kernel/io_uring_disabled", "2\n");
+    w("proc/sys/kernel/osrelease", "5.4.0-200-generic\n");
     w("proc/sys/net/core/somaxconn", "128\n");
     w(
         "sys/kernel/mm/transparent_hugepage/enabled",
@@ -240,8 +241,10 @@ fn wrong_host(root: &Path, data_dir: &Path) -> std::path::PathBuf {
 fn line<'a>(out: &'a str, name: &str) -> &'a str {
     out.lines()
         .find(|l| {
-            l.contains(name)
-                && (l.starts_with("ok") || l.starts_with("WRONG") || l.starts_with("n/a"))
+            // "TAG   NAME   found: ...": the tag is 5 wide, then a space.
+            (l.starts_with("ok") || l.starts_with("WRONG") || l.starts_with("n/a"))
+                && l.get(6..)
+                    .is_some_and(|rest| rest.starts_with(&format!("{name} ")))
         })
         .unwrap_or_else(|| panic!("no line for {name}:\n{out}"))
 }
@@ -277,6 +280,7 @@ fn check_reports_without_changing_and_apply_changes_what_it_can() {
     let t = text(&out);
     assert!(!out.status.success(), "wrong settings pass:\n{t}");
     for (name, found) in [
+        ("kernel", "5.4.0"),
         ("io_uring", "kernel.io_uring_disabled=2"),
         ("cpu governor", "powersave"),
         ("transparent hugepages", "always"),
@@ -378,6 +382,10 @@ fn apply_without_permission_says_what_it_could_not_change() {
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("changed io_uring:"), "{t}");
     assert!(t.contains("could not change cpu governor"), "{t}");
+    assert!(
+        t.contains("could not change kernel: upgrade the kernel"),
+        "{t}"
+    );
     assert!(
         t.contains("still wrong:") && t.contains("cpu governor"),
         "{t}"

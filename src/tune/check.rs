@@ -90,6 +90,46 @@ const MEMLOCK_UNIT_BYTES: u64 = 64 * 1024 * 1024;
 /// glommio listens with this backlog; the kernel caps it at somaxconn.
 const LISTEN_BACKLOG: u64 = 1024;
 
+/// glommio's oldest supported kernel.
+const KERNEL_MIN: (u32, u32) = (5, 8);
+
+fn kernel(findings: &mut Vec<Finding>) {
+    let release = read_trim(&host("/proc/sys/kernel/osrelease"));
+    let why =
+        "the shards' io_uring runtime needs its probes and operations, present from this kernel on"
+            .to_string();
+    let wanted = format!(">= {}.{}", KERNEL_MIN.0, KERNEL_MIN.1);
+    let version = release.as_deref().and_then(|r| {
+        let mut parts = r.split(|c: char| !c.is_ascii_digit());
+        Some((
+            parts.next()?.parse::<u32>().ok()?,
+            parts.next()?.parse::<u32>().ok()?,
+        ))
+    });
+    findings.push(match version {
+        None => Finding {
+            name: "kernel",
+            state: State::NotApplicable,
+            found: release.unwrap_or_else(|| "unreadable".into()),
+            wanted,
+            why,
+            fix: None,
+        },
+        Some(v) => Finding {
+            name: "kernel",
+            state: if v >= KERNEL_MIN {
+                State::Ok
+            } else {
+                State::Wrong
+            },
+            found: release.unwrap_or_default(),
+            wanted,
+            why,
+            fix: (v < KERNEL_MIN).then(|| Fix::Manual("upgrade the kernel".into())),
+        },
+    });
+}
+
 fn io_uring(findings: &mut Vec<Finding>) {
     let path = host("/proc/sys/kernel/io_uring_disabled");
     let sysctl = read_trim(&path);
@@ -387,6 +427,7 @@ fn scheduler(findings: &mut Vec<Finding>, data_dir: &Path) {
 
 fn findings(data_dir: &Path, needs: &Needs) -> Vec<Finding> {
     let mut f = Vec::new();
+    kernel(&mut f);
     io_uring(&mut f);
     limits(&mut f, needs);
     governor(&mut f);
