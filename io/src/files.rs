@@ -26,7 +26,9 @@ pub const OPEN_FILES_MAX_DEFAULT: usize = 4096;
 const OPEN_FILES_MIN: usize = 16;
 
 struct Slot {
-    path: PathBuf,
+    /// The file's name now (a retired pack file is renamed; see
+    /// [`BudgetedFile::rename`]). Held while the file is (re)opened.
+    path: Mutex<PathBuf>,
     file: Mutex<Option<Arc<File>>>,
     /// Set on use; cleared by the sweep, which closes files found clear.
     used: AtomicBool,
@@ -138,7 +140,7 @@ pub struct BudgetedFile {
 impl std::fmt::Debug for BudgetedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BudgetedFile")
-            .field("path", &self.slot.path)
+            .field("path", &self.path())
             .finish()
     }
 }
@@ -147,7 +149,7 @@ impl BudgetedFile {
     /// Open `path` now (so that a missing file is an error here), under the budget.
     pub fn open(path: &Path) -> io::Result<BudgetedFile> {
         let slot = Arc::new(Slot {
-            path: path.to_path_buf(),
+            path: Mutex::new(path.to_path_buf()),
             file: Mutex::new(None),
             used: AtomicBool::new(true),
         });
@@ -167,13 +169,22 @@ impl BudgetedFile {
         }
         let b = budget();
         b.make_room();
-        let opened = match File::open(&self.slot.path) {
-            Err(e) if out_of_descriptors(&e) => {
-                b.shrink();
-                b.make_room();
-                File::open(&self.slot.path)?
+        let opened = {
+            // Opened under the name lock, so a rename cannot slip between
+            // reading the name and opening it.
+            let path = self
+                .slot
+                .path
+                .lock()
+                .map_err(|_| io::Error::other("file slot poisoned"))?;
+            match File::open(&*path) {
+                Err(e) if out_of_descriptors(&e) => {
+                    b.shrink();
+                    b.make_room();
+                    File::open(&*path)?
+                }
+                other => other?,
             }
-            other => other?,
         };
         let mut slot = self
             .slot
@@ -190,9 +201,26 @@ impl BudgetedFile {
         Ok(f)
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.slot.path
+    /// The file's path (its name now, if it was renamed).
+    pub fn path(&self) -> PathBuf {
+        match self.slot.path.lock() {
+            Ok(p) => p.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    /// Rename the file on disk to `to` and read it from there from now on.
+    /// Readers holding the open file are unaffected; a reader reopening it
+    /// after the budget closed it finds it under the new name.
+    pub fn rename(&self, to: &Path) -> io::Result<()> {
+        let mut path = self
+            .slot
+            .path
+            .lock()
+            .map_err(|_| io::Error::other("file slot poisoned"))?;
+        std::fs::rename(&*path, to)?;
+        *path = to.to_path_buf();
+        Ok(())
     }
 
     /// Close the file now if it is open (it reopens on the next read).

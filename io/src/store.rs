@@ -22,7 +22,7 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bytes of resolved delta bases kept in memory per store (git's
@@ -182,6 +182,10 @@ trait RandomRead: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Length of the file in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// The file's name now.
+    fn current_path(&self) -> PathBuf;
+    /// Rename the file; reads go on from the new name.
+    fn rename(&self, to: &Path) -> io::Result<()>;
 }
 
 /// A pack file opened on demand under the process's open-file budget
@@ -196,7 +200,20 @@ impl RandomRead for StdFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.file()?.metadata()?.len())
     }
+    fn current_path(&self) -> PathBuf {
+        self.0.path()
+    }
+    fn rename(&self, to: &Path) -> io::Result<()> {
+        self.0.rename(to)
+    }
 }
+
+/// Prefix of a retired pack's file: replaced by a repack, still read by
+/// older snapshots, removed when the last of them is dropped (or at the
+/// next start, see [`ObjectStore::remove_leftovers`]).
+pub const RETIRED_PACK_PREFIX: &str = "old_pack-";
+
+static NEXT_RETIRED: AtomicU64 = AtomicU64::new(1);
 
 static NEXT_PACK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -211,6 +228,19 @@ pub struct Pack {
     /// `(offset, index position)` of every entry, sorted by offset; the
     /// next entry's offset (or the trailer) ends an entry.
     by_offset: Vec<(u64, u32)>,
+    /// Set by [`Pack::retire`]: the file goes when this pack is dropped.
+    retired: AtomicBool,
+}
+
+impl Drop for Pack {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            let path = self.file.current_path();
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(pack = %path.display(), error = %e, "could not remove a retired pack file; it is removed at the next start");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Pack {
@@ -287,7 +317,52 @@ impl Pack {
             len,
             checksum,
             by_offset,
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// Take this pack out of the repository after a repack has put its
+    /// objects in a new pack (durably) and the store's list no longer
+    /// names it: its index is removed and its pack file renamed out of
+    /// git's sight (`old_pack-*`), so that nothing opening the repository
+    /// sees it again, while snapshots that still hold it read on from the
+    /// renamed file (it is removed when the last of them drops it). The
+    /// directory is fsynced.
+    pub fn retire(&self) -> Result<(), StoreError> {
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let hex = ObjectId::from_sha1(self.checksum).to_hex();
+        let to = dir.join(format!(
+            "{RETIRED_PACK_PREFIX}{}-{hex}.pack",
+            NEXT_RETIRED.fetch_add(1, Ordering::Relaxed)
+        ));
+        // The pack file first: a crash right after leaves an index without
+        // its pack, which every reader ignores (and the next start removes).
+        if let Err(e) = self.file.rename(&to) {
+            self.retired.store(false, Ordering::Release);
+            return Err(io_err(&self.path, e));
+        }
+        let idx = self.path.with_extension("idx");
+        match std::fs::remove_file(&idx) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&idx, e)),
+        }
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(&dir, e))
+    }
+
+    /// Where the pack's bytes are now: its name, or the name it was moved
+    /// to when it was retired.
+    pub fn current_path(&self) -> PathBuf {
+        self.file.current_path()
     }
 
     /// Path of the pack file.
@@ -536,6 +611,9 @@ struct Shared {
 pub struct ObjectStore {
     objects_dir: Arc<PathBuf>,
     packs: Arc<Vec<Arc<Pack>>>,
+    /// Checksums of packs a repack merged into a pack of this list: their
+    /// objects are all here, under another pack's name.
+    absorbed: Arc<ahash::AHashSet<[u8; 20]>>,
     shared: Arc<Shared>,
 }
 
@@ -559,7 +637,8 @@ pub struct Location {
 
 impl ObjectStore {
     /// Remove `tmp_pack_*`/`tmp_idx_*` leftovers of a crash under
-    /// `objects_dir/pack`. Only at start, before anything writes packs: at
+    /// `objects_dir/pack`, packs retired by a repack (`old_pack-*`) and
+    /// indexes whose pack is gone (a retirement cut short). Only at start, before anything writes packs: at
     /// run time those files are packs being received. Returns how many.
     pub fn remove_leftovers(objects_dir: &Path) -> Result<usize, StoreError> {
         let pack_dir = objects_dir.join("pack");
@@ -571,7 +650,15 @@ impl ObjectStore {
             let entry = entry.map_err(|e| io_err(&pack_dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with("tmp_pack_") || name.starts_with("tmp_idx_") {
+            let index_without_pack = name
+                .strip_prefix("pack-")
+                .and_then(|n| n.strip_suffix(".idx"))
+                .is_some_and(|stem| !pack_dir.join(format!("pack-{stem}.pack")).exists());
+            if name.starts_with("tmp_pack_")
+                || name.starts_with("tmp_idx_")
+                || name.starts_with(RETIRED_PACK_PREFIX)
+                || index_without_pack
+            {
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
                 removed += 1;
@@ -633,6 +720,7 @@ impl ObjectStore {
         Ok(ObjectStore {
             objects_dir: Arc::new(objects_dir.to_path_buf()),
             packs: Arc::new(packs),
+            absorbed: Arc::new(ahash::AHashSet::new()),
             shared: Arc::new(Shared {
                 bases: Mutex::new(BaseCache::new()),
                 commits: Mutex::new(ahash::AHashMap::new()),
@@ -668,6 +756,58 @@ impl ObjectStore {
     /// The packs of this snapshot, newest first.
     pub fn packs(&self) -> &[Arc<Pack>] {
         &self.packs
+    }
+
+    /// True if the pack named by `checksum` is in this store, or was merged
+    /// by a repack into a pack that is (its objects are all here).
+    pub fn holds_pack(&self, checksum: &[u8; 20]) -> bool {
+        self.absorbed.contains(checksum) || self.packs.iter().any(|p| p.checksum == *checksum)
+    }
+
+    /// A store of only the packs at positions `packs` of this one (sharing
+    /// its caches), e.g. the packs a repack merges.
+    pub fn subset(&self, packs: &[usize]) -> ObjectStore {
+        ObjectStore {
+            objects_dir: self.objects_dir.clone(),
+            packs: Arc::new(packs.iter().map(|&i| self.packs[i].clone()).collect()),
+            absorbed: self.absorbed.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Put `merged` (a pack already durable under its final name, holding
+    /// every object of the packs named by `replaced`) in the place of the
+    /// packs named by `replaced`; packs added since the merge was planned
+    /// stay. Copy-on-write: snapshots taken earlier keep their list.
+    /// Returns the packs taken out, for the caller to
+    /// [`retire`](Pack::retire) once this list is the one in use.
+    pub fn replace_packs(&mut self, replaced: &[[u8; 20]], merged: Pack) -> Vec<Arc<Pack>> {
+        let mut removed = Vec::new();
+        let mut list = Vec::with_capacity(self.packs.len() + 1);
+        let keep_new = !self.packs.iter().any(|p| p.checksum == merged.checksum);
+        for p in self.packs.iter() {
+            if replaced.contains(&p.checksum) && p.checksum != merged.checksum {
+                removed.push(p.clone());
+            } else {
+                list.push(p.clone());
+            }
+        }
+        // After the packs newer than what it replaces, before the older ones:
+        // where the newest replaced pack was, so lookups keep their order.
+        if keep_new {
+            let at = self
+                .packs
+                .iter()
+                .position(|p| replaced.contains(&p.checksum))
+                .unwrap_or(list.len())
+                .min(list.len());
+            list.insert(at, Arc::new(merged));
+        }
+        let mut absorbed = (*self.absorbed).clone();
+        absorbed.extend(removed.iter().map(|p| p.checksum));
+        self.absorbed = Arc::new(absorbed);
+        self.packs = Arc::new(list);
+        removed
     }
 
     /// Total entries over all packs (an object stored twice counts twice).

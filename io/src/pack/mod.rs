@@ -3,6 +3,7 @@
 pub mod entry;
 pub mod idx;
 pub mod ingest;
+pub mod repack;
 pub mod write;
 
 /// Pack file signature.

@@ -254,6 +254,49 @@ impl PackStream {
         self.plan.len()
     }
 
+    /// Once the stream has ended: every object written and the offset of
+    /// its entry in the output, in output order (what an index of the
+    /// written pack needs, with each entry's CRC-32). `None` before the end.
+    pub fn written_entries(&self) -> Option<Vec<(ObjectId, u64)>> {
+        if !self.done {
+            return None;
+        }
+        let packs = self.store.packs();
+        match &self.mode {
+            Mode::Entries => Some(
+                self.plan
+                    .iter()
+                    .zip(&self.out_offsets)
+                    .map(|(loc, out)| {
+                        let pack = &packs[loc.pack as usize];
+                        let oid = pack
+                            .oid_at_offset(loc.offset)
+                            .unwrap_or(ObjectId::NULL_SHA1);
+                        (oid, *out)
+                    })
+                    .collect(),
+            ),
+            Mode::Verbatim { ranges, .. } => {
+                let mut out = Vec::with_capacity(self.plan.len());
+                // A whole stored pack keeps its header; concatenated bodies
+                // follow a new one.
+                let mut base = if ranges.first().is_some_and(|r| r.1 == 0) {
+                    0
+                } else {
+                    PACK_HEADER_BYTES as u64
+                };
+                for &(pack_i, start, end) in ranges {
+                    let pack = &packs[pack_i as usize];
+                    for &(offset, pos) in pack.entries_by_offset() {
+                        out.push((pack.index().oid_at(pos), base + offset - start));
+                    }
+                    base += end - start;
+                }
+                Some(out)
+            }
+        }
+    }
+
     /// True if whole stored packs are streamed verbatim.
     pub fn is_verbatim(&self) -> bool {
         matches!(self.mode, Mode::Verbatim { .. })
