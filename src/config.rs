@@ -111,6 +111,10 @@ pub struct Cli {
     /// network has no quorum, in milliseconds.
     #[arg(long, env = "GUTS_FINALIZE_WAIT_MS", global = true)]
     pub finalize_wait_ms: Option<u64>,
+    /// Background repacking: a repository whose refs have not changed for
+    /// this many milliseconds gets its small packs merged (0: never repack).
+    #[arg(long, env = "GUTS_REPACK_QUIET_MS", global = true)]
+    pub repack_quiet_ms: Option<u64>,
     /// Failed authentication attempts per client address and window before 429.
     #[arg(long, env = "GUTS_AUTH_FAILURES_MAX", global = true)]
     pub auth_failures_max: Option<u32>,
@@ -244,6 +248,7 @@ pub struct FileConfig {
     pub genesis_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
     pub finalize_wait_ms: Option<u64>,
+    pub repack_quiet_ms: Option<u64>,
     pub shutdown_drain_ms: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -301,6 +306,8 @@ pub struct NodeConfig {
     /// Where this node's key comes from.
     pub key: KeySource,
     pub finalize_wait_ms: u64,
+    /// Quiet time before a repository is repacked (0: never).
+    pub repack_quiet_ms: u64,
 }
 
 /// Where a node's private key comes from.
@@ -490,6 +497,10 @@ impl NodeConfig {
                 .finalize_wait_ms
                 .or(file.finalize_wait_ms)
                 .unwrap_or(guts_shards::shard::FINALIZE_WAIT_MS),
+            repack_quiet_ms: cli
+                .repack_quiet_ms
+                .or(file.repack_quiet_ms)
+                .unwrap_or(guts_shards::maintenance::REPACK_QUIET_MS),
         })
     }
 }

@@ -229,6 +229,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
         finalize_wait_ms: cfg.finalize_wait_ms,
+        repack_quiet_ms: cfg.repack_quiet_ms,
         admin_token_sha256,
         tls: match &cfg.tls {
             Some(paths) => Some(

@@ -134,6 +134,9 @@ pub struct ShardConfig {
     /// Longest a push waits for its update to be finalized (no quorum of
     /// validators) before the client is told so.
     pub finalize_wait_ms: u64,
+    /// A repository whose refs have not changed for this long gets its
+    /// small packs merged in the background (0: never repack).
+    pub repack_quiet_ms: u64,
     /// SHA-256 of the node's admin token (`DATA/admin.token`).
     pub admin_token_sha256: [u8; 32],
     /// TLS on the API listener, if configured (`--tls-cert`, `--tls-key`).

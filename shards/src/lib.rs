@@ -15,6 +15,7 @@ pub mod conn;
 pub mod consensus;
 pub mod git;
 pub mod http;
+pub mod maintenance;
 pub mod memory;
 pub mod metrics;
 pub mod redact;
@@ -286,6 +287,14 @@ pub fn start(
             };
             let shard = Shard::new(id, config, orderer, peers, access, damaged);
             glommio::spawn_local(shard.clone().apply_batches(batches)).detach();
+            let maintenance = glommio::executor().create_task_queue(
+                glommio::Shares::Static(maintenance::MAINTENANCE_SHARES),
+                glommio::Latency::NotImportant,
+                "maintenance",
+            );
+            if let Ok(task) = glommio::spawn_local_into(maintenance::run(shard.clone()), maintenance) {
+                task.detach();
+            }
             let inbox_shard = shard.clone();
             glommio::spawn_local(async move {
                 let mut inbox = inbox;

@@ -138,6 +138,9 @@ pub struct Repo {
     pub refs: RefStore,
     peeled: HashMap<ObjectId, Option<ObjectId>>,
     snapshot: Option<RefSnapshot>,
+    /// When the refs or packs last changed (background repacking waits
+    /// for a quiet repository).
+    changed_at: std::time::Instant,
 }
 
 impl Repo {
@@ -161,6 +164,7 @@ impl Repo {
             refs,
             peeled: HashMap::new(),
             snapshot: None,
+            changed_at: std::time::Instant::now(),
         })
     }
 
@@ -258,6 +262,18 @@ impl Repo {
     /// Forget the cached snapshot after a change.
     pub fn invalidate(&mut self) {
         self.snapshot = None;
+        self.changed_at = std::time::Instant::now();
+    }
+
+    /// Forget the cached snapshot after the packs were rearranged (a
+    /// repack: the same objects, so not a change the quiet time counts).
+    pub fn packs_rearranged(&mut self) {
+        self.snapshot = None;
+    }
+
+    /// Time since the refs or packs last changed.
+    pub fn quiet_for(&self) -> std::time::Duration {
+        self.changed_at.elapsed()
     }
 
     fn peel(&mut self, oid: &ObjectId) -> Option<ObjectId> {

@@ -297,6 +297,15 @@ impl Shard {
         rx.await.map_err(|_| ShardError::ShardGone(owner))
     }
 
+    /// The repositories this shard holds open now.
+    pub fn open_repos(&self) -> Vec<(String, Rc<RefCell<Repo>>)> {
+        self.repos
+            .borrow()
+            .iter()
+            .map(|(k, (r, _))| (k.clone(), r.clone()))
+            .collect()
+    }
+
     /// The repository `owner/name` (owner shard only), opened on first use.
     pub fn repo(&self, owner: &str, name: &str) -> Result<Rc<RefCell<Repo>>, RepoError> {
         check_name("owner", owner)?;
@@ -652,19 +661,24 @@ impl Shard {
             let mut repo = repo.borrow_mut();
             // A pack that arrived from a peer is on disk but not yet in
             // this shard's store: adopt it before the refs point into it.
-            if !repo
-                .store
-                .packs()
-                .iter()
-                .any(|k| k.checksum() == p.checksum)
-            {
+            // (A pack a repack merged is held under the merged pack's name.)
+            if !repo.store.holds_pack(&p.checksum) {
                 let dir = repo.store.objects_dir().join("pack");
                 let stem = p.file_stem();
                 let (pack_path, idx_path) = (
                     dir.join(format!("{stem}.pack")),
                     dir.join(format!("{stem}.idx")),
                 );
-                if let Err(e) = repo.store.add_pack(&pack_path, &idx_path) {
+                let merged_earlier = !pack_path.exists()
+                    && updates
+                        .iter()
+                        .all(|u| u.new.is_null() || repo.store.contains(&u.new));
+                if merged_earlier {
+                    // Applied again after a restart, its pack since merged
+                    // by a repack (whose objects are all kept): the objects
+                    // it brought are here.
+                    tracing::info!(repo = %key, pack = %stem, "the update's pack was merged by a repack; its objects are in the store");
+                } else if let Err(e) = repo.store.add_pack(&pack_path, &idx_path) {
                     tracing::error!(repo = %key, pack = %stem, error = %e, "finalized update names a pack this node cannot open");
                     return vec![Err(format!("pack {stem} unavailable: {e}")); updates.len()];
                 }

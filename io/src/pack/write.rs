@@ -315,7 +315,7 @@ impl PackStream {
         let packs = self.store.packs();
         let ranges = ranges
             .iter()
-            .map(|(pack, start, end)| (packs[*pack as usize].path().to_path_buf(), *start, *end))
+            .map(|(pack, start, end)| (packs[*pack as usize].current_path(), *start, *end))
             .collect();
         Some(VerbatimPlan {
             header: self.header,
