@@ -78,7 +78,7 @@ fn push_many(dir: &Path, url: &str, wt: Option<PathBuf>, n: usize, blob_bytes: u
 
 #[test]
 fn busy_repository_is_repacked_while_pushes_and_clones_go_on() {
-    let node = Node::start_with(&["--repack-quiet-ms", "100"]);
+    let mut node = Node::start_with(&["--repack-quiet-ms", "100"]);
     let url = node.create_repo("busy", "repo");
     let tmp = tempfile::tempdir().unwrap();
     let wt = push_many(tmp.path(), &url, None, 1, 64);
@@ -129,7 +129,6 @@ fn busy_repository_is_repacked_while_pushes_and_clones_go_on() {
     // Pushes and a shallow clone after the repack; then a restart reads the
     // repacked directory as it is on disk.
     let wt = push_many(tmp.path(), &url, Some(wt), 3, 64);
-    let mut node = node;
     node.restart();
     let head = rev_parse(&wt, "HEAD");
     let refs = clone_checked(tmp.path(), &url, "restarted");
