@@ -229,7 +229,22 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         agent: format!("guts/{}", env!("CARGO_PKG_VERSION")),
         finalize_wait_ms: cfg.finalize_wait_ms,
-        repack_quiet_ms: cfg.repack_quiet_ms,
+        // In a network, peers catching up fetch the packs named by
+        // finalized transactions by their checksum; a pack merged away by a
+        // repack can no longer be served under its name, so a validator
+        // that was down for longer than the quiet period could never catch
+        // up. Repacking stays off in a network until packs can be served
+        // by content (see docs/network.md).
+        repack_quiet_ms: if cfg.genesis_file.is_some() {
+            if cfg.repack_quiet_ms != 0 {
+                tracing::info!(
+                    "background repacking is off in a network (peers fetch finalized packs by name)"
+                );
+            }
+            0
+        } else {
+            cfg.repack_quiet_ms
+        },
         admin_token_sha256,
         tls: match &cfg.tls {
             Some(paths) => Some(
