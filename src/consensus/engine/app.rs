@@ -42,8 +42,17 @@ impl<L: Ledger> App<L> {
 
     /// Ancestors yielded by `stream` (newest first) above the ledger's durable height, returned
     /// oldest first.
-    async fn ancestry(&self, mut stream: impl Ancestry<Block>) -> Vec<(u64, Vec<Bytes>)> {
-        let floor = self.status.processed_height();
+    async fn ancestry(&self, stream: impl Ancestry<Block>) -> Vec<(u64, Vec<Bytes>)> {
+        self.ancestry_above(stream, self.status.processed_height())
+            .await
+    }
+
+    /// Ancestors yielded by `stream` (newest first) above `floor`, returned oldest first.
+    async fn ancestry_above(
+        &self,
+        mut stream: impl Ancestry<Block>,
+        floor: u64,
+    ) -> Vec<(u64, Vec<Bytes>)> {
         let mut out = Vec::new();
         while let Some(block) = stream.next().await {
             let height = block.height().get();
@@ -75,8 +84,11 @@ where
     ) -> Option<Digested<Block>> {
         let parent = ancestry.next().await?;
         let height = parent.height().get() + 1;
-        let mut chain = self.ancestry(ancestry).await;
-        if parent.height().get() > self.status.processed_height() {
+        // One reading of the durable height for the whole chain, so it is
+        // contiguous up to the parent even while blocks are being applied.
+        let floor = self.status.processed_height();
+        let mut chain = self.ancestry_above(ancestry, floor).await;
+        if parent.height().get() > floor {
             chain.push((parent.height().get(), parent.inner().txs.clone()));
         }
         let mut txs = self.ledger.propose(height, chain).await;
