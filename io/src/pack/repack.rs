@@ -214,13 +214,10 @@ impl Repack {
     /// index last), and open the new pack. Returns it with the checksums
     /// of the packs it replaces.
     pub fn finish(mut self) -> Result<(Pack, Vec<[u8; 20]>), RepackError> {
-        let entries = self
-            .stream
-            .written_entries()
-            .ok_or_else(|| RepackError::Mismatch {
-                expected: self.expected,
-                got: 0,
-            })?;
+        let entries = self.stream.written_entries().ok_or(RepackError::Mismatch {
+            expected: self.expected,
+            got: 0,
+        })?;
         if entries.len() != self.expected {
             return Err(RepackError::Mismatch {
                 expected: self.expected,
