@@ -133,6 +133,25 @@ fn field(field: impl Into<String>, reason: impl Into<String>) -> GenesisError {
 }
 
 /// Decode 64 hex digits into 32 bytes.
+/// A peer entry's public key and p2p address, or the error naming the
+/// field (`at` turns a field name into its path in the file).
+fn key_and_addr(
+    pubkey: &str,
+    addr: &str,
+    at: impl Fn(&str) -> String,
+) -> Result<([u8; 32], SocketAddr), GenesisError> {
+    let pubkey = parse_hex32(pubkey).ok_or_else(|| {
+        field(
+            at("pubkey"),
+            "must be an ed25519 public key as 64 hex digits",
+        )
+    })?;
+    let addr = addr
+        .parse()
+        .map_err(|_| field(at("addr"), format!("{addr:?} is not HOST:PORT")))?;
+    Ok((pubkey, addr))
+}
+
 pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     let s = s.trim();
     if s.len() != 64 {
@@ -206,16 +225,7 @@ impl Genesis {
             if v.name.is_empty() || v.name.len() > 64 {
                 return Err(field(at("name"), "must be 1 to 64 bytes"));
             }
-            let pubkey = parse_hex32(&v.pubkey).ok_or_else(|| {
-                field(
-                    at("pubkey"),
-                    "must be an ed25519 public key as 64 hex digits",
-                )
-            })?;
-            let addr: SocketAddr = v
-                .addr
-                .parse()
-                .map_err(|_| field(at("addr"), format!("{:?} is not HOST:PORT", v.addr)))?;
+            let (pubkey, addr) = key_and_addr(&v.pubkey, &v.addr, at)?;
             if let Some(w) = v.weight {
                 if w != 1 {
                     return Err(field(
@@ -248,16 +258,7 @@ impl Genesis {
         let mut followers: Vec<Validator> = Vec::new();
         for (i, v) in file.followers.iter().enumerate() {
             let at = |f: &str| format!("followers[{i}].{f}");
-            let pubkey = parse_hex32(&v.pubkey).ok_or_else(|| {
-                field(
-                    at("pubkey"),
-                    "must be an ed25519 public key as 64 hex digits",
-                )
-            })?;
-            let addr: SocketAddr = v
-                .addr
-                .parse()
-                .map_err(|_| field(at("addr"), format!("{:?} is not HOST:PORT", v.addr)))?;
+            let (pubkey, addr) = key_and_addr(&v.pubkey, &v.addr, at)?;
             if validators
                 .iter()
                 .chain(&followers)
