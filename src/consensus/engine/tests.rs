@@ -715,3 +715,5 @@ fn real_runtime_smoke() {
         thread.shutdown();
     }
 }
+
+mod adversarial;
