@@ -361,6 +361,10 @@ impl Packs {
         let body_len = pack.size - 20;
         let mut trailer = Vec::with_capacity(20);
         let mut offset = 0u64;
+        // Why the streaming checks refused the bytes, if they did: the rest is still fetched
+        // and hashed, to tell a lying peer (bytes that are not the pack) from a pack that is
+        // invalid for good (its own bytes fail the checks).
+        let mut refused: Option<String> = None;
         while offset < pack.size {
             let want = (pack.size - offset).min(CHUNK_MAX_BYTES as u64) as u32;
             let Some(chunk) = self.request(peer, repo, pack.checksum, offset, want).await else {
@@ -383,10 +387,16 @@ impl Packs {
             };
             hasher.update(body_part);
             trailer.extend_from_slice(&chunk[body_part.len()..]);
-            if let Err(e) = ingest.write(&chunk) {
-                // Could be the peer's bytes or the pack; decide by the hash below
-                // only if the stream completes, so treat as the peer's fault.
-                return Err(FetchFailure::Peer(format!("stream refused: {e}")));
+            if refused.is_none() {
+                match ingest.write(&chunk) {
+                    Ok(()) => {}
+                    // A local failure (the temporary file) says nothing about the pack.
+                    Err(e @ guts_io::pack::ingest::IngestError::Io { .. }) => {
+                        return Err(FetchFailure::Peer(format!("stream refused: {e}")));
+                    }
+                    // Could be the peer's bytes or the pack: decided by the hash below.
+                    Err(e) => refused = Some(e.to_string().replace('\n', " ")),
+                }
             }
             offset = end;
         }
@@ -395,6 +405,9 @@ impl Packs {
             return Err(FetchFailure::Peer(
                 "bytes do not match the pack's checksum".into(),
             ));
+        }
+        if let Some(reason) = refused {
+            return Err(FetchFailure::Invalid(reason));
         }
         // The bytes are the pack the transaction names: from here on, any
         // failure is the pack's own.
