@@ -590,3 +590,6 @@ impl Orderer for LedgerHandle {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -215,11 +215,11 @@ async fn start_network(
 }
 
 /// Starts a node on the simulated network.
-fn start_simulated(
+fn start_simulated<L: Ledger>(
     context: &deterministic::Context,
     oracle: &Oracle<PublicKey, deterministic::Context>,
     config: Config,
-    ledger: TestLedger,
+    ledger: L,
 ) -> (Handle<()>, Node) {
     let (node, parts) = prepare(config, ledger).unwrap();
     let oracle = oracle.clone();
@@ -717,3 +717,4 @@ fn real_runtime_smoke() {
 }
 
 mod adversarial;
+mod real_ledger;
