@@ -186,9 +186,16 @@ fn byzantine_proposer_never_gets_invalid_transactions_finalized() {
             let applied = applied.clone();
             let context = context.child("wait");
             let inject = inject.clone();
-            let kinds = bad.len();
+            let bad = bad.clone();
             async move {
+                let kinds = bad.len();
                 loop {
+                    for (i, a) in applied.iter().enumerate() {
+                        let finalized = finalized(a);
+                        if let Some(tx) = bad.iter().find(|tx| finalized.contains(*tx)) {
+                            panic!("validator {i} applied an invalid transaction: {tx:?}");
+                        }
+                    }
                     let all = applied
                         .iter()
                         .all(|a| want.iter().all(|tx| finalized(a).contains(tx)));
