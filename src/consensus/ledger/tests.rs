@@ -340,7 +340,8 @@ fn real_verify_refuses_a_byzantine_proposers_transactions() {
         Some(true)
     );
 
-    let refused: Vec<(&str, u64, Vec<(u64, Vec<Bytes>)>, Vec<Bytes>)> = vec![
+    type Case = (&'static str, u64, Vec<(u64, Vec<Bytes>)>, Vec<Bytes>);
+    let refused: Vec<Case> = vec![
         (
             "compare-and-swap with a wrong old value",
             1,

@@ -24,12 +24,15 @@ impl PackWire for NoPacks {
     fn send(&self, _: [u8; 32], _: Bytes) {}
 }
 
+/// Invalid transactions to inject, and how many were injected.
+type Injector = Arc<Mutex<(usize, Vec<Bytes>)>>;
+
 /// The node's ledger as the engine sees it; a byzantine one adds one of `inject` (in turn)
 /// to each of its proposals.
 #[derive(Clone)]
 struct RealLedger {
     ledger: Arc<ledger::Ledger>,
-    inject: Option<Arc<Mutex<(usize, Vec<Bytes>)>>>,
+    inject: Option<Injector>,
 }
 
 impl Ledger for RealLedger {
