@@ -65,6 +65,123 @@ pub fn token(cfg: &NodeConfig, action: &TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Exit status of `status` when the node answers but is not ready.
+pub const STATUS_NOT_READY_EXIT: i32 = 3;
+
+/// Run `guts-node status [--json]`: ask the node at `--api-addr`. Returns
+/// whether it is ready.
+pub fn status(cfg: &NodeConfig, as_json: bool) -> anyhow::Result<bool> {
+    let api = Api::anonymous(cfg)?;
+    let consensus = api.call("GET", "/api/consensus/status", None)?;
+    let (_, health) = api.request("GET", "/health/ready", None)?;
+    let checks = &health["checks"];
+    let disk = &checks["disk_space"];
+    let damaged = checks["repositories"]["damaged"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    let ready = health["ready"].as_bool().unwrap_or(false);
+    let report = serde_json::json!({
+        "api_addr": api.addr.to_string(),
+        "version": health["version"],
+        "role": consensus["role"],
+        "engine": consensus["engine"],
+        "chain_id": consensus["chain_id"],
+        "public_key": consensus["public_key"],
+        "height": consensus["height"],
+        "finalized_height": consensus["finalized_height"],
+        "lag_blocks": consensus["lag_blocks"],
+        "view": consensus["view"],
+        "validators": consensus["validators"],
+        "quorum": consensus["quorum"],
+        "peers": {"connected": consensus["peers_connected"], "needed": checks["peers"]["needed"]},
+        "repositories": {"count": checks["repositories"]["repositories"], "damaged": damaged},
+        "disk": {
+            "used_bytes": disk["used_bytes"],
+            "available_bytes": disk["available_bytes"],
+            "capacity_bytes": disk["capacity_bytes"],
+            "free_percent": disk["free_percent"],
+        },
+        "health": {"status": health["status"], "ready": ready, "checks": checks},
+    });
+    if as_json {
+        println!("{report:#}");
+        return Ok(ready);
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    println!("node:          {}", report["api_addr"].as_str().unwrap_or("?"));
+    println!("version:       {}", text(&report["version"]));
+    println!("role:          {} ({})", text(&report["role"]), text(&report["engine"]));
+    println!("public key:    {}", text(&report["public_key"]));
+    if !report["chain_id"].is_null() {
+        println!("chain:         {}", text(&report["chain_id"]));
+    }
+    println!(
+        "height:        {} (finalized {}, {} blocks to apply)",
+        text(&report["height"]),
+        text(&report["finalized_height"]),
+        text(&report["lag_blocks"])
+    );
+    println!(
+        "validators:    {} (quorum {}), view {}",
+        text(&report["validators"]),
+        text(&report["quorum"]),
+        text(&report["view"])
+    );
+    println!(
+        "peers:         {} connected ({} needed)",
+        text(&report["peers"]["connected"]),
+        text(&report["peers"]["needed"])
+    );
+    println!(
+        "repositories:  {} ({damaged} damaged)",
+        text(&report["repositories"]["count"])
+    );
+    println!(
+        "disk:          {} used by the data directory; {} free of {} ({}%)",
+        bytes(&disk["used_bytes"]),
+        bytes(&disk["available_bytes"]),
+        bytes(&disk["capacity_bytes"]),
+        text(&disk["free_percent"])
+    );
+    println!(
+        "health:        {} ({})",
+        text(&health["status"]),
+        if ready { "ready" } else { "not ready" }
+    );
+    if let Some(map) = checks.as_object() {
+        for (name, c) in map {
+            if c["status"] != "ok" {
+                println!("  {name}: {}: {}", text(&c["status"]), text(&c["detail"]));
+            }
+        }
+    }
+    Ok(ready)
+}
+
+/// A byte count for people.
+fn bytes(v: &serde_json::Value) -> String {
+    let Some(n) = v.as_u64() else {
+        return "-".into();
+    };
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 /// The node's API as an admin client sees it.
 struct Api {
     addr: SocketAddr,
@@ -96,6 +213,15 @@ impl Api {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(credentials)
         );
+        Api::with_authorization(cfg, authorization)
+    }
+
+    /// The API without credentials (for what anyone may read).
+    fn anonymous(cfg: &NodeConfig) -> anyhow::Result<Api> {
+        Api::with_authorization(cfg, String::new())
+    }
+
+    fn with_authorization(cfg: &NodeConfig, authorization: String) -> anyhow::Result<Api> {
         // A node listening on every address is reached on loopback.
         let mut addr = cfg.api_addr;
         if addr.ip().is_unspecified() {
@@ -123,6 +249,25 @@ impl Api {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
+        let (status, value) = self.request(method, path, body)?;
+        if !(200..300).contains(&status) {
+            let msg = value["error"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| value.as_str().map(str::to_string))
+                .unwrap_or_else(|| value.to_string());
+            bail!("{method} {path}: HTTP {status}: {msg}");
+        }
+        Ok(value)
+    }
+
+    /// One request; its status and JSON answer, whatever the status.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
         let timeout = Duration::from_millis(ADMIN_REQUEST_TIMEOUT_MS);
         let tcp = TcpStream::connect_timeout(&self.addr, timeout).with_context(|| {
             format!("connecting to the node's API at {} (--api-addr)", self.addr)
@@ -139,10 +284,14 @@ impl Api {
             }
         };
         let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let authorization = if self.authorization.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: {}\r\n", self.authorization)
+        };
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.addr,
-            self.authorization,
             body.len()
         );
         s.write_all(head.as_bytes())?;
@@ -158,15 +307,7 @@ impl Api {
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&body).trim().to_string())
         });
-        if !(200..300).contains(&status) {
-            let msg = value["error"]
-                .as_str()
-                .map(str::to_string)
-                .or_else(|| value.as_str().map(str::to_string))
-                .unwrap_or_else(|| value.to_string());
-            bail!("{method} {path}: HTTP {status}: {msg}");
-        }
-        Ok(value)
+        Ok((status, value))
     }
 }
 

@@ -163,6 +163,16 @@ pub enum Command {
     Run,
     /// Print the resolved configuration and exit.
     Config,
+    /// Ask a running node (at --api-addr) how it is: version, role, key,
+    /// height, peers, repositories, disk use and health. Exit 0 when it is
+    /// ready, 3 when it answers but is not ready, 1 when it cannot be asked.
+    Status {
+        /// One JSON object instead of lines of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this binary's version.
+    Version,
     /// Write a new ed25519 private key (mode 0600) and print its public key.
     Keygen {
         /// File to write the private key to (never overwritten).

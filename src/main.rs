@@ -10,6 +10,7 @@ mod consensus;
 mod devnet;
 mod lifecycle;
 mod metrics;
+mod monitor;
 mod sequencer;
 mod tune;
 
@@ -29,6 +30,17 @@ fn main() {
         None => run(&cli),
         Some(Command::Run) => run(&cli),
         Some(Command::Config) => show_config(&cli),
+        Some(Command::Version) => {
+            println!("guts-node {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Some(Command::Status { json }) => {
+            match NodeConfig::resolve(&cli).and_then(|cfg| admin::status(&cfg, json)) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(admin::STATUS_NOT_READY_EXIT),
+                Err(e) => Err(e),
+            }
+        }
         Some(Command::Keygen { output }) => keygen(&output),
         Some(Command::Devnet(cmd)) => devnet::run(&cli, cmd),
         Some(Command::Token { action }) => {
@@ -165,6 +177,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // The consensus core: Simplex BFT among the genesis validators, or the
     // local sequencer of a standalone node; on its own pinned OS thread.
     let mut network = None;
+    let mut monitor_probe = None;
     let orderer: Arc<dyn guts_shards::Orderer> = match &cfg.genesis_file {
         Some(path) => {
             let genesis = consensus::genesis::Genesis::load(path)?;
@@ -184,25 +197,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             )?;
             tracing::info!(role = ?net.role, key = %net.key, p2p = %cfg.p2p_addr, applied = net.ledger.applied_height(), "consensus started");
             guts_shards::metrics::record_block(net.ledger.applied_height(), 0);
-            let (status, ledger) = (net.status.clone(), net.ledger.clone());
-            std::thread::Builder::new()
-                .name("consensus-metrics".into())
-                .spawn(move || loop {
-                    let applied = ledger.applied_height();
-                    let lag = status.finalized_height().saturating_sub(applied);
-                    guts_shards::metrics::record_network(
-                        status.current_view(),
-                        status.connected_peers() as u64,
-                        lag,
-                    );
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                })
-                .context("starting the consensus metrics thread")?;
+            monitor_probe = Some(monitor::NetworkProbe {
+                status: net.status.clone(),
+                ledger: net.ledger.clone(),
+                peers_needed: net.peers_needed,
+            });
             let orderer = net.orderer.clone();
             network = Some(net);
             orderer
         }
         None => {
+            let consensus_dir = cfg.data_dir.join("consensus");
+            let record = guts_shards::blocks::BlockLog::open(&consensus_dir, true)
+                .context("the block record")?;
+            guts_shards::metrics::record_block(record.last_height(), 0);
+            guts_shards::consensus_api::set_node_info(guts_shards::consensus_api::NodeInfo {
+                consensus_dir,
+                ..Default::default()
+            });
             let (handle, queue) = sequencer::queue();
             std::thread::Builder::new()
                 .name("consensus".into())
@@ -210,14 +222,21 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     if let Some(cpu) = consensus_cpu {
                         pin_current_thread(cpu);
                     }
-                    sequencer::run(queue, senders);
+                    sequencer::run(queue, senders, record);
                 })
                 .context("starting the consensus thread")?;
             Arc::new(handle)
         }
     };
 
-    metrics::start(cfg.metrics_addr, cfg.data_dir.clone(), shard_count)
+    let role = match network.as_ref().map(|n: &consensus::Network| n.role) {
+        None => guts_shards::health::Role::Standalone,
+        Some(consensus::engine::Role::Validator) => guts_shards::health::Role::Validator,
+        Some(consensus::engine::Role::Follower) => guts_shards::health::Role::Full,
+    };
+    monitor::start(cfg.data_dir.clone(), role, monitor_probe)
+        .context("starting the monitor thread")?;
+    metrics::start(cfg.metrics_addr)
         .with_context(|| format!("metrics endpoint on {}", cfg.metrics_addr))?;
 
     let shard_config = guts_shards::ShardConfig {

@@ -21,10 +21,9 @@ pub const SCRAPE_CONNECTIONS_MAX: usize = 256;
 const SCRAPE_THREAD_STACK_BYTES: usize = 128 * 1024;
 
 /// Bind the metrics endpoint and serve it on a background thread.
-pub fn start(addr: SocketAddr, data_dir: std::path::PathBuf, shards: usize) -> std::io::Result<()> {
+pub fn start(addr: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     let started = Instant::now();
-    let data_dir = Arc::new(data_dir);
     let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("metrics".into())
@@ -42,12 +41,12 @@ pub fn start(addr: SocketAddr, data_dir: std::path::PathBuf, shards: usize) -> s
                     busy.fetch_sub(1, Ordering::Relaxed);
                     continue; // dropped: closed at once
                 }
-                let (done, data_dir) = (busy.clone(), data_dir.clone());
+                let done = busy.clone();
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .stack_size(SCRAPE_THREAD_STACK_BYTES)
                     .spawn(move || {
-                        serve_one(stream, &data_dir, shards, started);
+                        serve_one(stream, started);
                         done.fetch_sub(1, Ordering::Relaxed);
                     });
                 if spawned.is_err() {
@@ -58,41 +57,83 @@ pub fn start(addr: SocketAddr, data_dir: std::path::PathBuf, shards: usize) -> s
     Ok(())
 }
 
-fn serve_one(mut stream: TcpStream, data_dir: &std::path::Path, shards: usize, started: Instant) {
+fn serve_one(mut stream: TcpStream, started: Instant) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(SCRAPE_TIMEOUT_MS)));
     let _ = stream.set_write_timeout(Some(Duration::from_millis(SCRAPE_TIMEOUT_MS)));
     let mut buf = [0u8; SCRAPE_REQUEST_MAX_BYTES];
     let n = stream.read(&mut buf).unwrap_or(0);
     let head = String::from_utf8_lossy(&buf[..n]);
-    let (status, body) = if head.starts_with("GET /metrics") {
+    let (status, content_type, body) = if head.starts_with("GET /metrics") {
+        guts_shards::metrics::set_process(&process_facts(), started.elapsed().as_secs());
         (
             "200 OK",
-            guts_shards::metrics::render(
-                shards,
-                available_bytes(data_dir),
-                started.elapsed().as_secs(),
-            ),
+            guts_shards::metrics::CONTENT_TYPE,
+            guts_shards::metrics::render(),
         )
     } else if head.starts_with("GET /health") {
-        ("200 OK", "ok\n".to_string())
+        ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string())
     } else {
-        ("404 Not Found", "not found\n".to_string())
+        (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: GET /metrics\n".to_string(),
+        )
     };
     let _ = write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
 }
 
-/// Free bytes on the file system holding `dir`.
-fn available_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(path.as_ptr(), &mut st) == 0)
-            .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+/// Clock ticks per second of /proc/self/stat's CPU times.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
     }
+}
+
+/// The process's own measurements, from /proc/self.
+pub fn process_facts() -> guts_shards::metrics::ProcessFacts {
+    let mut p = guts_shards::metrics::ProcessFacts::default();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces), from field 3.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // rest[0] is field 3 (state): utime 14, stime 15, threads 20,
+            // starttime 22, vsize 23, rss 24.
+            let ticks = ticks_per_second();
+            p.cpu_seconds = (num(11) + num(12)) as f64 / ticks;
+            p.threads = num(17);
+            p.virtual_bytes = num(20);
+            p.resident_bytes = num(21) * page;
+            let boot = std::fs::read_to_string("/proc/stat")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0);
+            p.start_time_unix_s = boot + (num(19) as f64 / ticks) as u64;
+        }
+    }
+    p.open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1) as u64) // the directory's own descriptor
+        .unwrap_or(0);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        p.max_fds = lim.rlim_cur;
+    }
+    p
 }

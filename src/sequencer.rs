@@ -7,6 +7,7 @@
 //! order and only then acknowledge the pushes.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use guts_shards::blocks::BlockLog;
 use guts_shards::{BatchSender, Orderer, OrdererError, Transaction};
 
 /// Transactions that may wait for the sequencer before submitters are refused.
@@ -36,9 +37,12 @@ pub fn queue() -> (SequencerHandle, Receiver<Transaction>) {
     (SequencerHandle { tx }, rx)
 }
 
-/// Run the sequencer loop until every submitter is gone.
-pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>) {
-    let mut height = 0u64;
+/// Run the sequencer loop until every submitter is gone. Heights go on
+/// from the last block in `record`; each block is recorded (durably)
+/// before any shard applies it, so no push is acknowledged at a height a
+/// restart could hand out again.
+pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>, mut record: BlockLog) {
+    let mut height = record.last_height();
     while let Ok(first) = rx.recv() {
         let mut block = vec![first];
         while block.len() < BLOCK_TRANSACTIONS_MAX {
@@ -49,6 +53,13 @@ pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>) {
         }
         height += 1;
         let transactions = block.len();
+        let summaries: Vec<serde_json::Value> =
+            block.iter().map(guts_shards::blocks::summarize).collect();
+        if let Err(e) = record.append(height, &summaries) {
+            // The ref logs stay the truth; only the record of this block
+            // (and, if the disk lost it, the height after a restart) suffers.
+            tracing::error!(height, error = %e, "block not recorded");
+        }
         guts_shards::metrics::record_block(height, transactions as u64);
         let batches = guts_shards::consensus::split_block(height, block, shards.len());
         tracing::debug!(

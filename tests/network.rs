@@ -338,9 +338,10 @@ fn a_full_node_follows_serves_clones_and_refuses_pushes() {
             "HEAD:refs/heads/main",
         ],
     );
-    let want = vec![("refs/heads/main".to_string(), c1)];
+    let want = vec![("refs/heads/main".to_string(), c1.clone())];
     wait_refs(&net, s, &[4], "f", "r", &want);
     clone_and_fsck(s, &net.nodes[4].url("f", "r"), "from-replica");
+    consensus_is_reported(&net, &c1);
 
     let c2 = commit_file(&wt, "f", "2\n", "two");
     let out = git(&wt)
@@ -461,4 +462,84 @@ fn devnet_init_makes_a_network_with_one_admin_token() {
     let want = vec![("refs/heads/main".to_string(), c)];
     assert!(wait_until(AGREE_TIMEOUT, || server_refs(s, &url0) == want));
     clone_and_fsck(s, &url0, "clone-0");
+}
+
+/// One scrape of node `i`: series to value.
+fn scrape(net: &Net, i: usize) -> std::collections::HashMap<String, f64> {
+    let (_, body) = http_anonymous(net.nodes[i].metrics, "GET", "/metrics", &[], b"").unwrap();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn get_json(net: &Net, i: usize, path: &str) -> serde_json::Value {
+    let (status, body) = http_anonymous(net.nodes[i].api, "GET", path, &[], b"").unwrap();
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Metrics, the consensus API and `status` of a network of 4 validators
+/// (nodes 0-3) and a full node (4), after `pushed` was finalized.
+fn consensus_is_reported(net: &Net, pushed: &str) {
+    // Views move and peers connect on every node.
+    let moved = wait_until(AGREE_TIMEOUT, || {
+        let (a, b) = (scrape(net, 0), scrape(net, 4));
+        let get = |m: &std::collections::HashMap<String, f64>, k: &str| m.get(k).copied();
+        get(&a, "guts_consensus_view") > Some(0.0)
+            && get(&a, "guts_p2p_peers_connected") >= Some(3.0)
+            && get(&b, "guts_p2p_peers_connected") >= Some(1.0)
+            && get(&a, "guts_replication_lag_blocks").is_some()
+    });
+    assert!(moved, "view or peers never moved\n{:?}", scrape(net, 0));
+    // The replica applied what the validators finalized: no lag left.
+    let caught_up = wait_until(AGREE_TIMEOUT, || {
+        scrape(net, 4).get("guts_replication_lag_blocks") == Some(&0.0)
+    });
+    assert!(caught_up, "{:?}", scrape(net, 4));
+    let v0 = scrape(net, 0)["guts_consensus_view"];
+    assert!(
+        wait_until(AGREE_TIMEOUT, || scrape(net, 0)["guts_consensus_view"] > v0),
+        "the view stopped moving"
+    );
+
+    let st = get_json(net, 0, "/api/consensus/status");
+    assert_eq!(st["role"], "validator", "{st}");
+    assert_eq!(st["chain_id"], "test-net");
+    assert_eq!(st["validators"], 4);
+    assert_eq!(st["quorum"], 3);
+    assert!(st["public_key"].as_str().map(str::len) == Some(64), "{st}");
+    let replica = get_json(net, 4, "/api/consensus/status");
+    assert_eq!(replica["role"], "full", "{replica}");
+    let vals = get_json(net, 0, "/api/consensus/validators");
+    let list = vals["validators"].as_array().unwrap();
+    assert_eq!(list.len(), 4, "{vals}");
+    assert_eq!(list.iter().filter(|v| v["self"] == true).count(), 1);
+    assert_eq!(vals["followers"].as_array().map(Vec::len), Some(1));
+
+    // The replica's record holds the block that carried the push.
+    let height = replica["height"].as_u64().unwrap();
+    let found = (1..=height).rev().any(|h| {
+        let b = get_json(net, 4, &format!("/api/consensus/blocks/{h}"));
+        b["transactions"]
+            .as_array()
+            .map(|txs| txs.iter().any(|t| t["refs"][0]["new"] == pushed))
+            .unwrap_or(false)
+    });
+    assert!(found, "no recorded block carries {pushed}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_guts-node"))
+        .args(["--api-addr", &net.nodes[4].api.to_string(), "status", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["role"], "full");
+    assert!(v["peers"]["connected"].as_u64() >= Some(1), "{v}");
 }

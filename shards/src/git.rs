@@ -1618,6 +1618,7 @@ async fn receive_pack_data(
             .map_err(|e| ingest_message(&e))
     })
     .await?;
+    crate::metrics::record_objects_ingested(u64::from(finished.object_count()));
     Ok(Some(finished))
 }
 

@@ -15,9 +15,6 @@ use crate::conn::{
 use crate::repo::{check_name, list_repos, RepoError};
 use crate::shard::{Shard, ShardError};
 
-/// A node further behind the finalized chain than this is not ready.
-pub const READY_LAG_MAX_BLOCKS: u64 = 8;
-
 /// How often the watchdog looks at a connection.
 const WATCHDOG_TICK_MS: u64 = 1000;
 /// A response write that makes no progress for this long closes the connection.
@@ -263,8 +260,11 @@ async fn handle(
         },
         state.clone(),
     );
+    let in_flight = crate::metrics::request_started(shard.id);
     let response = route(&shard, &state, req).await;
+    drop(in_flight);
     crate::metrics::record_request(
+        shard.id,
         class,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
@@ -567,33 +567,25 @@ async fn route(
     match (method.clone(), path.as_str()) {
         (Method::GET | Method::HEAD, "/health/live") => return text(StatusCode::OK, "ok"),
         (Method::GET | Method::HEAD, "/health" | "/health/ready") => {
-            let lag = crate::metrics::replication_lag();
-            let height = crate::metrics::block_height();
-            if path == "/health/ready" && lag > READY_LAG_MAX_BLOCKS {
-                return json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"status": "catching_up", "shard": shard.id,
-                        "height": height, "lag_blocks": lag,
-                        "reason": format!("{lag} finalized blocks not applied yet (ready at {READY_LAG_MAX_BLOCKS} or fewer)")}),
-                );
-            }
             // Damaged repositories do not stop the node serving the others:
-            // still 200, but "degraded", and which ones and why.
-            if shard.damaged.is_empty() {
-                return json(
-                    StatusCode::OK,
-                    &serde_json::json!({"status": "ok", "shard": shard.id, "height": height, "lag_blocks": lag}),
-                );
-            }
-            let damaged: Vec<serde_json::Value> = shard
-                .damaged
-                .iter()
-                .map(|d| serde_json::json!({"repo": d.repo, "error": d.reason}))
-                .collect();
-            return json(
-                StatusCode::OK,
-                &serde_json::json!({"status": "degraded", "shard": shard.id, "height": height, "lag_blocks": lag, "damaged_repositories": damaged}),
-            );
+            // "degraded" (200), naming which ones and why. A failing check
+            // (storage not writable, disk nearly full) is 503; so is
+            // readiness while catching up with the finalized chain.
+            let report = crate::health::evaluate(&crate::health::latest(), shard.id, &shard.damaged);
+            let failing = if path == "/health/ready" {
+                !report.ready
+            } else {
+                report.level == crate::health::Level::Fail
+            };
+            let status = if failing {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            return json(status, &report.json);
+        }
+        (_, p) if p.starts_with("/api/consensus/") || p == "/api/consensus" => {
+            return crate::consensus_api::route(shard, &method, p).await;
         }
         _ => {}
     }

@@ -9,11 +9,14 @@
 
 pub mod access_api;
 pub mod auth;
+pub mod blocks;
 pub mod body;
 pub mod config;
 pub mod conn;
 pub mod consensus;
+pub mod consensus_api;
 pub mod git;
+pub mod health;
 pub mod http;
 pub mod maintenance;
 pub mod memory;
@@ -232,6 +235,8 @@ pub fn start(
     ensure_memlock(config.io_memory_bytes)?;
     let access = auth::AccessTable::load(&config.data_dir)?;
     let damaged = Arc::new(repo::check_ref_stores(&config.data_dir));
+    metrics::init_shards(n);
+    metrics::set_repositories_damaged(damaged.len());
     for d in damaged.iter() {
         tracing::error!(repo = %d.repo, reason = %d.reason, "repository damaged: it answers with this error until it is repaired (see docs/operations.md); the others are served");
     }

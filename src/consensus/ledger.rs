@@ -117,6 +117,8 @@ pub struct Ledger {
     wire: Arc<dyn TxWire>,
     read_only: Option<String>,
     sleep: Sleep,
+    /// The record of applied blocks (`GET /api/consensus/blocks/HEIGHT`).
+    record: Option<Mutex<guts_shards::blocks::BlockLog>>,
 }
 
 /// Read the applied height (0 if none recorded).
@@ -152,6 +154,8 @@ pub struct LedgerConfig {
     /// Set on a node that is not a validator: why it refuses writes.
     pub read_only: Option<String>,
     pub sleep: Sleep,
+    /// Where applied blocks are recorded, if anywhere.
+    pub record: Option<guts_shards::blocks::BlockLog>,
 }
 
 impl Ledger {
@@ -172,6 +176,7 @@ impl Ledger {
             wire: cfg.wire,
             read_only: cfg.read_only,
             sleep: cfg.sleep,
+            record: cfg.record.map(Mutex::new),
         })
     }
 
@@ -494,6 +499,10 @@ impl Ledger {
                 op: tx.op.clone(),
             })
             .collect();
+        let summaries: Vec<serde_json::Value> = transactions
+            .iter()
+            .map(guts_shards::blocks::summarize)
+            .collect();
         let mut per_shard: HashMap<usize, (Vec<Transaction>, Vec<Rejection>)> =
             guts_shards::consensus::split_block(height, transactions, self.shard_count)
                 .into_iter()
@@ -531,6 +540,13 @@ impl Ledger {
             let mut state = lock(&self.state);
             state.commit(changes);
             state.applied = height;
+        }
+        if let Some(record) = &self.record {
+            // The applied height (below) is the durable truth; the record
+            // only describes the blocks, so it is not synced on its own.
+            if let Err(e) = lock(record).append(height, &summaries) {
+                tracing::error!(height, error = %e, "block not recorded");
+            }
         }
         if let Err(e) = store_applied(&self.consensus_dir, height) {
             tracing::error!(height, error = %e, "could not record the applied height");

@@ -56,7 +56,14 @@ pub struct Network {
     pub orderer: Arc<dyn Orderer>,
     pub ledger: Arc<Ledger>,
     pub status: engine::Status,
+    /// Peers this node needs connected to make progress (a validator: the
+    /// quorum but itself; a follower: one to follow).
+    pub peers_needed: u64,
     _engine: engine::EngineThread,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An application channel whose sender is known only once the engine runs.
@@ -191,6 +198,13 @@ pub fn start(setup: NetworkSetup, cpu: Option<usize>) -> anyhow::Result<Network>
         wire: wire.clone(),
         read_only,
         sleep,
+        record: match guts_shards::blocks::BlockLog::open(&consensus_dir, false) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "the block record is not kept this run");
+                None
+            }
+        },
     });
 
     let validators = g
@@ -271,7 +285,40 @@ pub fn start(setup: NetworkSetup, cpu: Option<usize>) -> anyhow::Result<Network>
         })
         .context("starting the pack transfer thread")?;
 
+    let member = |name: &str, pubkey: &[u8; 32], addr: SocketAddr, api_url: Option<String>| {
+        guts_shards::consensus_api::Member {
+            name: name.to_string(),
+            public_key: hex(pubkey),
+            p2p_addr: addr.to_string(),
+            api_url,
+        }
+    };
+    guts_shards::consensus_api::set_node_info(guts_shards::consensus_api::NodeInfo {
+        role: match node.role {
+            Role::Validator => guts_shards::health::Role::Validator,
+            Role::Follower => guts_shards::health::Role::Full,
+        },
+        public_key: Some(node.key.to_hex()),
+        chain_id: Some(g.chain_id.clone()),
+        validators: g
+            .validators
+            .iter()
+            .map(|v| member(&v.name, &v.pubkey, v.addr, v.api_url.clone()))
+            .collect(),
+        followers: g
+            .followers
+            .iter()
+            .map(|v| member(&v.name, &v.pubkey, v.addr, None))
+            .collect(),
+        quorum: g.quorum(),
+        consensus_dir: consensus_dir.clone(),
+    });
+
     Ok(Network {
+        peers_needed: match node.role {
+            Role::Validator => g.quorum().saturating_sub(1) as u64,
+            Role::Follower => 1,
+        },
         role: node.role,
         key: node.key,
         orderer: Arc::new(LedgerHandle(ledger.clone())),
