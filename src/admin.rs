@@ -113,9 +113,16 @@ pub fn status(cfg: &NodeConfig, as_json: bool) -> anyhow::Result<bool> {
         serde_json::Value::Null => "-".into(),
         other => other.to_string(),
     };
-    println!("node:          {}", report["api_addr"].as_str().unwrap_or("?"));
+    println!(
+        "node:          {}",
+        report["api_addr"].as_str().unwrap_or("?")
+    );
     println!("version:       {}", text(&report["version"]));
-    println!("role:          {} ({})", text(&report["role"]), text(&report["engine"]));
+    println!(
+        "role:          {} ({})",
+        text(&report["role"]),
+        text(&report["engine"])
+    );
     println!("public key:    {}", text(&report["public_key"]));
     if !report["chain_id"].is_null() {
         println!("chain:         {}", text(&report["chain_id"]));

@@ -128,10 +128,9 @@ struct Monitor {
 impl Monitor {
     fn tick(&mut self) {
         let now = Instant::now();
-        if self
-            .used_at
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_millis(USED_BYTES_INTERVAL_MS))
-        {
+        if self.used_at.is_none_or(|at| {
+            now.duration_since(at) >= Duration::from_millis(USED_BYTES_INTERVAL_MS)
+        }) {
             self.used = used_bytes(&self.data_dir);
             self.repositories = guts_shards::repo::list_repos(&self.data_dir).len() as u64;
             self.used_at = Some(now);

@@ -98,14 +98,35 @@ fn request_in_flight(node: &Node) -> TcpStream {
 
 /// Metrics covered by another test, and which.
 const COVERED_ELSEWHERE: &[(&str, &str)] = &[
-    ("guts_memory_reserved_bytes", "tests/hostile_load.rs (budget spent)"),
-    ("guts_memory_refused_total", "tests/hostile_load.rs (budget spent)"),
-    ("guts_auth_rate_limited_total", "tests/auth.rs (failures past the limit)"),
+    (
+        "guts_memory_reserved_bytes",
+        "tests/hostile_load.rs (budget spent)",
+    ),
+    (
+        "guts_memory_refused_total",
+        "tests/hostile_load.rs (budget spent)",
+    ),
+    (
+        "guts_auth_rate_limited_total",
+        "tests/auth.rs (failures past the limit)",
+    ),
     ("guts_consensus_view", "tests/network.rs (full node test)"),
-    ("guts_p2p_peers_connected", "tests/network.rs (full node test)"),
-    ("guts_replication_lag_blocks", "tests/network.rs (present on a network node; 0 once caught up)"),
-    ("guts_storage_writable", "health_follows_the_data_directory (below)"),
-    ("guts_repositories_damaged", "a_damaged_repository_is_counted_and_named (below)"),
+    (
+        "guts_p2p_peers_connected",
+        "tests/network.rs (full node test)",
+    ),
+    (
+        "guts_replication_lag_blocks",
+        "tests/network.rs (present on a network node; 0 once caught up)",
+    ),
+    (
+        "guts_storage_writable",
+        "health_follows_the_data_directory (below)",
+    ),
+    (
+        "guts_repositories_damaged",
+        "a_damaged_repository_is_counted_and_named (below)",
+    ),
 ];
 
 #[test]
@@ -130,7 +151,10 @@ fn every_documented_metric_moves_when_exercised() {
         assert!(value(&m0, name) > 0.0, "{name} is {}", value(&m0, name));
         moved.insert(name);
     }
-    let version = format!("guts_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    let version = format!(
+        "guts_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
     assert_eq!(value(&m0, &version), 1.0);
     moved.insert("guts_build_info");
 
@@ -172,14 +196,25 @@ fn every_documented_metric_moves_when_exercised() {
         );
         moved.insert(name);
     };
-    for class in ["info_refs", "upload_pack", "receive_pack", "api", "health", "other"] {
+    for class in [
+        "info_refs",
+        "upload_pack",
+        "receive_pack",
+        "api",
+        "health",
+        "other",
+    ] {
         grew(
             &mut moved,
             "guts_http_requests_total",
             &format!("guts_http_requests_total{{class=\"{class}\"}}"),
         );
     }
-    grew(&mut moved, "guts_http_responses_total", "guts_http_responses_total{status=\"4xx\"}");
+    grew(
+        &mut moved,
+        "guts_http_responses_total",
+        "guts_http_responses_total{status=\"4xx\"}",
+    );
     grew(
         &mut moved,
         "guts_http_request_duration_seconds",
@@ -190,8 +225,16 @@ fn every_documented_metric_moves_when_exercised() {
         "guts_http_request_duration_seconds",
         "guts_http_request_duration_seconds_bucket{route=\"api\",status=\"401\",le=\"+Inf\"}",
     );
-    grew(&mut moved, "guts_shard_requests_total", "guts_shard_requests_total{shard=\"0\"}");
-    grew(&mut moved, "guts_git_ref_updates_total", "guts_git_ref_updates_total{result=\"ok\"}");
+    grew(
+        &mut moved,
+        "guts_shard_requests_total",
+        "guts_shard_requests_total{shard=\"0\"}",
+    );
+    grew(
+        &mut moved,
+        "guts_git_ref_updates_total",
+        "guts_git_ref_updates_total{result=\"ok\"}",
+    );
     grew(
         &mut moved,
         "guts_git_ref_updates_total",
@@ -202,16 +245,48 @@ fn every_documented_metric_moves_when_exercised() {
         "guts_git_pack_bytes_total",
         "guts_git_pack_bytes_total{direction=\"received\"}",
     );
-    grew(&mut moved, "guts_git_pack_bytes_total", "guts_git_pack_bytes_total{direction=\"sent\"}");
-    grew(&mut moved, "guts_git_pack_sent_objects_total", "guts_git_pack_sent_objects_total");
-    grew(&mut moved, "guts_git_objects_ingested_total", "guts_git_objects_ingested_total");
+    grew(
+        &mut moved,
+        "guts_git_pack_bytes_total",
+        "guts_git_pack_bytes_total{direction=\"sent\"}",
+    );
+    grew(
+        &mut moved,
+        "guts_git_pack_sent_objects_total",
+        "guts_git_pack_sent_objects_total",
+    );
+    grew(
+        &mut moved,
+        "guts_git_objects_ingested_total",
+        "guts_git_objects_ingested_total",
+    );
     // 3 commits, 3 trees, 3 blobs.
     assert!(value(&m1, "guts_git_objects_ingested_total") >= 9.0);
-    grew(&mut moved, "guts_consensus_block_height", "guts_consensus_block_height");
-    grew(&mut moved, "guts_consensus_transactions_total", "guts_consensus_transactions_total");
-    grew(&mut moved, "guts_auth_failures_total", "guts_auth_failures_total");
-    grew(&mut moved, "guts_memory_budget_bytes", "guts_memory_budget_bytes");
-    grew(&mut moved, "process_cpu_seconds_total", "process_cpu_seconds_total");
+    grew(
+        &mut moved,
+        "guts_consensus_block_height",
+        "guts_consensus_block_height",
+    );
+    grew(
+        &mut moved,
+        "guts_consensus_transactions_total",
+        "guts_consensus_transactions_total",
+    );
+    grew(
+        &mut moved,
+        "guts_auth_failures_total",
+        "guts_auth_failures_total",
+    );
+    grew(
+        &mut moved,
+        "guts_memory_budget_bytes",
+        "guts_memory_budget_bytes",
+    );
+    grew(
+        &mut moved,
+        "process_cpu_seconds_total",
+        "process_cpu_seconds_total",
+    );
 
     // Measured by the monitor: the data directory grew, a repository appeared.
     let used0 = value(&m0, "guts_storage_used_bytes");
@@ -224,7 +299,11 @@ fn every_documented_metric_moves_when_exercised() {
         }),
         "storage use, repositories or uptime never moved"
     );
-    moved.extend(["guts_storage_used_bytes", "guts_repositories", "guts_uptime_seconds"]);
+    moved.extend([
+        "guts_storage_used_bytes",
+        "guts_repositories",
+        "guts_uptime_seconds",
+    ]);
 
     // Requests in flight, open connections and descriptors, refusals.
     let before = scrape(&node);
@@ -243,7 +322,8 @@ fn every_documented_metric_moves_when_exercised() {
     let mut refused = false;
     for _ in 0..16 {
         let mut c = TcpStream::connect(node.api).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut buf = [0u8; 64];
         match std::io::Read::read(&mut c, &mut buf) {
             Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 429") => {
@@ -496,7 +576,10 @@ fn the_block_height_survives_a_restart_and_blocks_are_answered() {
     assert_eq!(status, 200);
     assert_eq!(block["transactions"][0]["type"], "create_repository");
     let (status, genesis) = get_json(&node, "/api/consensus/blocks/0");
-    assert_eq!((status, genesis["transaction_count"].as_u64()), (200, Some(0)));
+    assert_eq!(
+        (status, genesis["transaction_count"].as_u64()),
+        (200, Some(0))
+    );
     let (status, v) = get_json(&node, "/api/consensus/blocks/999999");
     assert_eq!(status, 404, "{v}");
     let (status, v) = get_json(&node, "/api/consensus/blocks/abc");
@@ -510,7 +593,11 @@ fn the_block_height_survives_a_restart_and_blocks_are_answered() {
     assert_eq!(st["height"], height as u64);
     let (status, vals) = get_json(&node, "/api/consensus/validators");
     assert_eq!(status, 200);
-    assert_eq!(vals["validators"].as_array().map(Vec::len), Some(1), "{vals}");
+    assert_eq!(
+        vals["validators"].as_array().map(Vec::len),
+        Some(1),
+        "{vals}"
+    );
     assert_eq!(vals["validators"][0]["self"], true);
 
     // After a crash the height is where it was, and goes on from there.
@@ -558,7 +645,13 @@ fn health_follows_the_data_directory() {
     let (status, h) = get_json(&node, "/health");
     assert_eq!(status, 200, "{h}");
     assert_eq!(h["status"], "ok", "{h}");
-    for check in ["storage_writable", "disk_space", "consensus", "peers", "repositories"] {
+    for check in [
+        "storage_writable",
+        "disk_space",
+        "consensus",
+        "peers",
+        "repositories",
+    ] {
         assert_eq!(h["checks"][check]["status"], "ok", "{check}: {h}");
     }
     assert!(h["checks"]["disk_space"]["available_bytes"].as_u64() > Some(0));
@@ -627,9 +720,15 @@ fn a_damaged_repository_is_counted_and_named() {
     assert_eq!(status, 200, "the others are served: {h}");
     assert_eq!(h["status"], "degraded");
     assert_eq!(h["checks"]["repositories"]["status"], "warn");
-    assert_eq!(h["checks"]["repositories"]["damaged"][0]["repo"], "alice/bad");
+    assert_eq!(
+        h["checks"]["repositories"]["damaged"][0]["repo"],
+        "alice/bad"
+    );
     let (status, _) = get_json(&node, "/health/ready");
-    assert_eq!(status, 200, "damage elsewhere does not make the node unready");
+    assert_eq!(
+        status, 200,
+        "damage elsewhere does not make the node unready"
+    );
 }
 
 #[test]
@@ -653,14 +752,25 @@ fn status_and_version_commands() {
     assert_eq!(st["health"]["ready"], true);
     assert_eq!(st["peers"]["connected"], 0);
     assert!(
-        wait_until(MEASURE_TIMEOUT, || status_json(&node).1["repositories"]["count"] == 1),
+        wait_until(MEASURE_TIMEOUT, || status_json(&node).1["repositories"]
+            ["count"]
+            == 1),
         "status never counted the repository"
     );
 
     let out = guts_node(&["--api-addr", &node.api.to_string(), "status"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for field in ["version:", "role:", "public key:", "height:", "peers:", "repositories:", "disk:", "health:"] {
+    for field in [
+        "version:",
+        "role:",
+        "public key:",
+        "height:",
+        "peers:",
+        "repositories:",
+        "disk:",
+        "health:",
+    ] {
         assert!(text.contains(field), "{field} missing:\n{text}");
     }
     assert!(text.contains("standalone"), "{text}");

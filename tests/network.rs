@@ -533,12 +533,16 @@ fn consensus_is_reported(net: &Net, pushed: &str) {
     assert!(found, "no recorded block carries {pushed}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_guts-node"))
-        .args(["--api-addr", &net.nodes[4].api.to_string(), "status", "--json"])
+        .args([
+            "--api-addr",
+            &net.nodes[4].api.to_string(),
+            "status",
+            "--json",
+        ])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr))
-    });
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["role"], "full");
     assert!(v["peers"]["connected"].as_u64() >= Some(1), "{v}");

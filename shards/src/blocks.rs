@@ -131,8 +131,7 @@ impl BlockLog {
         std::fs::create_dir_all(consensus_dir).map_err(io_err(consensus_dir))?;
         let current = consensus_dir.join(CURRENT_FILE);
         let (heights, good) = scan(&current).map_err(io_err(&current))?;
-        let (previous, _) =
-            scan(&consensus_dir.join(PREVIOUS_FILE)).map_err(io_err(&current))?;
+        let (previous, _) = scan(&consensus_dir.join(PREVIOUS_FILE)).map_err(io_err(&current))?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -267,7 +266,10 @@ mod tests {
         }
         drop(log);
         let path = dir.path().join(CURRENT_FILE);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"height\": 4, \"tra").unwrap();
         let mut log = BlockLog::open(dir.path(), true).unwrap();
         assert_eq!(log.last_height(), 3);

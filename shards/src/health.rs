@@ -132,7 +132,11 @@ pub fn evaluate(c: &NodeChecks, shard: usize, damaged: &[crate::repo::DamagedRep
     } else if c.storage_writable {
         items.push((
             "storage_writable",
-            check(Level::Ok, "the data directory accepts writes".into(), json!({})),
+            check(
+                Level::Ok,
+                "the data directory accepts writes".into(),
+                json!({}),
+            ),
         ));
     } else {
         items.push((
@@ -192,11 +196,7 @@ pub fn evaluate(c: &NodeChecks, shard: usize, damaged: &[crate::repo::DamagedRep
     items.push(("consensus", consensus));
     let peers_extra = json!({"connected": c.peers_connected, "needed": c.peers_needed});
     let peers = if c.role == Role::Standalone {
-        check(
-            Level::Ok,
-            "standalone: no peers needed".into(),
-            peers_extra,
-        )
+        check(Level::Ok, "standalone: no peers needed".into(), peers_extra)
     } else if c.peers_connected < c.peers_needed {
         check(
             Level::Warn,
@@ -323,6 +323,9 @@ mod tests {
         assert_eq!(r.json["checks"]["consensus"]["status"], "warn");
         c.view_still_ms = 0;
         c.peers_connected = 1;
-        assert_eq!(evaluate(&c, 0, &[]).json["checks"]["peers"]["status"], "warn");
+        assert_eq!(
+            evaluate(&c, 0, &[]).json["checks"]["peers"]["status"],
+            "warn"
+        );
     }
 }

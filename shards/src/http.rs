@@ -571,7 +571,8 @@ async fn route(
             // "degraded" (200), naming which ones and why. A failing check
             // (storage not writable, disk nearly full) is 503; so is
             // readiness while catching up with the finalized chain.
-            let report = crate::health::evaluate(&crate::health::latest(), shard.id, &shard.damaged);
+            let report =
+                crate::health::evaluate(&crate::health::latest(), shard.id, &shard.damaged);
             let failing = if path == "/health/ready" {
                 !report.ready
             } else {

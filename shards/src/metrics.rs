@@ -334,7 +334,10 @@ pub fn record_objects_ingested(objects: u64) {
 /// Count pack bytes and objects sent to clients.
 pub fn record_pack_sent(bytes: u64, objects: u64) {
     if bytes > 0 {
-        METRICS.pack_bytes.with_label_values(&["sent"]).inc_by(bytes);
+        METRICS
+            .pack_bytes
+            .with_label_values(&["sent"])
+            .inc_by(bytes);
     }
     METRICS.pack_sent_objects.inc_by(objects);
 }
@@ -482,9 +485,8 @@ mod tests {
         ] {
             assert!(types.contains(name), "{name} missing from\n{text}");
         }
-        assert!(text.contains(
-            "guts_http_request_duration_seconds_count{route=\"api\",status=\"200\"} 1"
-        ));
+        assert!(text
+            .contains("guts_http_request_duration_seconds_count{route=\"api\",status=\"200\"} 1"));
         assert!(text.contains("guts_shard_requests_total{shard=\"1\"} 1"));
         assert!(text.contains("guts_http_requests_in_flight{shard=\"0\"} 0"));
     }
