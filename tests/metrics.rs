@@ -432,7 +432,7 @@ fn check_exposition(text: &str) -> Result<(), String> {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| format!("bad label {pair}"))?;
-            if !valid_name(k) || !(v.starts_with('"') && v.ends_with('"') && v.len() >= 2) {
+            if !(valid_name(k) && v.starts_with('"') && v.ends_with('"') && v.len() >= 2) {
                 return Err(format!("bad label {pair} in {line}"));
             }
         }
