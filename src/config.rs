@@ -182,6 +182,38 @@ pub enum Command {
     /// A local network of validators on this machine.
     #[command(subcommand)]
     Devnet(DevnetCommand),
+    /// Check a data directory (packs, indexes, ref logs, connectivity)
+    /// without changing it: exit 0 when consistent, 1 naming each damaged
+    /// file or ref, 2 when it cannot check. Safe while the node runs.
+    Verify,
+    /// Write a consistent backup of a data directory (while the node runs
+    /// or not): zstd-compressed tar of every repository's refs and the
+    /// packs they need, the access table and the consensus state.
+    Backup {
+        /// The backup file to write (never overwritten).
+        #[arg(long)]
+        output: PathBuf,
+        /// Also copy the node's private key and admin token (left out by
+        /// default: a backup is then safe to store where secrets may not go).
+        #[arg(long)]
+        include_secrets: bool,
+    },
+    /// Restore a backup into a new, empty data directory (--data-dir).
+    Restore {
+        /// The backup file (written by `backup`).
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Collect configuration (secrets redacted), status, metrics, logs and
+    /// host facts into one tar.gz for a support request.
+    Diagnostics {
+        /// The archive to write, e.g. /tmp/diag-$(date +%Y%m%d-%H%M%S).tar.gz.
+        #[arg(long)]
+        output: PathBuf,
+        /// A log file of the node to include (the last part of it).
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
     /// Manage API tokens on a running node (with its admin token, from
     /// `DATA/admin.token` or `GUTS_TOKEN`).
     Token {

@@ -5,14 +5,17 @@
 //! environment > TOML file (`--config`) > embedded defaults.
 
 mod admin;
+mod backup;
 mod config;
 mod consensus;
 mod devnet;
+mod diagnostics;
 mod lifecycle;
 mod metrics;
 mod monitor;
 mod sequencer;
 mod tune;
+mod verify;
 
 use anyhow::Context;
 use clap::Parser;
@@ -47,6 +50,24 @@ fn main() {
             NodeConfig::resolve(&cli).and_then(|cfg| admin::token(&cfg, &action))
         }
         Some(Command::Tune(cmd)) => tune::run(&cli, &cmd),
+        Some(Command::Verify) => match data_dir_of(&cli) {
+            Ok(dir) => std::process::exit(verify::run(&dir)),
+            Err(e) => {
+                eprintln!("guts-node verify: {e:#}");
+                std::process::exit(verify::EXIT_CANNOT_CHECK)
+            }
+        },
+        Some(Command::Backup {
+            output,
+            include_secrets,
+        }) => data_dir_of(&cli).and_then(|dir| backup::backup(&dir, &output, include_secrets)),
+        Some(Command::Restore { input }) => match &cli.data_dir {
+            Some(dir) => backup::restore(&input, dir),
+            None => Err(anyhow::anyhow!(
+                "restore needs --data-dir naming the new (empty or absent) data directory"
+            )),
+        },
+        Some(Command::Diagnostics { output, log_file }) => diagnostics(&cli, &output, log_file.as_deref()),
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
@@ -66,6 +87,34 @@ fn init_logging(format: Option<config::LogFormat>) {
     } else {
         builder.init();
     }
+}
+
+/// The data directory an offline command works on: `--data-dir`
+/// (`GUTS_DATA_DIR`), else the configuration's.
+fn data_dir_of(cli: &Cli) -> anyhow::Result<std::path::PathBuf> {
+    match &cli.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(NodeConfig::resolve(cli)?.data_dir),
+    }
+}
+
+fn diagnostics(
+    cli: &Cli,
+    output: &std::path::Path,
+    log_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let cfg = NodeConfig::resolve(cli)?;
+    diagnostics::run(
+        &diagnostics::Target {
+            data_dir: &cfg.data_dir,
+            api_addr: cfg.api_addr,
+            metrics_addr: cfg.metrics_addr,
+            config_text: format!("{cfg:#?}\n"),
+            config_file: cli.config.as_deref(),
+            log_file,
+        },
+        output,
+    )
 }
 
 fn show_config(cli: &Cli) -> anyhow::Result<()> {

@@ -20,6 +20,7 @@ pub mod pack;
 pub mod refname;
 pub mod refs;
 pub mod store;
+pub mod verify;
 pub mod walk;
 
 pub use object::ObjectKind;

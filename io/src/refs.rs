@@ -38,9 +38,14 @@
 //! payload = seq u64 | head_len u16 | head | count u64 | count × (name_len u16 | name | oid [20])
 //! ```
 //!
-//! Compaction also exports `HEAD` and `packed-refs` in C git's formats, so a
-//! copy of the directory (with its `objects/`) is a bare repository `git`
-//! can read. Those files are a convenience, never read back.
+//! `HEAD` and `packed-refs` are exported in C git's formats ([`GitExport`]),
+//! so a copy of the directory (with its `objects/`) is a bare repository
+//! `git` can read: at compaction, at `open` when they are missing or behind
+//! the log, and by the owner after each batch it applies. Those files are
+//! an export, never read back into the state: the log is the truth.
+//!
+//! [`read_state`] reads a store another process has open (a backup or a
+//! check of a running node's data): no lock, nothing written.
 //!
 //! One process at a time: `open` takes an exclusive `flock` on the log.
 
@@ -261,7 +266,6 @@ impl RefStore {
         let log_path = dir.join(LOG_FILE_NAME);
         let snapshot_path = dir.join(SNAPSHOT_FILE_NAME);
         let log_existed = exists(&log_path)?;
-        let snapshot_existed = exists(&snapshot_path)?;
 
         let mut log = OpenOptions::new()
             .read(true)
@@ -339,8 +343,12 @@ impl RefStore {
             poisoned: false,
             record_buf: Vec::new(),
         };
-        if (!log_existed && !snapshot_existed) || !exists(&dir.join("HEAD"))? {
-            store.export_git_files()?;
+        // The export may be missing (a new store) or behind the log (the
+        // node stopped between applying a batch and exporting it): bring
+        // it up to date. It is compared, never read back into the state.
+        let export = store.git_export();
+        if !export.is_current()? {
+            export.write()?;
         }
         Ok(store)
     }
@@ -507,28 +515,25 @@ impl RefStore {
     }
 
     /// Write `HEAD` (`ref: <target>`) and `packed-refs` (sorted, unpeeled)
-    /// in C git's formats, each through a temporary file and `rename`, and
-    /// make sure a `refs/` directory exists, so that a copy of the
-    /// repository directory (with its `objects/`) is a bare repository C git
-    /// can read. These files are an export: the store never reads them.
+    /// in C git's formats, each through a temporary file, `fsync` and
+    /// `rename`, and make sure a `refs/` directory exists, so that a copy of
+    /// the repository directory (with its `objects/`) is a bare repository C
+    /// git can read. These files are an export: the store never reads them.
     pub fn export_git_files(&self) -> Result<(), RefError> {
-        let mut packed = String::with_capacity(PACKED_REFS_HEADER.len() + self.refs.len() * 64);
-        packed.push_str(PACKED_REFS_HEADER);
-        for (name, oid) in &self.refs {
-            oid.write_hex(&mut packed);
-            packed.push(' ');
-            packed.push_str(name);
-            packed.push('\n');
-        }
-        write_file_atomically(&self.dir, "packed-refs", packed.as_bytes())?;
-        write_file_atomically(
-            &self.dir,
-            "HEAD",
-            format!("ref: {}\n", self.head).as_bytes(),
-        )?;
-        fs::create_dir_all(self.dir.join("refs"))?;
-        sync_dir(&self.dir)?;
+        self.git_export().write()?;
         Ok(())
+    }
+
+    /// The current state as C git's `HEAD` and `packed-refs`, to be written
+    /// later, elsewhere (off the thread that applies updates):
+    /// [`GitExport::write`].
+    pub fn git_export(&self) -> GitExport {
+        GitExport {
+            dir: self.dir.clone(),
+            seq: self.seq,
+            head: format!("ref: {}\n", self.head),
+            packed_refs: packed_refs_text(&self.refs),
+        }
     }
 
     /// True after a failed write: the store refuses writes until reopened.
@@ -581,6 +586,195 @@ impl RefStore {
             }
         }
     }
+}
+
+/// `HEAD` and `packed-refs` of one ref store at one sequence number, in C
+/// git's formats: what C git reads of a copy of the repository. `Send`, so
+/// the files can be written off the thread that owns the store.
+#[derive(Debug, Clone)]
+pub struct GitExport {
+    dir: PathBuf,
+    seq: u64,
+    head: String,
+    packed_refs: String,
+}
+
+impl GitExport {
+    /// The sequence number of the state this export holds.
+    pub fn sequence(&self) -> u64 {
+        self.seq
+    }
+
+    /// The contents of `packed-refs`.
+    pub fn packed_refs(&self) -> &str {
+        &self.packed_refs
+    }
+
+    /// Whether the files on disk already hold this export.
+    pub fn is_current(&self) -> io::Result<bool> {
+        let read = |name: &str| match fs::read(self.dir.join(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        Ok(read("HEAD")?.as_deref() == Some(self.head.as_bytes())
+            && read("packed-refs")?.as_deref() == Some(self.packed_refs.as_bytes())
+            && self.dir.join("refs").is_dir())
+    }
+
+    /// Write `packed-refs` and `HEAD` atomically (temporary file, `fsync`,
+    /// `rename`, directory `fsync`). Exports of one directory are written
+    /// one at a time and never go backwards: an export older than one
+    /// already written is skipped (returns `false`).
+    pub fn write(&self) -> io::Result<bool> {
+        let guard = export_guard(&self.dir);
+        let mut last = guard.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|last| self.seq < last) {
+            return Ok(false);
+        }
+        write_file_atomically(&self.dir, "packed-refs", self.packed_refs.as_bytes())?;
+        write_file_atomically(&self.dir, "HEAD", self.head.as_bytes())?;
+        fs::create_dir_all(self.dir.join("refs"))?;
+        sync_dir(&self.dir)?;
+        *last = Some(self.seq);
+        Ok(true)
+    }
+}
+
+/// A snapshot file ([`SNAPSHOT_FILE_NAME`]) holding `state`: with an empty
+/// log next to it, a store whose state is `state` (how a backup is
+/// restored).
+pub fn snapshot_file_bytes(state: &RefState) -> Vec<u8> {
+    encode_snapshot(state.seq, &state.head, &state.refs)
+}
+
+/// `refs` as C git's `packed-refs` file (sorted, unpeeled).
+pub fn packed_refs_text(refs: &BTreeMap<String, ObjectId>) -> String {
+    let mut packed = String::with_capacity(PACKED_REFS_HEADER.len() + refs.len() * 64);
+    packed.push_str(PACKED_REFS_HEADER);
+    for (name, oid) in refs {
+        oid.write_hex(&mut packed);
+        packed.push(' ');
+        packed.push_str(name);
+        packed.push('\n');
+    }
+    packed
+}
+
+/// The last sequence exported per repository directory in this process,
+/// each behind its own lock: exports of one directory are serialised and
+/// monotonic whichever store instance or thread writes them.
+fn export_guard(dir: &Path) -> std::sync::Arc<std::sync::Mutex<Option<u64>>> {
+    type Guards = std::sync::Mutex<HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<Option<u64>>>>>;
+    static GUARDS: std::sync::OnceLock<Guards> = std::sync::OnceLock::new();
+    let mut guards = GUARDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    guards.entry(dir.to_path_buf()).or_default().clone()
+}
+
+/// A ref store's state as [`read_state`] found it.
+#[derive(Debug)]
+pub struct RefState {
+    /// All refs, sorted by name.
+    pub refs: BTreeMap<String, ObjectId>,
+    /// Where `HEAD` points.
+    pub head: String,
+    /// Sequence number of the last record.
+    pub seq: u64,
+    /// Damage at the end of the log that recovery would drop, if any.
+    pub torn_tail: Option<TornTailReport>,
+}
+
+/// Damage at the end of a ref log: a record cut short by a crash, or the
+/// last record damaged later (recovery cannot tell the two apart).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TornTailReport {
+    /// The log file.
+    pub path: PathBuf,
+    /// Where the damage starts.
+    pub offset: u64,
+    /// Bytes from there to the end of the log.
+    pub bytes: u64,
+    /// Why the record there does not decode.
+    pub reason: DecodeError,
+}
+
+/// Attempts [`read_state`] makes when compaction replaces the snapshot
+/// while it reads.
+const READ_STATE_ATTEMPTS_MAX: usize = 16;
+
+/// Read the state of the store in `dir` without opening it for writing: no
+/// lock is taken, a torn tail is reported rather than truncated, and
+/// nothing is created. Safe while the node has the store open: a record
+/// being appended reads as a torn tail (not yet part of the state), and a
+/// compaction running meanwhile is detected (the snapshot file changed
+/// under the read) and the read starts over.
+pub fn read_state(dir: &Path) -> Result<RefState, RefError> {
+    use std::os::unix::fs::MetadataExt;
+    let log_path = dir.join(LOG_FILE_NAME);
+    let snapshot_path = dir.join(SNAPSHOT_FILE_NAME);
+    let identity = |path: &Path| -> io::Result<Option<(u64, u64)>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some((m.dev(), m.ino()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    for _ in 0..READ_STATE_ATTEMPTS_MAX {
+        // Compaction renames a new snapshot into place before it empties
+        // the log: if the snapshot is the same file after the log was
+        // read, the log read belongs to it.
+        let (snapshot_id, snapshot_bytes) = match File::open(&snapshot_path) {
+            Ok(mut f) => {
+                let meta = f.metadata()?;
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                (Some((meta.dev(), meta.ino())), Some(bytes))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+            Err(e) => return Err(e.into()),
+        };
+        let log_bytes = match fs::read(&log_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && snapshot_id.is_some() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        if identity(&snapshot_path)? != snapshot_id {
+            continue;
+        }
+        let mut state = match &snapshot_bytes {
+            Some(bytes) => decode_snapshot(bytes).map_err(|(offset, reason)| RefError::Corrupt {
+                path: snapshot_path.clone(),
+                offset,
+                reason,
+            })?,
+            None => State::new(),
+        };
+        let replay =
+            replay_log(&log_bytes, &mut state).map_err(|(offset, reason)| RefError::Corrupt {
+                path: log_path.clone(),
+                offset,
+                reason,
+            })?;
+        let torn_tail = replay.torn.map(|torn| TornTailReport {
+            path: log_path.clone(),
+            offset: torn.offset as u64,
+            bytes: (log_bytes.len() - torn.offset) as u64,
+            reason: torn.reason,
+        });
+        return Ok(RefState {
+            refs: state.refs,
+            head: state.head,
+            seq: state.seq,
+            torn_tail,
+        });
+    }
+    Err(RefError::Io(io::Error::other(format!(
+        "{}: the snapshot kept changing while it was read ({READ_STATE_ATTEMPTS_MAX} attempts)",
+        snapshot_path.display()
+    ))))
 }
 
 /// The recovered state while loading.
@@ -1634,4 +1828,77 @@ mod tests {
         );
         assert_eq!(git(dir, &["rev-parse", "HEAD"], None), format!("{blob}\n"));
     }
+
+    #[test]
+    fn read_state_sees_what_open_sees_without_locking_or_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let store = three_records(dir);
+        // The store is open (locked): read_state still reads it.
+        let state = read_state(dir).unwrap();
+        assert_eq!(state.seq, 3);
+        assert_eq!(&state.refs, store.refs());
+        assert!(state.torn_tail.is_none());
+        drop(store);
+        // A torn tail is reported, not truncated.
+        append_raw(dir, &record_bytes(4, &[create("refs/heads/r4", oid(4))])[..20]);
+        let len = fs::metadata(log_path(dir)).unwrap().len();
+        let state = read_state(dir).unwrap();
+        assert_eq!(state.seq, 3);
+        let torn = state.torn_tail.unwrap();
+        assert_eq!(torn.bytes, 20);
+        assert_eq!(fs::metadata(log_path(dir)).unwrap().len(), len);
+    }
+
+    #[test]
+    fn read_state_across_compaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = three_records(dir);
+        store.compact().unwrap();
+        store.apply(&[create("refs/heads/r4", oid(4))]).unwrap();
+        let state = read_state(dir).unwrap();
+        assert_eq!(state.seq, 4);
+        assert_eq!(&state.refs, store.refs());
+        // A snapshot file rebuilt from the state, with an empty log, opens
+        // as the same store.
+        let copy = tempfile::tempdir().unwrap();
+        fs::write(copy.path().join(SNAPSHOT_FILE_NAME), snapshot_file_bytes(&state)).unwrap();
+        fs::write(copy.path().join(LOG_FILE_NAME), b"").unwrap();
+        let reopened = RefStore::open(copy.path()).unwrap();
+        assert_eq!(reopened.refs(), store.refs());
+        assert_eq!(reopened.sequence(), 4);
+        assert_eq!(
+            fs::read_to_string(copy.path().join("packed-refs")).unwrap(),
+            packed_refs_text(store.refs())
+        );
+    }
+
+    #[test]
+    fn exports_never_go_backwards_and_open_repairs_a_stale_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = RefStore::open(dir).unwrap();
+        store.apply(&[create("refs/heads/main", oid(1))]).unwrap();
+        let old = store.git_export();
+        store
+            .apply(&[update("refs/heads/main", oid(1), oid(2))])
+            .unwrap();
+        let new = store.git_export();
+        assert!(new.write().unwrap());
+        assert!(!old.write().unwrap(), "an older export overwrote a newer one");
+        assert!(new.is_current().unwrap());
+        assert!(fs::read_to_string(dir.join("packed-refs"))
+            .unwrap()
+            .contains(&oid(2).to_string()));
+        drop(store);
+        // Someone writes other values: the log wins at the next open.
+        fs::write(dir.join("packed-refs"), "# pack-refs with: sorted \n").unwrap();
+        fs::write(dir.join("HEAD"), "ref: refs/heads/other\n").unwrap();
+        let store = RefStore::open(dir).unwrap();
+        assert_eq!(store.get("refs/heads/main"), Some(oid(2)));
+        assert_eq!(store.head_target(), "refs/heads/main");
+        assert!(store.git_export().is_current().unwrap());
+    }
+
 }

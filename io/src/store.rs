@@ -728,6 +728,19 @@ impl ObjectStore {
         })
     }
 
+    /// A store over packs the caller opened one by one (a check that
+    /// reports each damaged pack rather than stopping at the first).
+    pub fn from_packs(objects_dir: &Path, packs: Vec<Pack>) -> ObjectStore {
+        ObjectStore {
+            objects_dir: Arc::new(objects_dir.to_path_buf()),
+            packs: Arc::new(packs.into_iter().map(Arc::new).collect()),
+            shared: Arc::new(Shared {
+                bases: Mutex::new(BaseCache::new()),
+                commits: Mutex::new(ahash::AHashMap::new()),
+            }),
+        }
+    }
+
     /// The objects directory this store reads.
     pub fn objects_dir(&self) -> &Path {
         &self.objects_dir

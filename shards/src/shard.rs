@@ -147,6 +147,10 @@ pub struct Shard {
     bulk: glommio::TaskQueueHandle,
     /// TLS for new connections, if configured (replaced on reload).
     pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
+    /// Repositories whose `packed-refs`/`HEAD` export is being written (by
+    /// key); `true` when refs changed again meanwhile, so the writer goes
+    /// round once more.
+    exports: RefCell<HashMap<String, bool>>,
 }
 
 impl Shard {
@@ -193,6 +197,7 @@ impl Shard {
                 "git-services",
             ),
             tls: RefCell::new(config.tls.clone().map(crate::tls::acceptor)),
+            exports: RefCell::new(HashMap::new()),
             config,
         })
     }
@@ -492,8 +497,69 @@ impl Shard {
                 continue;
             }
             last_height = batch.height.max(last_height);
+            let touched: Vec<String> = batch
+                .transactions
+                .iter()
+                .filter(|tx| matches!(tx.op, Op::Update { .. }))
+                .map(|tx| tx.repo.clone())
+                .collect();
             self.apply_batch(batch).await;
+            for key in touched {
+                self.export_git_files(key);
+            }
         }
+    }
+
+    /// Bring the `packed-refs` and `HEAD` C git reads in repository `key`
+    /// up to date with its ref log, off the push's path: the waiting pushes
+    /// are already answered, the files are written on the blocking pool,
+    /// and changes made while one export is written are coalesced into the
+    /// next. Those files are never read back (the log is the truth), so a
+    /// crash that leaves them behind loses nothing: the store rewrites
+    /// them when it is next opened.
+    fn export_git_files(self: &Rc<Self>, key: String) {
+        {
+            let mut exports = self.exports.borrow_mut();
+            if let Some(again) = exports.get_mut(&key) {
+                *again = true;
+                return;
+            }
+            exports.insert(key.clone(), false);
+        }
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                shard.exports.borrow_mut().insert(key.clone(), false);
+                let repo = key
+                    .split_once('/')
+                    .and_then(|(owner, name)| shard.repo(owner, name).ok());
+                let export = match &repo {
+                    Some(r) => r.try_borrow().map(|r| Some(r.refs.git_export())),
+                    None => Ok(None),
+                };
+                drop(repo);
+                let Ok(export) = export else {
+                    // In use across an await: try again shortly.
+                    futures_lite::future::yield_now().await;
+                    continue;
+                };
+                if let Some(export) = export {
+                    let written = glommio::executor()
+                        .spawn_blocking(move || export.write())
+                        .await;
+                    if let Err(e) = written {
+                        tracing::warn!(repo = %key, error = %e, "packed-refs/HEAD export not written; C git reading the data directory sees older refs until the next one");
+                    }
+                }
+                let mut exports = shard.exports.borrow_mut();
+                if exports.get(&key) == Some(&true) {
+                    continue;
+                }
+                exports.remove(&key);
+                break;
+            }
+        })
+        .detach();
     }
 
     async fn apply_batch(&self, batch: FinalizedBatch) {
