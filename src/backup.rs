@@ -132,7 +132,10 @@ pub fn backup(data_dir: &Path, output: &Path, include_secrets: bool) -> anyhow::
                 std::fs::write(copy.join("applied-height"), h.to_le_bytes())?;
             }
             for path in files_under(&copy)? {
-                let rel = path.strip_prefix(&staging.0)?.to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(&staging.0)?
+                    .to_string_lossy()
+                    .into_owned();
                 if rel.ends_with(".tmp") {
                     continue;
                 }
@@ -277,7 +280,11 @@ fn capture_repo(
             let pack_path = pack.path().to_path_buf();
             let idx_path = pack_path.with_extension("idx");
             for p in [&pack_path, &idx_path] {
-                let file = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let file = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
                 files.push((
                     p.clone(),
                     format!("{DATA_PREFIX}/{rel}/objects/pack/{file}"),
@@ -452,7 +459,8 @@ pub fn restore(input: &Path, data_dir: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).context(format!("reading {}", data_dir.display())),
     }
-    let file = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let file =
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let parent = match data_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -465,22 +473,20 @@ pub fn restore(input: &Path, data_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&container)?;
     let cleanup = Staging(container.clone());
     let tmp = container.join(DATA_PREFIX);
-    let decoder = zstd::Decoder::new(file).with_context(|| {
-        format!("{} is not a backup (not zstd-compressed)", input.display())
-    })?;
+    let decoder = zstd::Decoder::new(file)
+        .with_context(|| format!("{} is not a backup (not zstd-compressed)", input.display()))?;
     let mut archive = tar::Archive::new(decoder);
     let mut manifest: Option<Manifest> = None;
     let entries = archive
         .entries()
         .with_context(|| format!("{} is not a backup (not a tar)", input.display()))?;
     for entry in entries {
-        let mut entry =
-            entry.with_context(|| {
-                format!(
-                    "{} is not a backup, or is damaged or truncated",
-                    input.display()
-                )
-            })?;
+        let mut entry = entry.with_context(|| {
+            format!(
+                "{} is not a backup, or is damaged or truncated",
+                input.display()
+            )
+        })?;
         let path = entry.path()?.into_owned();
         if path == Path::new(MANIFEST_NAME) {
             let mut json = Vec::new();

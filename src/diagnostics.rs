@@ -113,7 +113,10 @@ pub fn run(target: &Target<'_>, output: &Path) -> anyhow::Result<()> {
         ("status/health-ready.json", "/health/ready"),
         ("status/health-live.json", "/health/live"),
         ("status/consensus-status.json", "/api/consensus/status"),
-        ("status/consensus-validators.json", "/api/consensus/validators"),
+        (
+            "status/consensus-validators.json",
+            "/api/consensus/validators",
+        ),
     ] {
         match http_get(target.api_addr, path) {
             Ok((status, body)) => {
@@ -150,7 +153,11 @@ pub fn run(target: &Target<'_>, output: &Path) -> anyhow::Result<()> {
         Some(path) => match tail(path, LOG_TAIL_MAX_BYTES) {
             Ok(bytes) => c.add(
                 "logs/node.log",
-                &format!("last {} bytes at most of {}", LOG_TAIL_MAX_BYTES, path.display()),
+                &format!(
+                    "last {} bytes at most of {}",
+                    LOG_TAIL_MAX_BYTES,
+                    path.display()
+                ),
                 bytes,
             ),
             Err(e) => c.missing("logs/node.log", &format!("{}: {e}", path.display())),
@@ -163,14 +170,25 @@ pub fn run(target: &Target<'_>, output: &Path) -> anyhow::Result<()> {
     let lines = JOURNAL_LINES_MAX.to_string();
     match command(
         "journalctl",
-        &["-u", "guts-node", "-n", &lines, "--no-pager", "-o", "short-iso"],
+        &[
+            "-u",
+            "guts-node",
+            "-n",
+            &lines,
+            "--no-pager",
+            "-o",
+            "short-iso",
+        ],
     ) {
         Ok(out) if !out.trim().is_empty() && !out.contains("-- No entries --") => c.add(
             "logs/journal.txt",
             "journalctl -u guts-node (last lines)",
             out.into_bytes(),
         ),
-        Ok(_) => c.missing("logs/journal.txt", "the journal has no entries for unit guts-node"),
+        Ok(_) => c.missing(
+            "logs/journal.txt",
+            "the journal has no entries for unit guts-node",
+        ),
         Err(e) => c.missing("logs/journal.txt", &format!("journalctl: {e}")),
     }
 
@@ -197,16 +215,26 @@ pub fn run(target: &Target<'_>, output: &Path) -> anyhow::Result<()> {
             .unwrap_or(0)
     ));
     host.push_str(&limits_text());
-    c.add("host/summary.txt", "version, cpu count, resource limits", host.into_bytes());
+    c.add(
+        "host/summary.txt",
+        "version, cpu count, resource limits",
+        host.into_bytes(),
+    );
     for (name, path) in [
         ("host/kernel.txt", "/proc/version"),
         ("host/meminfo.txt", "/proc/meminfo"),
         ("host/loadavg.txt", "/proc/loadavg"),
         ("host/cpuinfo.txt", "/proc/cpuinfo"),
-        ("host/io_uring_disabled.txt", "/proc/sys/kernel/io_uring_disabled"),
+        (
+            "host/io_uring_disabled.txt",
+            "/proc/sys/kernel/io_uring_disabled",
+        ),
         ("host/somaxconn.txt", "/proc/sys/net/core/somaxconn"),
         ("host/file-max.txt", "/proc/sys/fs/file-max"),
-        ("host/thp.txt", "/sys/kernel/mm/transparent_hugepage/enabled"),
+        (
+            "host/thp.txt",
+            "/sys/kernel/mm/transparent_hugepage/enabled",
+        ),
     ] {
         match std::fs::read(path) {
             Ok(bytes) => c.add(name, path, bytes),
@@ -221,7 +249,11 @@ pub fn run(target: &Target<'_>, output: &Path) -> anyhow::Result<()> {
         ("host/mounts.txt", "cat", vec!["/proc/mounts"]),
     ] {
         match command(program, &args) {
-            Ok(out) => c.add(name, &format!("{program} {}", args.join(" ")), out.into_bytes()),
+            Ok(out) => c.add(
+                name,
+                &format!("{program} {}", args.join(" ")),
+                out.into_bytes(),
+            ),
             Err(e) => c.missing(name, &format!("{program}: {e}")),
         }
     }
@@ -244,7 +276,11 @@ pub fn run(target: &Target<'_>, output: &Path) -> anyhow::Result<()> {
         "diagnostics: {} ({} files; node {}; see MANIFEST.txt inside)",
         output.display(),
         c.files.len() + 1,
-        if reachable { "answered" } else { "did not answer" }
+        if reachable {
+            "answered"
+        } else {
+            "did not answer"
+        }
     );
     Ok(())
 }
@@ -318,7 +354,10 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(bad)?;
     let mut body = raw[head_end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok((status, body))
@@ -424,7 +463,11 @@ fn listing(data_dir: &Path) -> String {
         out.push_str(&format!(
             "  {}{} {} bytes\n",
             e.file_name().to_string_lossy(),
-            if meta.as_ref().is_some_and(|m| m.is_dir()) { "/" } else { "" },
+            if meta.as_ref().is_some_and(|m| m.is_dir()) {
+                "/"
+            } else {
+                ""
+            },
             meta.map(|m| m.len()).unwrap_or(0)
         ));
     }
@@ -552,7 +595,8 @@ mod tests {
 
     #[test]
     fn secret_config_values_are_redacted() {
-        let text = "api_addr = \"0.0.0.0:8080\"\nprivate_key = \"abcd\"\nprivate_key_file = \"/k\"\n";
+        let text =
+            "api_addr = \"0.0.0.0:8080\"\nprivate_key = \"abcd\"\nprivate_key_file = \"/k\"\n";
         let out = redact_config(text);
         assert!(out.contains("private_key = \"<redacted>\""));
         assert!(out.contains("private_key_file = \"/k\""));

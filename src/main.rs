@@ -67,7 +67,9 @@ fn main() {
                 "restore needs --data-dir naming the new (empty or absent) data directory"
             )),
         },
-        Some(Command::Diagnostics { output, log_file }) => diagnostics(&cli, &output, log_file.as_deref()),
+        Some(Command::Diagnostics { output, log_file }) => {
+            diagnostics(&cli, &output, log_file.as_deref())
+        }
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");

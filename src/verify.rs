@@ -60,10 +60,7 @@ pub fn verify_data_dir(data_dir: &Path) -> DataReport {
         ));
     }
     report.strays = strays(data_dir);
-    if data_dir
-        .join(guts_shards::auth::ACCESS_FILE_NAME)
-        .exists()
-    {
+    if data_dir.join(guts_shards::auth::ACCESS_FILE_NAME).exists() {
         if let Err(e) = guts_shards::auth::AccessTable::load(data_dir) {
             report.node_problems.push((
                 data_dir
@@ -95,8 +92,7 @@ fn strays(data_dir: &Path) -> Vec<String> {
     };
     for owner in owners.flatten() {
         let owner_name = owner.file_name().to_string_lossy().into_owned();
-        if guts_shards::repo::check_name("owner", &owner_name).is_err() || !owner.path().is_dir()
-        {
+        if guts_shards::repo::check_name("owner", &owner_name).is_err() || !owner.path().is_dir() {
             out.push(format!("repos/{owner_name}"));
             continue;
         }
@@ -127,10 +123,7 @@ pub fn print(data_dir: &Path, report: &DataReport) {
         report.repos.len()
     );
     for (key, r) in &report.repos {
-        let counts = format!(
-            "{} refs, {} packs, {} objects",
-            r.refs, r.packs, r.objects
-        );
+        let counts = format!("{} refs, {} packs, {} objects", r.refs, r.packs, r.objects);
         if r.is_consistent() {
             println!("ok       {key} ({counts})");
         } else {

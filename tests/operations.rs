@@ -88,8 +88,9 @@ fn c_git_reads_the_data_directory_and_a_copy_of_it() {
         .collect();
     assert_eq!(served.len(), 3, "{served:?}");
     assert!(
-        wait_until(Duration::from_millis(EXPORT_WAIT_MS), || git_dir_refs(t, &dir)
-            == served),
+        wait_until(Duration::from_millis(EXPORT_WAIT_MS), || git_dir_refs(
+            t, &dir
+        ) == served),
         "C git sees {:?}, the node serves {served:?}",
         git_dir_refs(t, &dir)
     );
@@ -109,7 +110,8 @@ fn c_git_reads_the_data_directory_and_a_copy_of_it() {
     assert!(
         wait_until(Duration::from_millis(EXPORT_WAIT_MS), || {
             let refs = git_dir_refs(t, &dir);
-            refs.iter().any(|(n, o)| n == "refs/heads/main" && *o == next)
+            refs.iter()
+                .any(|(n, o)| n == "refs/heads/main" && *o == next)
                 && !refs.iter().any(|(n, _)| n == "refs/heads/feature")
         }),
         "export did not follow: {:?}",
@@ -162,8 +164,9 @@ fn recovery_trusts_the_ref_log_not_packed_refs() {
         .filter(|(name, _)| name.starts_with("refs/"))
         .collect();
     assert!(
-        wait_until(Duration::from_millis(EXPORT_WAIT_MS), || git_dir_refs(t, &dir)
-            == served),
+        wait_until(Duration::from_millis(EXPORT_WAIT_MS), || git_dir_refs(
+            t, &dir
+        ) == served),
         "export not repaired: {:?}",
         git_dir_refs(t, &dir)
     );
@@ -212,7 +215,10 @@ fn verify_names_each_kind_of_damage_and_changes_nothing() {
     // A healthy data directory, checked while the node runs.
     let (code, out) = verify(&node.data_dir);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("ok       o/r") && out.contains("verify: consistent"), "{out}");
+    assert!(
+        out.contains("ok       o/r") && out.contains("verify: consistent"),
+        "{out}"
+    );
     node.kill9();
     let (code, out) = verify(&node.data_dir);
     assert_eq!(code, 0, "{out}");
@@ -226,7 +232,11 @@ fn verify_names_each_kind_of_damage_and_changes_nothing() {
         let (code, out) = verify(&copy);
         assert_eq!(code, 1, "{label}: {out}");
         assert!(out.contains("DAMAGED  o/r"), "{label}: {out}");
-        assert_eq!(snapshot_files(&copy), before, "{label}: verify changed files");
+        assert_eq!(
+            snapshot_files(&copy),
+            before,
+            "{label}: verify changed files"
+        );
         (out, repo)
     };
 
@@ -273,7 +283,10 @@ fn verify_names_each_kind_of_damage_and_changes_nothing() {
         std::fs::write(&log, bytes).unwrap();
     });
     assert!(
-        out.contains(&format!("damaged: {}: the last", repo.join("refs.log").display())),
+        out.contains(&format!(
+            "damaged: {}: the last",
+            repo.join("refs.log").display()
+        )),
         "{out}"
     );
 
@@ -287,7 +300,10 @@ fn verify_names_each_kind_of_damage_and_changes_nothing() {
         out.contains(&format!("damaged: refs/heads/main: want {tip} is missing")),
         "{out}"
     );
-    assert!(!out.contains("damaged: refs/tags/v1"), "v1 is intact: {out}");
+    assert!(
+        !out.contains("damaged: refs/tags/v1"),
+        "v1 is intact: {out}"
+    );
 }
 
 /// Every file under `dir` with its contents (to show nothing changed).
@@ -360,7 +376,10 @@ fn backup_while_pushing_restores_to_a_node_serving_the_same_refs() {
     assert!(!std::fs::read_dir(&node.data_dir)
         .unwrap()
         .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with(".backup-staging")));
+        .any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".backup-staging")));
     let mut listing = String::new();
     let mut archive =
         tar::Archive::new(zstd::Decoder::new(std::fs::File::open(&backup).unwrap()).unwrap());
@@ -369,7 +388,10 @@ fn backup_while_pushing_restores_to_a_node_serving_the_same_refs() {
         listing.push('\n');
     }
     assert!(listing.starts_with("BACKUP.json\n"), "{listing}");
-    assert!(listing.contains("data/repos/o/r.git/refs.snapshot"), "{listing}");
+    assert!(
+        listing.contains("data/repos/o/r.git/refs.snapshot"),
+        "{listing}"
+    );
     assert!(!listing.contains("admin.token"), "{listing}");
 
     // The backup file is not overwritten.
@@ -381,7 +403,11 @@ fn backup_while_pushing_restores_to_a_node_serving_the_same_refs() {
         backup.to_str().unwrap(),
     ]);
     assert!(!again.status.success());
-    assert!(text(&again).contains("never overwrites"), "{}", text(&again));
+    assert!(
+        text(&again).contains("never overwrites"),
+        "{}",
+        text(&again)
+    );
 
     let restored = t.join("restored");
     let out = guts(&[
@@ -500,9 +526,15 @@ fn diagnostics_collects_status_and_keeps_secrets_out() {
         .collect();
     let all = String::from_utf8_lossy(&all);
     assert!(!all.contains(&token), "the admin token leaked");
-    assert!(!all.contains(&token["guts_".len()..]), "the admin token leaked");
+    assert!(
+        !all.contains(&token["guts_".len()..]),
+        "the admin token leaked"
+    );
     assert!(all.contains("GUTS_TOKEN=<redacted>"));
-    assert!(all.contains("node API") && all.contains(": answered"), "{all}");
+    assert!(
+        all.contains("node API") && all.contains(": answered"),
+        "{all}"
+    );
     assert!(all.contains("MemTotal"));
 
     // Without a node: the archive still comes, saying what is missing.
@@ -537,35 +569,89 @@ fn every_command_refuses_bad_arguments() {
     std::fs::create_dir_all(data.join("repos")).unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["verify".into(), "--data-dir".into(), s(&missing)], "missing"),
-        (vec!["verify".into(), "--data-dir".into(), s(&file)], "not a directory"),
-        (vec!["verify".into(), "--data-dir".into(), s(&nonempty)], "not a guts-node data directory"),
-        (vec!["verify".into(), "--bogus".into()], "--bogus"),
-        (vec!["backup".into(), "--data-dir".into(), s(&data)], "--output"),
         (
-            vec!["backup".into(), "--data-dir".into(), s(&missing), "--output".into(), s(&t.join("b"))],
+            vec!["verify".into(), "--data-dir".into(), s(&missing)],
             "missing",
         ),
         (
-            vec!["backup".into(), "--data-dir".into(), s(&data), "--output".into(), s(&file)],
+            vec!["verify".into(), "--data-dir".into(), s(&file)],
+            "not a directory",
+        ),
+        (
+            vec!["verify".into(), "--data-dir".into(), s(&nonempty)],
+            "not a guts-node data directory",
+        ),
+        (vec!["verify".into(), "--bogus".into()], "--bogus"),
+        (
+            vec!["backup".into(), "--data-dir".into(), s(&data)],
+            "--output",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "--data-dir".into(),
+                s(&missing),
+                "--output".into(),
+                s(&t.join("b")),
+            ],
+            "missing",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "--data-dir".into(),
+                s(&data),
+                "--output".into(),
+                s(&file),
+            ],
             "never overwrites",
         ),
-        (vec!["restore".into(), "--input".into(), s(&file)], "--data-dir"),
         (
-            vec!["restore".into(), "--input".into(), s(&file), "--data-dir".into(), s(&nonempty)],
+            vec!["restore".into(), "--input".into(), s(&file)],
+            "--data-dir",
+        ),
+        (
+            vec![
+                "restore".into(),
+                "--input".into(),
+                s(&file),
+                "--data-dir".into(),
+                s(&nonempty),
+            ],
             "not empty",
         ),
         (
-            vec!["restore".into(), "--input".into(), s(&file), "--data-dir".into(), s(&t.join("new"))],
+            vec![
+                "restore".into(),
+                "--input".into(),
+                s(&file),
+                "--data-dir".into(),
+                s(&t.join("new")),
+            ],
             "not a backup",
         ),
         (
-            vec!["restore".into(), "--input".into(), s(&missing), "--data-dir".into(), s(&t.join("new"))],
+            vec![
+                "restore".into(),
+                "--input".into(),
+                s(&missing),
+                "--data-dir".into(),
+                s(&t.join("new")),
+            ],
             "missing",
         ),
-        (vec!["diagnostics".into(), "--data-dir".into(), s(&data)], "--output"),
         (
-            vec!["diagnostics".into(), "--data-dir".into(), s(&data), "--output".into(), s(&file)],
+            vec!["diagnostics".into(), "--data-dir".into(), s(&data)],
+            "--output",
+        ),
+        (
+            vec![
+                "diagnostics".into(),
+                "--data-dir".into(),
+                s(&data),
+                "--output".into(),
+                s(&file),
+            ],
             "never overwrite",
         ),
     ];
@@ -583,5 +669,8 @@ fn every_command_refuses_bad_arguments() {
     assert!(!t.join("new").exists());
     assert!(!t.join("b").exists());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
-    assert_eq!(std::fs::read_to_string(nonempty.join("keep")).unwrap(), "keep");
+    assert_eq!(
+        std::fs::read_to_string(nonempty.join("keep")).unwrap(),
+        "keep"
+    );
 }

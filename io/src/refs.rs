@@ -745,11 +745,13 @@ pub fn read_state(dir: &Path) -> Result<RefState, RefError> {
             continue;
         }
         let mut state = match &snapshot_bytes {
-            Some(bytes) => decode_snapshot(bytes).map_err(|(offset, reason)| RefError::Corrupt {
-                path: snapshot_path.clone(),
-                offset,
-                reason,
-            })?,
+            Some(bytes) => {
+                decode_snapshot(bytes).map_err(|(offset, reason)| RefError::Corrupt {
+                    path: snapshot_path.clone(),
+                    offset,
+                    reason,
+                })?
+            }
             None => State::new(),
         };
         let replay =
@@ -1841,7 +1843,10 @@ mod tests {
         assert!(state.torn_tail.is_none());
         drop(store);
         // A torn tail is reported, not truncated.
-        append_raw(dir, &record_bytes(4, &[create("refs/heads/r4", oid(4))])[..20]);
+        append_raw(
+            dir,
+            &record_bytes(4, &[create("refs/heads/r4", oid(4))])[..20],
+        );
         let len = fs::metadata(log_path(dir)).unwrap().len();
         let state = read_state(dir).unwrap();
         assert_eq!(state.seq, 3);
@@ -1863,7 +1868,11 @@ mod tests {
         // A snapshot file rebuilt from the state, with an empty log, opens
         // as the same store.
         let copy = tempfile::tempdir().unwrap();
-        fs::write(copy.path().join(SNAPSHOT_FILE_NAME), snapshot_file_bytes(&state)).unwrap();
+        fs::write(
+            copy.path().join(SNAPSHOT_FILE_NAME),
+            snapshot_file_bytes(&state),
+        )
+        .unwrap();
         fs::write(copy.path().join(LOG_FILE_NAME), b"").unwrap();
         let reopened = RefStore::open(copy.path()).unwrap();
         assert_eq!(reopened.refs(), store.refs());
@@ -1886,7 +1895,10 @@ mod tests {
             .unwrap();
         let new = store.git_export();
         assert!(new.write().unwrap());
-        assert!(!old.write().unwrap(), "an older export overwrote a newer one");
+        assert!(
+            !old.write().unwrap(),
+            "an older export overwrote a newer one"
+        );
         assert!(new.is_current().unwrap());
         assert!(fs::read_to_string(dir.join("packed-refs"))
             .unwrap()
@@ -1900,5 +1912,4 @@ mod tests {
         assert_eq!(store.head_target(), "refs/heads/main");
         assert!(store.git_export().is_current().unwrap());
     }
-
 }

@@ -168,7 +168,10 @@ fn check_ref_store(dir: &Path, report: &mut RepoReport) -> Option<RefState> {
             offset,
             reason,
         }) => {
-            report.problem(path.display(), format!("corrupt at offset {offset}: {reason}"));
+            report.problem(
+                path.display(),
+                format!("corrupt at offset {offset}: {reason}"),
+            );
             None
         }
         Err(e) => {
@@ -274,24 +277,29 @@ fn check_objects(store: &ObjectStore, i: usize, report: &mut RepoReport) {
         let oid = pack.index().oid_at(position);
         report.objects += 1;
         match pack.entry_range(offset) {
-            Some((start, end)) => match pack.read_at(start, (end - start) as usize) {
-                Ok(raw) => {
-                    let crc = crc32fast::hash(&raw);
-                    if crc != pack.index().crc_at(position) {
-                        note(
+            Some((start, end)) => {
+                match pack.read_at(start, (end - start) as usize) {
+                    Ok(raw) => {
+                        let crc = crc32fast::hash(&raw);
+                        if crc != pack.index().crc_at(position) {
+                            note(
                             report,
                             format!("object {oid} at offset {offset}: CRC-32 differs from the index's"),
                         );
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        note(report, format!("object {oid} at offset {offset}: {e}"));
                         continue;
                     }
                 }
-                Err(e) => {
-                    note(report, format!("object {oid} at offset {offset}: {e}"));
-                    continue;
-                }
-            },
+            }
             None => {
-                note(report, format!("object {oid}: offset {offset} is not an entry"));
+                note(
+                    report,
+                    format!("object {oid}: offset {offset} is not an entry"),
+                );
                 continue;
             }
         }
@@ -305,7 +313,9 @@ fn check_objects(store: &ObjectStore, i: usize, report: &mut RepoReport) {
                 if actual != oid {
                     note(
                         report,
-                        format!("object at offset {offset} hashes to {actual}, the index says {oid}"),
+                        format!(
+                            "object at offset {offset} hashes to {actual}, the index says {oid}"
+                        ),
                     );
                 }
             }
