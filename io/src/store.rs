@@ -734,6 +734,7 @@ impl ObjectStore {
         ObjectStore {
             objects_dir: Arc::new(objects_dir.to_path_buf()),
             packs: Arc::new(packs.into_iter().map(Arc::new).collect()),
+            absorbed: Arc::new(ahash::AHashSet::new()),
             shared: Arc::new(Shared {
                 bases: Mutex::new(BaseCache::new()),
                 commits: Mutex::new(ahash::AHashMap::new()),
