@@ -1,23 +1,82 @@
 //! Command line and configuration: flags > `GUTS_*` environment > TOML
-//! file > embedded defaults.
+//! file > embedded defaults. Every setting is declared once (the node's
+//! below in [`NodeSettings`], the request limits in [`Limits`]); the flags,
+//! the environment variables, the TOML keys, `config show` and
+//! docs/configuration.md all come from those declarations.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use guts_shards::settings::{Secret, SettingInfo, SettingValue, Settings};
 use guts_shards::Limits;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./guts-data";
-/// Default git/API address.
-pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8080";
-/// Default metrics address.
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9090";
-/// Default p2p address.
-pub const DEFAULT_P2P_ADDR: &str = "127.0.0.1:9000";
 /// Default time requests in flight get to finish after SIGTERM/SIGINT
 /// (below systemd's default stop timeout of 90 s and the unit's 30 s).
 pub const DEFAULT_SHUTDOWN_DRAIN_MS: u64 = 20_000;
+
+guts_shards::declare_settings! {
+    /// The node's own settings (the top level of the TOML file).
+    #[section = ""]
+    pub struct NodeSettings {
+        /// Data directory: repositories (`repos/OWNER/NAME.git`), ref logs,
+        /// consensus state.
+        data_dir: PathBuf = PathBuf::from(DEFAULT_DATA_DIR),
+        /// Address of the git smart-HTTP and REST API server.
+        api_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
+        /// Address of the Prometheus `/metrics` endpoint.
+        metrics_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)),
+        /// Address for peer-to-peer connections (a standalone node has no peers).
+        p2p_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9000)),
+        /// Number of shard executors; never more than the cores that exist.
+        #[default_doc = "all cores but the consensus core, at least 1"]
+        shards: Option<usize> = None,
+        /// Bytes of io_uring registered memory per shard.
+        io_memory_bytes: usize = 1024 * 1024,
+        /// Milliseconds requests in flight get to finish after SIGTERM/SIGINT
+        /// before the node exits.
+        shutdown_drain_ms: u64 = DEFAULT_SHUTDOWN_DRAIN_MS,
+        /// Longest a push waits for its update to be finalized before the
+        /// client is told the network has no quorum, in milliseconds.
+        finalize_wait_ms: u64 = guts_shards::shard::FINALIZE_WAIT_MS,
+        /// Background repacking: a repository whose refs have not changed
+        /// for this many milliseconds (or that holds 64 packs, quiet or not)
+        /// gets its small packs merged, geometrically (`git repack
+        /// --geometric=2`). 0: never repack; always off on a node of a
+        /// network.
+        repack_quiet_ms: u64 = guts_shards::maintenance::REPACK_QUIET_MS,
+        /// PEM certificate chain (leaf first) for TLS (rustls) on the API
+        /// address; needs `tls_key`. Reloaded on SIGHUP.
+        #[default_doc = "none (plain HTTP)"]
+        tls_cert: Option<PathBuf> = None,
+        /// PEM private key for `tls_cert`.
+        #[default_doc = "none"]
+        tls_key: Option<PathBuf> = None,
+        /// Genesis file naming the validator set: present on a node of a network.
+        #[default_doc = "none (a standalone single validator)"]
+        genesis_file: Option<PathBuf> = None,
+        /// File holding this node's ed25519 private key (written by
+        /// `keygen`, mode 0600).
+        #[default_doc = "none"]
+        private_key_file: Option<PathBuf> = None,
+        /// Hex-encoded ed25519 private key of this validator (on the command
+        /// line it is visible to other local users: prefer `private_key_file`).
+        #[default_doc = "none"]
+        #[secret = true]
+        private_key: Option<Secret> = None,
+        /// Take part in consensus (needs `genesis_file`).
+        consensus_enabled: bool = false,
+        /// Use Simplex BFT for consensus (needs `genesis_file`).
+        consensus_use_simplex_bft: bool = false,
+        /// Log format on stderr: `text` or `json` (one JSON event per line).
+        /// The filter is `GUTS_LOG` (`info` by default; `debug`,
+        /// `guts_shards=debug`, ...).
+        log_format: LogFormat = LogFormat::Text,
+    }
+}
 
 /// guts-node: a git host node (smart HTTP, consensus-ordered ref updates).
 #[derive(Debug, Clone, Parser)]
@@ -28,127 +87,13 @@ pub struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "GUTS_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Data directory (repositories, ref logs, consensus state).
-    #[arg(long, env = "GUTS_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Address of the git smart-HTTP and REST API server.
-    #[arg(long, env = "GUTS_API_ADDR", global = true)]
-    pub api_addr: Option<SocketAddr>,
-    /// Address of the Prometheus metrics endpoint.
-    #[arg(long, env = "GUTS_METRICS_ADDR", global = true)]
-    pub metrics_addr: Option<SocketAddr>,
-    /// Address for peer-to-peer connections.
-    #[arg(long, env = "GUTS_P2P_ADDR", global = true)]
-    pub p2p_addr: Option<SocketAddr>,
-    /// Number of shard executors (default: all cores but the consensus core, at least 1).
-    #[arg(long, env = "GUTS_SHARDS", global = true)]
-    pub shards: Option<usize>,
-    /// Hex-encoded ed25519 private key of this validator (visible to other
-    /// local users on the command line: prefer --private-key-file).
-    #[arg(long, env = "GUTS_PRIVATE_KEY", global = true, hide_env_values = true)]
-    pub private_key: Option<String>,
-    /// File holding this node's ed25519 private key (written by `keygen`, mode 0600).
-    #[arg(long, env = "GUTS_PRIVATE_KEY_FILE", global = true)]
-    pub private_key_file: Option<PathBuf>,
-    /// Take part in consensus.
-    #[arg(long, env = "GUTS_CONSENSUS_ENABLED", global = true)]
-    pub consensus_enabled: bool,
-    /// Use Simplex BFT for consensus.
-    #[arg(long, env = "GUTS_CONSENSUS_USE_SIMPLEX_BFT", global = true)]
-    pub consensus_use_simplex_bft: bool,
-    /// Genesis file naming the validator set.
-    #[arg(long, env = "GUTS_GENESIS_FILE", global = true)]
-    pub genesis_file: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, env = "GUTS_LOG_FORMAT", global = true, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// PEM certificate chain for TLS on the API address (with --tls-key).
-    #[arg(long, env = "GUTS_TLS_CERT", global = true)]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "GUTS_TLS_KEY", global = true)]
-    pub tls_key: Option<PathBuf>,
-    /// Milliseconds requests in flight get to finish after SIGTERM/SIGINT.
-    #[arg(long, env = "GUTS_SHUTDOWN_DRAIN_MS", global = true)]
-    pub shutdown_drain_ms: Option<u64>,
-    /// Bytes of io_uring registered memory per shard.
-    #[arg(long, env = "GUTS_IO_MEMORY_BYTES", global = true)]
-    pub io_memory_bytes: Option<usize>,
-    /// Largest request head in bytes.
-    #[arg(long, env = "GUTS_HEADER_MAX_BYTES", global = true)]
-    pub header_max_bytes: Option<usize>,
-    /// Largest push body in bytes.
-    #[arg(long, env = "GUTS_PUSH_BODY_MAX_BYTES", global = true)]
-    pub push_body_max_bytes: Option<u64>,
-    /// Largest fetch negotiation body in bytes.
-    #[arg(long, env = "GUTS_UPLOAD_BODY_MAX_BYTES", global = true)]
-    pub upload_body_max_bytes: Option<u64>,
-    /// Largest REST API (JSON) request body in bytes.
-    #[arg(long, env = "GUTS_API_BODY_MAX_BYTES", global = true)]
-    pub api_body_max_bytes: Option<u64>,
-    /// Most pkt-lines in one fetch negotiation request.
-    #[arg(long, env = "GUTS_REQUEST_PKTS_MAX", global = true)]
-    pub request_pkts_max: Option<usize>,
-    /// Milliseconds a client has to send a request head.
-    #[arg(long, env = "GUTS_HEADER_TIMEOUT_MS", global = true)]
-    pub header_timeout_ms: Option<u64>,
-    /// Milliseconds an idle keep-alive connection is kept.
-    #[arg(long, env = "GUTS_IDLE_TIMEOUT_MS", global = true)]
-    pub idle_timeout_ms: Option<u64>,
-    /// Window in milliseconds over which the minimum body rate is enforced.
-    #[arg(long, env = "GUTS_BODY_RATE_WINDOW_MS", global = true)]
-    pub body_rate_window_ms: Option<u64>,
-    /// Minimum request body rate in bytes per second.
-    #[arg(long, env = "GUTS_BODY_MIN_BYTES_PER_SEC", global = true)]
-    pub body_min_bytes_per_sec: Option<u64>,
-    /// Longest a request may take, in milliseconds.
-    #[arg(long, env = "GUTS_REQUEST_TIMEOUT_MS", global = true)]
-    pub request_timeout_ms: Option<u64>,
-    /// Open connections per shard.
-    #[arg(long, env = "GUTS_CONNECTIONS_MAX", global = true)]
-    pub connections_max: Option<usize>,
-    /// Longest a push waits for finalization before the client is told the
-    /// network has no quorum, in milliseconds.
-    #[arg(long, env = "GUTS_FINALIZE_WAIT_MS", global = true)]
-    pub finalize_wait_ms: Option<u64>,
-    /// Background repacking: a repository whose refs have not changed for
-    /// this many milliseconds gets its small packs merged (0: never repack).
-    #[arg(long, env = "GUTS_REPACK_QUIET_MS", global = true)]
-    pub repack_quiet_ms: Option<u64>,
-    /// Failed authentication attempts per client address and window before 429.
-    #[arg(long, env = "GUTS_AUTH_FAILURES_MAX", global = true)]
-    pub auth_failures_max: Option<u32>,
-    /// Window in milliseconds over which failed authentication attempts are counted.
-    #[arg(long, env = "GUTS_AUTH_FAILURE_WINDOW_MS", global = true)]
-    pub auth_failure_window_ms: Option<u64>,
-    /// Open connections one client address (IPv6: one /64) may hold per shard.
-    #[arg(long, env = "GUTS_CONNECTIONS_PER_CLIENT_MAX", global = true)]
-    pub connections_per_client_max: Option<usize>,
-    /// Pack files kept open at once, node-wide (least recently used closed beyond it).
-    #[arg(long, env = "GUTS_PACK_FILES_OPEN_MAX", global = true)]
-    pub pack_files_open_max: Option<usize>,
-    /// Repositories one client address may create per minute (0: no limit).
-    #[arg(long, env = "GUTS_REPO_CREATES_PER_MINUTE", global = true)]
-    pub repo_creates_per_minute: Option<u64>,
-    /// Bytes a pushed pack may always inflate to (objects, deltas, delta results).
-    #[arg(long, env = "GUTS_PUSH_INFLATED_FLOOR_BYTES", global = true)]
-    pub push_inflated_floor_bytes: Option<u64>,
-    /// Bytes a pushed pack may inflate to per byte of pack, past the floor.
-    #[arg(long, env = "GUTS_PUSH_INFLATED_RATIO_MAX", global = true)]
-    pub push_inflated_ratio_max: Option<u64>,
-    /// Longest a request's work off the executor may take, in milliseconds.
-    #[arg(long, env = "GUTS_REQUEST_WORK_MAX_MS", global = true)]
-    pub request_work_max_ms: Option<u64>,
-    /// Most times a gzip request body may inflate (0: no limit).
-    #[arg(long, env = "GUTS_GZIP_INFLATION_RATIO_MAX", global = true)]
-    pub gzip_inflation_ratio_max: Option<u64>,
-    /// Bytes all requests may hold in memory at once (default: half the machine's memory).
-    #[arg(long, env = "GUTS_MEMORY_BUDGET_BYTES", global = true)]
-    pub memory_budget_bytes: Option<u64>,
+    /// Every setting's flag (see [`NodeSettings`] and [`Limits`]).
+    #[command(flatten)]
+    pub flags: SettingFlags,
 }
 
 /// How log events are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -156,13 +101,32 @@ pub enum LogFormat {
     Json,
 }
 
+impl SettingValue for LogFormat {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".into()),
+        }
+    }
+    fn to_toml(&self) -> Option<String> {
+        Some(match self {
+            LogFormat::Text => "\"text\"".into(),
+            LogFormat::Json => "\"json\"".into(),
+        })
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the node (the default).
     Run,
-    /// Print the resolved configuration and exit.
-    Config,
+    /// Print the effective configuration and exit (`config show`, the default).
+    Config {
+        #[command(subcommand)]
+        action: Option<ConfigCommand>,
+    },
     /// Ask a running node (at --api-addr) how it is: version, role, key,
     /// height, peers, repositories, disk use and health. Exit 0 when it is
     /// ready, 3 when it answers but is not ready, 1 when it cannot be asked.
@@ -226,6 +190,14 @@ pub enum Command {
     Tune(crate::tune::TuneCommand),
 }
 
+/// `guts-node config ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as TOML (secrets redacted), each
+    /// value followed by where it came from: default, file, env or flag.
+    Show,
+}
+
 /// `guts-node devnet ...`
 #[derive(Debug, Clone, Subcommand)]
 pub enum DevnetCommand {
@@ -277,58 +249,11 @@ pub enum TokenCommand {
     },
 }
 
-/// The TOML file's shape (every key optional).
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub data_dir: Option<PathBuf>,
-    pub api_addr: Option<SocketAddr>,
-    pub metrics_addr: Option<SocketAddr>,
-    pub p2p_addr: Option<SocketAddr>,
-    pub shards: Option<usize>,
-    pub io_memory_bytes: Option<usize>,
-    pub genesis_file: Option<PathBuf>,
-    pub private_key_file: Option<PathBuf>,
-    pub finalize_wait_ms: Option<u64>,
-    pub repack_quiet_ms: Option<u64>,
-    pub shutdown_drain_ms: Option<u64>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub limits: Option<FileLimits>,
-}
-
 /// Where the TLS certificate chain and key are.
 #[derive(Debug, Clone)]
 pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-/// `[limits]` in the TOML file.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileLimits {
-    pub header_max_bytes: Option<usize>,
-    pub push_body_max_bytes: Option<u64>,
-    pub upload_body_max_bytes: Option<u64>,
-    pub api_body_max_bytes: Option<u64>,
-    pub request_pkts_max: Option<usize>,
-    pub header_timeout_ms: Option<u64>,
-    pub idle_timeout_ms: Option<u64>,
-    pub body_rate_window_ms: Option<u64>,
-    pub body_min_bytes_per_sec: Option<u64>,
-    pub request_timeout_ms: Option<u64>,
-    pub connections_max: Option<usize>,
-    pub auth_failures_max: Option<u32>,
-    pub auth_failure_window_ms: Option<u64>,
-    pub connections_per_client_max: Option<usize>,
-    pub pack_files_open_max: Option<usize>,
-    pub repo_creates_per_minute: Option<u64>,
-    pub push_inflated_floor_bytes: Option<u64>,
-    pub push_inflated_ratio_max: Option<u64>,
-    pub request_work_max_ms: Option<u64>,
-    pub gzip_inflation_ratio_max: Option<u64>,
-    pub memory_budget_bytes: Option<u64>,
 }
 
 /// The resolved configuration of a node.
@@ -372,177 +297,443 @@ impl std::fmt::Debug for KeySource {
 }
 
 impl NodeConfig {
-    /// Merge flags/environment (already merged by clap) over the file over defaults.
+    /// Merge flags over the environment over the file over defaults, and
+    /// check that the settings fit together.
     pub fn resolve(cli: &Cli) -> anyhow::Result<NodeConfig> {
-        let file = match &cli.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?
+        NodeConfig::from_effective(&Effective::load(cli)?)
+    }
+
+    /// Check that the settings fit together and arrange them for the node.
+    pub fn from_effective(e: &Effective) -> anyhow::Result<NodeConfig> {
+        let n = &e.node;
+        let key = match (&n.private_key, &n.private_key_file) {
+            (Some(hex), Some(path)) => {
+                // A key given on the command line or in the environment
+                // overrides a key file named in the configuration file.
+                match (e.source("private_key"), e.source("private_key_file")) {
+                    (Source::File, Source::File) | (Source::Env | Source::Flag, Source::Env | Source::Flag) => anyhow::bail!(
+                        "give the key once: --private-key (GUTS_PRIVATE_KEY) or --private-key-file, not both"
+                    ),
+                    (Source::File, _) => KeySource::File(path.clone()),
+                    _ => KeySource::Hex(hex.0.clone()),
+                }
             }
-            None => FileConfig::default(),
-        };
-        let genesis_file = cli.genesis_file.clone().or(file.genesis_file.clone());
-        let key = match (&cli.private_key, &cli.private_key_file) {
-            (Some(_), Some(_)) => anyhow::bail!(
-                "give the key once: --private-key (GUTS_PRIVATE_KEY) or --private-key-file, not both"
-            ),
-            (Some(hex), None) => KeySource::Hex(hex.clone()),
+            (Some(hex), None) => KeySource::Hex(hex.0.clone()),
             (None, Some(p)) => KeySource::File(p.clone()),
-            (None, None) => match &file.private_key_file {
-                Some(p) => KeySource::File(p.clone()),
-                None => KeySource::None,
-            },
+            (None, None) => KeySource::None,
         };
-        if genesis_file.is_none() {
-            if cli.consensus_enabled || cli.consensus_use_simplex_bft {
+        if n.genesis_file.is_none() {
+            if n.consensus_enabled || n.consensus_use_simplex_bft {
                 anyhow::bail!("--consensus-enabled and --consensus-use-simplex-bft need --genesis-file naming the validators; without them the node is a standalone single validator");
             }
             if !matches!(key, KeySource::None) {
                 anyhow::bail!("a private key needs --genesis-file: a standalone node has no validator set to sign for");
             }
         }
-        let fl = file.limits.unwrap_or_default();
-        let d = Limits::default();
-        let limits = Limits {
-            header_max_bytes: cli
-                .header_max_bytes
-                .or(fl.header_max_bytes)
-                .unwrap_or(d.header_max_bytes),
-            upload_body_max_bytes: cli
-                .upload_body_max_bytes
-                .or(fl.upload_body_max_bytes)
-                .unwrap_or(d.upload_body_max_bytes),
-            push_body_max_bytes: cli
-                .push_body_max_bytes
-                .or(fl.push_body_max_bytes)
-                .unwrap_or(d.push_body_max_bytes),
-            api_body_max_bytes: cli
-                .api_body_max_bytes
-                .or(fl.api_body_max_bytes)
-                .unwrap_or(d.api_body_max_bytes),
-            request_pkts_max: cli
-                .request_pkts_max
-                .or(fl.request_pkts_max)
-                .unwrap_or(d.request_pkts_max),
-            header_timeout_ms: cli
-                .header_timeout_ms
-                .or(fl.header_timeout_ms)
-                .unwrap_or(d.header_timeout_ms),
-            idle_timeout_ms: cli
-                .idle_timeout_ms
-                .or(fl.idle_timeout_ms)
-                .unwrap_or(d.idle_timeout_ms),
-            body_rate_window_ms: cli
-                .body_rate_window_ms
-                .or(fl.body_rate_window_ms)
-                .unwrap_or(d.body_rate_window_ms),
-            body_min_bytes_per_sec: cli
-                .body_min_bytes_per_sec
-                .or(fl.body_min_bytes_per_sec)
-                .unwrap_or(d.body_min_bytes_per_sec),
-            request_timeout_ms: cli
-                .request_timeout_ms
-                .or(fl.request_timeout_ms)
-                .unwrap_or(d.request_timeout_ms),
-            connections_max: cli
-                .connections_max
-                .or(fl.connections_max)
-                .unwrap_or(d.connections_max),
-            auth_failures_max: cli
-                .auth_failures_max
-                .or(fl.auth_failures_max)
-                .unwrap_or(d.auth_failures_max),
-            auth_failure_window_ms: cli
-                .auth_failure_window_ms
-                .or(fl.auth_failure_window_ms)
-                .unwrap_or(d.auth_failure_window_ms),
-            connections_per_client_max: cli
-                .connections_per_client_max
-                .or(fl.connections_per_client_max)
-                .unwrap_or(d.connections_per_client_max),
-            pack_files_open_max: cli
-                .pack_files_open_max
-                .or(fl.pack_files_open_max)
-                .unwrap_or(d.pack_files_open_max),
-            repo_creates_per_minute: cli
-                .repo_creates_per_minute
-                .or(fl.repo_creates_per_minute)
-                .unwrap_or(d.repo_creates_per_minute),
-            push_inflated_floor_bytes: cli
-                .push_inflated_floor_bytes
-                .or(fl.push_inflated_floor_bytes)
-                .unwrap_or(d.push_inflated_floor_bytes),
-            push_inflated_ratio_max: cli
-                .push_inflated_ratio_max
-                .or(fl.push_inflated_ratio_max)
-                .unwrap_or(d.push_inflated_ratio_max),
-            request_work_max_ms: cli
-                .request_work_max_ms
-                .or(fl.request_work_max_ms)
-                .unwrap_or(d.request_work_max_ms),
-            gzip_inflation_ratio_max: cli
-                .gzip_inflation_ratio_max
-                .or(fl.gzip_inflation_ratio_max)
-                .unwrap_or(d.gzip_inflation_ratio_max),
-            memory_budget_bytes: cli
-                .memory_budget_bytes
-                .or(fl.memory_budget_bytes)
-                .unwrap_or(d.memory_budget_bytes),
-        };
-        let parse = |s: &str| -> SocketAddr {
-            s.parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
-        };
-        let tls = match (
-            cli.tls_cert.clone().or(file.tls_cert),
-            cli.tls_key.clone().or(file.tls_key),
-        ) {
+        let tls = match (n.tls_cert.clone(), n.tls_key.clone()) {
             (Some(cert), Some(key)) => Some(TlsPaths { cert, key }),
             (None, None) => None,
             (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
             (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
         };
         Ok(NodeConfig {
-            data_dir: cli
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            api_addr: cli
-                .api_addr
-                .or(file.api_addr)
-                .unwrap_or_else(|| parse(DEFAULT_API_ADDR)),
-            metrics_addr: cli
-                .metrics_addr
-                .or(file.metrics_addr)
-                .unwrap_or_else(|| parse(DEFAULT_METRICS_ADDR)),
-            p2p_addr: cli
-                .p2p_addr
-                .or(file.p2p_addr)
-                .unwrap_or_else(|| parse(DEFAULT_P2P_ADDR)),
-            shards: cli.shards.or(file.shards),
-            io_memory_bytes: cli
-                .io_memory_bytes
-                .or(file.io_memory_bytes)
-                .unwrap_or(guts_shards::config::IO_MEMORY_BYTES),
-            shutdown_drain_ms: cli
-                .shutdown_drain_ms
-                .or(file.shutdown_drain_ms)
-                .unwrap_or(DEFAULT_SHUTDOWN_DRAIN_MS),
+            data_dir: n.data_dir.clone(),
+            api_addr: n.api_addr,
+            metrics_addr: n.metrics_addr,
+            p2p_addr: n.p2p_addr,
+            shards: n.shards,
+            io_memory_bytes: n.io_memory_bytes,
+            shutdown_drain_ms: n.shutdown_drain_ms,
             tls,
-            limits,
-            genesis_file,
+            limits: e.limits.clone(),
+            genesis_file: n.genesis_file.clone(),
             key,
-            finalize_wait_ms: cli
-                .finalize_wait_ms
-                .or(file.finalize_wait_ms)
-                .unwrap_or(guts_shards::shard::FINALIZE_WAIT_MS),
-            repack_quiet_ms: cli
-                .repack_quiet_ms
-                .or(file.repack_quiet_ms)
-                .unwrap_or(guts_shards::maintenance::REPACK_QUIET_MS),
+            finalize_wait_ms: n.finalize_wait_ms,
+            repack_quiet_ms: n.repack_quiet_ms,
         })
+    }
+}
+
+/// Every declared setting with the TOML section it lives in.
+pub fn all_settings() -> impl Iterator<Item = (&'static str, &'static SettingInfo)> {
+    NodeSettings::INFO
+        .iter()
+        .map(|i| (NodeSettings::SECTION, i))
+        .chain(Limits::INFO.iter().map(|i| (Limits::SECTION, i)))
+}
+
+/// `limits.header_max_bytes`, or `data_dir` at the top level.
+fn qualified(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
+/// The flags of every declared setting (`--header-max-bytes`), all
+/// global, each checked by clap with the setting's own reader. Their
+/// environment variables are read by [`Effective::load`], so that a bad
+/// value is reported under the name it was given by.
+#[derive(Debug, Clone, Default)]
+pub struct SettingFlags {
+    /// (section, key, text) of each flag given.
+    pub given: Vec<(&'static str, &'static str, String)>,
+}
+
+impl clap::FromArgMatches for SettingFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut given = Vec::new();
+        for (section, info) in all_settings() {
+            if m.value_source(info.key) != Some(clap::parser::ValueSource::CommandLine) {
+                continue;
+            }
+            let text = if info.is_switch {
+                "true".to_string()
+            } else {
+                m.get_one::<String>(info.key).cloned().unwrap_or_default()
+            };
+            given.push((section, info.key, text));
+        }
+        Ok(SettingFlags { given })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for SettingFlags {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for (_, info) in all_settings() {
+            // clap keeps names as `&'static str`: the few flag names are
+            // made once per parse and live as long as the process.
+            let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            let mut arg = clap::Arg::new(info.key)
+                .long(leak(info.flag()))
+                .global(true)
+                .help(format!("{} [env: {}]", info.summary(), info.env()));
+            if info.is_switch {
+                arg = arg.action(clap::ArgAction::SetTrue);
+            } else {
+                let check = info.check;
+                arg = arg
+                    .value_name(leak(info.key.to_ascii_uppercase()))
+                    .value_parser(move |text: &str| check(text).map(|()| text.to_string()));
+            }
+            cmd = cmd.arg(arg);
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+/// The effective settings and where each came from.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub node: NodeSettings,
+    pub limits: Limits,
+    /// By qualified key (`limits.header_max_bytes`); absent: default.
+    pub sources: BTreeMap<String, Source>,
+}
+
+impl Effective {
+    /// Defaults, then the TOML file, then the environment, then the
+    /// flags. An unknown key or a value that does not read is refused,
+    /// naming the key (or variable, or flag), the value and the reason.
+    pub fn load(cli: &Cli) -> anyhow::Result<Effective> {
+        let mut e = Effective {
+            node: NodeSettings::default(),
+            limits: Limits::default(),
+            sources: BTreeMap::new(),
+        };
+        if let Some(path) = &cli.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let table: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            e.apply_file(path, table)?;
+        }
+        for (section, info) in all_settings() {
+            let var = info.env();
+            let text = match std::env::var(&var) {
+                Ok(text) if text.is_empty() => continue,
+                Ok(text) => text,
+                Err(std::env::VarError::NotPresent) => continue,
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    anyhow::bail!("{var}: the value is not valid UTF-8")
+                }
+            };
+            if let Err(reason) = e.set(section, info.key, &text, Source::Env) {
+                let shown = if info.secret { "<redacted>" } else { &text };
+                anyhow::bail!("{var}={shown:?}: {reason}");
+            }
+        }
+        for (section, key, text) in &cli.flags.given {
+            if let Err(reason) = e.set(section, key, text, Source::Flag) {
+                anyhow::bail!("--{}: {reason}", key.replace('_', "-"));
+            }
+        }
+        Ok(e)
+    }
+
+    fn set(&mut self, section: &str, key: &str, text: &str, source: Source) -> Result<(), String> {
+        let set = if section == Limits::SECTION {
+            self.limits.set(key, text)
+        } else {
+            self.node.set(key, text)
+        };
+        set.unwrap_or_else(|| Err("no such setting".into()))?;
+        self.sources.insert(qualified(section, key), source);
+        Ok(())
+    }
+
+    fn apply_file(&mut self, path: &Path, table: toml::Table) -> anyhow::Result<()> {
+        for (key, value) in table {
+            if key == Limits::SECTION {
+                let toml::Value::Table(limits) = value else {
+                    anyhow::bail!("{}: `{key}` must be a table ([{key}])", path.display());
+                };
+                for (key, value) in limits {
+                    self.apply_file_value(path, Limits::SECTION, &key, &value)?;
+                }
+            } else {
+                self.apply_file_value(path, NodeSettings::SECTION, &key, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_file_value(
+        &mut self,
+        path: &Path,
+        section: &'static str,
+        key: &str,
+        value: &toml::Value,
+    ) -> anyhow::Result<()> {
+        let name = qualified(section, key);
+        let Some((_, info)) = all_settings().find(|(s, i)| *s == section && i.key == key) else {
+            let hint = match all_settings().find(|(_, i)| i.key == key) {
+                Some((s, _)) if s.is_empty() => " (it belongs at the top level)".to_string(),
+                Some((s, _)) => format!(" (it belongs in [{s}])"),
+                None => String::new(),
+            };
+            anyhow::bail!(
+                "{}: unknown key `{name}`{hint}; `guts-node config show` lists every setting",
+                path.display()
+            );
+        };
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => anyhow::bail!(
+                "{}: `{name} = {other}`: expected a string, a whole number or true/false",
+                path.display()
+            ),
+        };
+        if let Err(reason) = self.set(section, key, &text, Source::File) {
+            let shown = if info.secret {
+                "<redacted>".to_string()
+            } else {
+                value.to_string()
+            };
+            anyhow::bail!("{}: `{name} = {shown}`: {reason}", path.display());
+        }
+        Ok(())
+    }
+
+    /// Where the setting `qualified` came from.
+    pub fn source(&self, qualified: &str) -> Source {
+        self.sources
+            .get(qualified)
+            .copied()
+            .unwrap_or(Source::Default)
+    }
+
+    /// The effective configuration as TOML, secrets redacted, each value
+    /// followed by a comment saying where it came from.
+    pub fn to_toml(&self, file: Option<&Path>) -> String {
+        let mut out = String::from(
+            "# guts-node effective configuration: each value is followed by where it\n\
+             # came from (default, file, env or flag).\n",
+        );
+        let mut section = "";
+        for (s, info) in all_settings() {
+            if s != section {
+                section = s;
+                out.push_str(&format!("\n[{s}]\n"));
+            }
+            let value = if s == Limits::SECTION {
+                self.limits.get(info.key)
+            } else {
+                self.node.get(info.key)
+            }
+            .flatten();
+            let from = match self.source(&qualified(s, info.key)) {
+                Source::Default => "default".to_string(),
+                Source::File => match file {
+                    Some(f) => format!("file {}", f.display()),
+                    None => "file".to_string(),
+                },
+                Source::Env => format!("env {}", info.env()),
+                Source::Flag => format!("flag --{}", info.flag()),
+            };
+            match value {
+                Some(_) if info.secret => {
+                    out.push_str(&format!("{} = \"<redacted>\"  # {from}\n", info.key))
+                }
+                Some(v) => out.push_str(&format!("{} = {v}  # {from}\n", info.key)),
+                None => out.push_str(&format!(
+                    "# {} is unset: {}  # {from}\n",
+                    info.key,
+                    default_text(info, None)
+                )),
+            }
+        }
+        out
+    }
+}
+
+/// A setting's default in words for the docs (`65536 (64 KiB)`).
+fn default_text(info: &SettingInfo, value: Option<String>) -> String {
+    if !info.default_doc.is_empty() {
+        return info.default_doc.to_string();
+    }
+    let Some(v) = value else {
+        return "none".to_string();
+    };
+    if info.key.ends_with("_bytes") {
+        if let Ok(n) = v.parse::<u64>() {
+            for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+                if n >= 1 << shift && n % (1 << shift) == 0 {
+                    return format!("{n} ({} {unit})", n >> shift);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The tables of docs/configuration.md, written from the declarations.
+pub fn docs_tables() -> String {
+    let mut out = String::new();
+    let defaults = (NodeSettings::default(), Limits::default());
+    for (section, title) in [
+        (NodeSettings::SECTION, "## Node settings (top level of the TOML file)"),
+        (Limits::SECTION, "## Request limits (`[limits]` in the TOML file)"),
+    ] {
+        out.push_str(&format!(
+            "{title}\n\n| flag | environment | TOML key | default | meaning |\n| --- | --- | --- | --- | --- |\n"
+        ));
+        for (s, info) in all_settings().filter(|(s, _)| *s == section) {
+            let value = if s == Limits::SECTION {
+                defaults.1.get(info.key)
+            } else {
+                defaults.0.get(info.key)
+            }
+            .flatten();
+            out.push_str(&format!(
+                "| `--{}` | `{}` | `{}` | {} | {} |\n",
+                info.flag(),
+                info.env(),
+                info.key,
+                default_text(info, value),
+                info.doc_line()
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    const BEGIN: &str = "<!-- settings: written from the declarations in src/config.rs and shards/src/config.rs; `UPDATE_DOCS=1 cargo test -p guts-node --bin guts-node docs` rewrites it -->\n";
+    const END: &str = "<!-- settings end -->\n";
+
+    /// docs/configuration.md lists every declared setting with its flag,
+    /// variable, key and default, and names no flag or variable that does
+    /// not exist.
+    #[test]
+    fn docs_configuration_matches_the_declarations() {
+        let doc = std::fs::read_to_string(DOC).unwrap();
+        let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
+            panic!("{DOC} has no settings block");
+        };
+        let want = docs_tables();
+        let have = &doc[b + BEGIN.len()..e];
+        if have != want {
+            if std::env::var_os("UPDATE_DOCS").is_some() {
+                let new = format!("{}{want}{}", &doc[..b + BEGIN.len()], &doc[e..]);
+                std::fs::write(DOC, new).unwrap();
+            } else {
+                panic!("{DOC} is out of date: run `UPDATE_DOCS=1 cargo test -p guts-node --bin guts-node docs`");
+            }
+        }
+        // Every flag and variable the doc names exists.
+        let mut flags = std::collections::BTreeSet::new();
+        let mut envs: std::collections::BTreeSet<String> =
+            ["GUTS_LOG", "GUTS_TOKEN"].map(String::from).into();
+        fn walk(cmd: &clap::Command, flags: &mut std::collections::BTreeSet<String>, envs: &mut std::collections::BTreeSet<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(l) = arg.get_long() {
+                    flags.insert(format!("--{l}"));
+                }
+                if let Some(e) = arg.get_env() {
+                    envs.insert(e.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, flags, envs);
+            }
+        }
+        walk(&Cli::command(), &mut flags, &mut envs);
+        for (_, info) in all_settings() {
+            envs.insert(info.env());
+        }
+        let words = doc.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        for word in words {
+            if word.starts_with("--") && word.len() > 2 {
+                assert!(flags.contains(word), "{DOC} names {word}, which is no flag");
+            }
+            if word.starts_with("GUTS_") {
+                assert!(envs.contains(word), "{DOC} names {word}, which is read nowhere");
+            }
+        }
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_a_variable_and_a_key() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (_, info) in all_settings() {
+            assert!(seen.insert(info.key), "{} declared twice", info.key);
+            assert!(!info.summary().is_empty(), "{} has no doc", info.key);
+        }
+        let cmd = Cli::command();
+        for (_, info) in all_settings() {
+            assert!(
+                cmd.get_arguments().any(|a| a.get_long() == Some(info.flag().as_str())),
+                "--{} missing",
+                info.flag()
+            );
+        }
     }
 }

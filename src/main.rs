@@ -28,11 +28,22 @@ fn main() {
     // only the signal thread takes SIGTERM/SIGINT/SIGHUP.
     lifecycle::block_signals();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Every setting is read (and a bad one refused) before anything starts.
+    let settings = match config::Effective::load(&cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("guts-node: error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    init_logging(settings.node.log_format);
     let result = match cli.command.clone() {
         None => run(&cli),
         Some(Command::Run) => run(&cli),
-        Some(Command::Config) => show_config(&cli),
+        Some(Command::Config { action: None })
+        | Some(Command::Config {
+            action: Some(config::ConfigCommand::Show),
+        }) => show_config(&cli, &settings),
         Some(Command::Version) => {
             println!("guts-node {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -50,7 +61,7 @@ fn main() {
             NodeConfig::resolve(&cli).and_then(|cfg| admin::token(&cfg, &action))
         }
         Some(Command::Tune(cmd)) => tune::run(&cli, &cmd),
-        Some(Command::Verify) => match data_dir_of(&cli) {
+        Some(Command::Verify) => match data_dir_of(&settings) {
             Ok(dir) => std::process::exit(verify::run(&dir)),
             Err(e) => {
                 eprintln!("guts-node verify: {e:#}");
@@ -60,12 +71,12 @@ fn main() {
         Some(Command::Backup {
             output,
             include_secrets,
-        }) => data_dir_of(&cli).and_then(|dir| backup::backup(&dir, &output, include_secrets)),
-        Some(Command::Restore { input }) => match &cli.data_dir {
-            Some(dir) => backup::restore(&input, dir),
-            None => Err(anyhow::anyhow!(
+        }) => data_dir_of(&settings).and_then(|dir| backup::backup(&dir, &output, include_secrets)),
+        Some(Command::Restore { input }) => match settings.source("data_dir") {
+            config::Source::Default => Err(anyhow::anyhow!(
                 "restore needs --data-dir naming the new (empty or absent) data directory"
             )),
+            _ => backup::restore(&input, &settings.node.data_dir),
         },
         Some(Command::Diagnostics { output, log_file }) => {
             diagnostics(&cli, &output, log_file.as_deref())
@@ -78,13 +89,13 @@ fn main() {
     }
 }
 
-fn init_logging(format: Option<config::LogFormat>) {
+fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GUTS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == Some(config::LogFormat::Json) {
+    if format == config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -92,12 +103,9 @@ fn init_logging(format: Option<config::LogFormat>) {
 }
 
 /// The data directory an offline command works on: `--data-dir`
-/// (`GUTS_DATA_DIR`), else the configuration's.
-fn data_dir_of(cli: &Cli) -> anyhow::Result<std::path::PathBuf> {
-    match &cli.data_dir {
-        Some(dir) => Ok(dir.clone()),
-        None => Ok(NodeConfig::resolve(cli)?.data_dir),
-    }
+/// (`GUTS_DATA_DIR`, the file's `data_dir`), else the default.
+fn data_dir_of(settings: &config::Effective) -> anyhow::Result<std::path::PathBuf> {
+    Ok(settings.node.data_dir.clone())
 }
 
 fn diagnostics(
@@ -119,9 +127,11 @@ fn diagnostics(
     )
 }
 
-fn show_config(cli: &Cli) -> anyhow::Result<()> {
-    let cfg = NodeConfig::resolve(cli)?;
-    println!("{cfg:#?}");
+fn show_config(cli: &Cli, settings: &config::Effective) -> anyhow::Result<()> {
+    // The settings must fit together too (a TLS key without a certificate
+    // is refused here as at start).
+    NodeConfig::from_effective(settings)?;
+    print!("{}", settings.to_toml(cli.config.as_deref()));
     Ok(())
 }
 

@@ -412,10 +412,10 @@ fn limits_come_from_the_config_file_and_environment() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
-        "api_body_max_bytes: 1234",
-        "request_pkts_max: 77",
-        "header_max_bytes: 5555",
-        "push_body_max_bytes: 999",
+        "api_body_max_bytes = 1234",
+        "request_pkts_max = 77",
+        "header_max_bytes = 5555",
+        "push_body_max_bytes = 999",
     ] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod metrics;
 pub mod redact;
 pub mod repo;
+pub mod settings;
 pub mod shard;
 pub mod tls;
 pub mod work;
