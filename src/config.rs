@@ -629,12 +629,19 @@ fn default_text(info: &SettingInfo, value: Option<String>) -> String {
 }
 
 /// The tables of docs/configuration.md, written from the declarations.
+#[cfg(test)]
 pub fn docs_tables() -> String {
     let mut out = String::new();
     let defaults = (NodeSettings::default(), Limits::default());
     for (section, title) in [
-        (NodeSettings::SECTION, "## Node settings (top level of the TOML file)"),
-        (Limits::SECTION, "## Request limits (`[limits]` in the TOML file)"),
+        (
+            NodeSettings::SECTION,
+            "## Node settings (top level of the TOML file)",
+        ),
+        (
+            Limits::SECTION,
+            "## Request limits (`[limits]` in the TOML file)",
+        ),
     ] {
         out.push_str(&format!(
             "{title}\n\n| flag | environment | TOML key | default | meaning |\n| --- | --- | --- | --- | --- |\n"
@@ -692,7 +699,11 @@ mod tests {
         let mut flags = std::collections::BTreeSet::new();
         let mut envs: std::collections::BTreeSet<String> =
             ["GUTS_LOG", "GUTS_TOKEN"].map(String::from).into();
-        fn walk(cmd: &clap::Command, flags: &mut std::collections::BTreeSet<String>, envs: &mut std::collections::BTreeSet<String>) {
+        fn walk(
+            cmd: &clap::Command,
+            flags: &mut std::collections::BTreeSet<String>,
+            envs: &mut std::collections::BTreeSet<String>,
+        ) {
             for arg in cmd.get_arguments() {
                 if let Some(l) = arg.get_long() {
                     flags.insert(format!("--{l}"));
@@ -715,7 +726,10 @@ mod tests {
                 assert!(flags.contains(word), "{DOC} names {word}, which is no flag");
             }
             if word.starts_with("GUTS_") {
-                assert!(envs.contains(word), "{DOC} names {word}, which is read nowhere");
+                assert!(
+                    envs.contains(word),
+                    "{DOC} names {word}, which is read nowhere"
+                );
             }
         }
     }
@@ -730,7 +744,8 @@ mod tests {
         let cmd = Cli::command();
         for (_, info) in all_settings() {
             assert!(
-                cmd.get_arguments().any(|a| a.get_long() == Some(info.flag().as_str())),
+                cmd.get_arguments()
+                    .any(|a| a.get_long() == Some(info.flag().as_str())),
                 "--{} missing",
                 info.flag()
             );

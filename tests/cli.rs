@@ -53,12 +53,27 @@ fn config_show(toml: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, temp
 fn unknown_keys_and_bad_values_are_refused_naming_key_value_and_reason() {
     let cases: &[(&str, &[&str])] = &[
         ("colour = \"blue\"\n", &["unknown key", "colour"]),
-        ("[limits]\nheader_max_bytez = 1\n", &["unknown key", "limits.header_max_bytez"]),
+        (
+            "[limits]\nheader_max_bytez = 1\n",
+            &["unknown key", "limits.header_max_bytez"],
+        ),
         // A limit at the top level is named where it belongs.
-        ("header_max_bytes = 1\n", &["unknown key", "header_max_bytes", "[limits]"]),
-        ("[limits]\nheader_max_bytes = -1\n", &["limits.header_max_bytes = -1", "whole number"]),
-        ("api_addr = \"nowhere\"\n", &["api_addr = \"nowhere\"", "address"]),
-        ("log_format = \"xml\"\n", &["log_format = \"xml\"", "text or json"]),
+        (
+            "header_max_bytes = 1\n",
+            &["unknown key", "header_max_bytes", "[limits]"],
+        ),
+        (
+            "[limits]\nheader_max_bytes = -1\n",
+            &["limits.header_max_bytes = -1", "whole number"],
+        ),
+        (
+            "api_addr = \"nowhere\"\n",
+            &["api_addr = \"nowhere\"", "address"],
+        ),
+        (
+            "log_format = \"xml\"\n",
+            &["log_format = \"xml\"", "text or json"],
+        ),
         ("shards = [1]\n", &["shards = [1]", "expected"]),
     ];
     for (toml, wants) in cases {
@@ -66,7 +81,10 @@ fn unknown_keys_and_bad_values_are_refused_naming_key_value_and_reason() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{toml:?} accepted:\n{stderr}");
         for want in *wants {
-            assert!(stderr.contains(want), "{toml:?}: {want:?} missing from:\n{stderr}");
+            assert!(
+                stderr.contains(want),
+                "{toml:?}: {want:?} missing from:\n{stderr}"
+            );
         }
     }
 }
@@ -75,9 +93,14 @@ fn unknown_keys_and_bad_values_are_refused_naming_key_value_and_reason() {
 fn a_bad_environment_variable_is_reported_under_its_own_name() {
     let out = guts_node(&["config", "show"], &[("GUTS_SHARDS", "many")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "GUTS_SHARDS=many accepted:\n{stderr}");
     assert!(
-        stderr.contains("GUTS_SHARDS") && stderr.contains("many") && stderr.contains("whole number"),
+        !out.status.success(),
+        "GUTS_SHARDS=many accepted:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("GUTS_SHARDS")
+            && stderr.contains("many")
+            && stderr.contains("whole number"),
         "{stderr}"
     );
     assert!(!stderr.contains("--shards"), "{stderr}");
@@ -85,7 +108,10 @@ fn a_bad_environment_variable_is_reported_under_its_own_name() {
     let out = guts_node(&["--shards", "many", "config", "show"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "--shards many accepted:\n{stderr}");
-    assert!(stderr.contains("--shards") && stderr.contains("many"), "{stderr}");
+    assert!(
+        stderr.contains("--shards") && stderr.contains("many"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -116,7 +142,10 @@ fn config_show_prints_toml_with_each_value_s_source_and_no_secret() {
     ] {
         assert!(stdout.contains(&want), "{want:?} missing from:\n{stdout}");
     }
-    assert!(!stdout.contains("00112233"), "the key is printed:\n{stdout}");
+    assert!(
+        !stdout.contains("00112233"),
+        "the key is printed:\n{stdout}"
+    );
     // What it prints is TOML.
     let parsed: toml::Table = toml::from_str(&stdout).expect("config show prints TOML");
     assert_eq!(
