@@ -649,14 +649,18 @@ fn health_follows_the_data_directory() {
     let node = Node::start();
     let (status, h) = get_json(&node, "/health");
     assert_eq!(status, 200, "{h}");
-    assert_eq!(h["status"], "ok", "{h}");
-    for check in [
-        "storage_writable",
-        "disk_space",
-        "consensus",
-        "peers",
-        "repositories",
-    ] {
+    // The disk check reads the host's disk: a machine with under 10 % free
+    // is rightly reported as degraded (still ready above 2 %).
+    let free = h["checks"]["disk_space"]["free_percent"].as_u64().unwrap();
+    assert!(free >= 2, "this machine's disk is too full to test on: {h}");
+    let (disk, overall) = if free >= 10 {
+        ("ok", "ok")
+    } else {
+        ("warn", "degraded")
+    };
+    assert_eq!(h["status"], overall, "{h}");
+    assert_eq!(h["checks"]["disk_space"]["status"], disk, "{h}");
+    for check in ["storage_writable", "consensus", "peers", "repositories"] {
         assert_eq!(h["checks"][check]["status"], "ok", "{check}: {h}");
     }
     assert!(h["checks"]["disk_space"]["available_bytes"].as_u64() > Some(0));

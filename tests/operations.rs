@@ -496,6 +496,18 @@ fn diagnostics_collects_status_and_keeps_secrets_out() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let extracted = t.join("x");
+    std::fs::create_dir(&extracted).unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&out_path)
+        .arg("-C")
+        .arg(&extracted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest =
+        std::fs::read_to_string(extracted.join("diagnostics/MANIFEST.txt")).unwrap_or_default();
     for name in [
         "diagnostics/MANIFEST.txt",
         "diagnostics/config/resolved.txt",
@@ -508,18 +520,11 @@ fn diagnostics_collects_status_and_keeps_secrets_out() {
         "diagnostics/host/df.txt",
         "diagnostics/host/summary.txt",
     ] {
-        assert!(listing.contains(name), "{name} missing from {listing}");
+        assert!(
+            listing.contains(name),
+            "{name} missing from {listing}\nMANIFEST.txt:\n{manifest}"
+        );
     }
-    let extracted = t.join("x");
-    std::fs::create_dir(&extracted).unwrap();
-    let status = Command::new("tar")
-        .arg("-xzf")
-        .arg(&out_path)
-        .arg("-C")
-        .arg(&extracted)
-        .status()
-        .unwrap();
-    assert!(status.success());
     let all: Vec<u8> = snapshot_files(&extracted)
         .into_iter()
         .flat_map(|(_, b)| b)
