@@ -142,14 +142,12 @@ pub fn backup(data_dir: &Path, output: &Path, include_secrets: bool) -> anyhow::
                 stage_files.push((path, format!("{DATA_PREFIX}/{rel}")));
             }
         }
-        for name in [guts_shards::auth::ACCESS_FILE_NAME] {
-            let path = data_dir.join(name);
-            if path.exists() {
-                let copy = staging.0.join(name);
-                std::fs::copy(&path, &copy)
-                    .with_context(|| format!("copying {}", path.display()))?;
-                stage_files.push((copy, format!("{DATA_PREFIX}/{name}")));
-            }
+        let name = guts_shards::auth::ACCESS_FILE_NAME;
+        let path = data_dir.join(name);
+        if path.exists() {
+            let copy = staging.0.join(name);
+            std::fs::copy(&path, &copy).with_context(|| format!("copying {}", path.display()))?;
+            stage_files.push((copy, format!("{DATA_PREFIX}/{name}")));
         }
         if include_secrets {
             for name in [guts_shards::auth::ADMIN_TOKEN_FILE_NAME, "node.key"] {

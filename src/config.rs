@@ -527,7 +527,7 @@ impl Effective {
         let name = qualified(section, key);
         let Some((_, info)) = all_settings().find(|(s, i)| *s == section && i.key == key) else {
             let hint = match all_settings().find(|(_, i)| i.key == key) {
-                Some((s, _)) if s.is_empty() => " (it belongs at the top level)".to_string(),
+                Some(("", _)) => " (it belongs at the top level)".to_string(),
                 Some((s, _)) => format!(" (it belongs in [{s}])"),
                 None => String::new(),
             };
