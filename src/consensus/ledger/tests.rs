@@ -193,6 +193,7 @@ pub(crate) fn ledger(
         packs: Packs::new(data.to_path_buf(), packs_wire, sleep.clone()),
         wire: Arc::new(NoGossip),
         read_only: None,
+        record: None,
         sleep,
     });
     (ledger, batches)
