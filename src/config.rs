@@ -48,6 +48,13 @@ guts_shards::declare_settings! {
         /// repack with factor 2). 0: never repack; always off on a node of
         /// a network.
         repack_quiet_ms: u64 = guts_shards::maintenance::REPACK_QUIET_MS,
+        /// Objects no ref reaches (packs of losing concurrent pushes,
+        /// deleted or rewound branches) are dropped by background repacking
+        /// once their pack is this old; what a ref or a newer object
+        /// reaches is always kept. At least the request timeout, so that no
+        /// push still being checked depends on what is dropped. 0: never
+        /// prune.
+        prune_unreachable_after_ms: u64 = guts_shards::maintenance::PRUNE_UNREACHABLE_AFTER_MS,
         /// PEM certificate chain (leaf first) for TLS (rustls) on the API
         /// address; needs `tls_key`. Reloaded on SIGHUP.
         #[default_doc = "none (plain HTTP)"]
@@ -275,6 +282,8 @@ pub struct NodeConfig {
     pub finalize_wait_ms: u64,
     /// Quiet time before a repository is repacked (0: never).
     pub repack_quiet_ms: u64,
+    /// Age of a pack before its unreachable objects are dropped (0: never).
+    pub prune_unreachable_after_ms: u64,
 }
 
 /// Where a node's private key comes from.
@@ -350,6 +359,7 @@ impl NodeConfig {
             key,
             finalize_wait_ms: n.finalize_wait_ms,
             repack_quiet_ms: n.repack_quiet_ms,
+            prune_unreachable_after_ms: n.prune_unreachable_after_ms,
         })
     }
 }

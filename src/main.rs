@@ -325,6 +325,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         } else {
             cfg.repack_quiet_ms
         },
+        prune_unreachable_after_ms: cfg.prune_unreachable_after_ms,
         admin_token_sha256,
         tls: match &cfg.tls {
             Some(paths) => Some(

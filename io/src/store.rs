@@ -796,11 +796,31 @@ impl ObjectStore {
     /// Returns the packs taken out, for the caller to
     /// [`retire`](Pack::retire) once this list is the one in use.
     pub fn replace_packs(&mut self, replaced: &[[u8; 20]], merged: Pack) -> Vec<Arc<Pack>> {
+        self.swap_packs(replaced, Some(merged), true)
+    }
+
+    /// Put `rewritten` (a pack already durable under its final name,
+    /// holding the objects of the packs named by `pruned` that a prune
+    /// keeps), or nothing if none is kept, in the place of the packs named
+    /// by `pruned`. Unlike [`replace_packs`](ObjectStore::replace_packs)
+    /// the packs taken out are not counted as held: some of their objects
+    /// are gone. Returns the packs taken out, to retire.
+    pub fn prune_packs(&mut self, pruned: &[[u8; 20]], rewritten: Option<Pack>) -> Vec<Arc<Pack>> {
+        self.swap_packs(pruned, rewritten, false)
+    }
+
+    fn swap_packs(
+        &mut self,
+        replaced: &[[u8; 20]],
+        merged: Option<Pack>,
+        absorb: bool,
+    ) -> Vec<Arc<Pack>> {
         let mut removed = Vec::new();
         let mut list = Vec::with_capacity(self.packs.len() + 1);
-        let keep_new = !self.packs.iter().any(|p| p.checksum == merged.checksum);
+        let merged_sum = merged.as_ref().map(|m| m.checksum);
+        let keep_new = merged_sum.is_some_and(|c| !self.packs.iter().any(|p| p.checksum == c));
         for p in self.packs.iter() {
-            if replaced.contains(&p.checksum) && p.checksum != merged.checksum {
+            if replaced.contains(&p.checksum) && Some(p.checksum) != merged_sum {
                 removed.push(p.clone());
             } else {
                 list.push(p.clone());
@@ -808,7 +828,7 @@ impl ObjectStore {
         }
         // After the packs newer than what it replaces, before the older ones:
         // where the newest replaced pack was, so lookups keep their order.
-        if keep_new {
+        if let (true, Some(merged)) = (keep_new, merged) {
             let at = self
                 .packs
                 .iter()
@@ -817,9 +837,11 @@ impl ObjectStore {
                 .min(list.len());
             list.insert(at, Arc::new(merged));
         }
-        let mut absorbed = (*self.absorbed).clone();
-        absorbed.extend(removed.iter().map(|p| p.checksum));
-        self.absorbed = Arc::new(absorbed);
+        if absorb {
+            let mut absorbed = (*self.absorbed).clone();
+            absorbed.extend(removed.iter().map(|p| p.checksum));
+            self.absorbed = Arc::new(absorbed);
+        }
         self.packs = Arc::new(list);
         removed
     }

@@ -105,6 +105,9 @@ pub struct ShardConfig {
     /// A repository whose refs have not changed for this long gets its
     /// small packs merged in the background (0: never repack).
     pub repack_quiet_ms: u64,
+    /// Objects no ref reaches are dropped by background repacking from
+    /// packs older than this (0: never; only while repacking is on).
+    pub prune_unreachable_after_ms: u64,
     /// SHA-256 of the node's admin token (`DATA/admin.token`).
     pub admin_token_sha256: [u8; 32],
     /// TLS on the API listener, if configured (`--tls-cert`, `--tls-key`).

@@ -1247,6 +1247,9 @@ async fn receive_pack(
         return read_only_refusal(&why, false);
     }
     let (parts, incoming) = req.into_parts();
+    // Counted before its snapshot is taken, until it is answered: no prune
+    // switches this repository's packs meanwhile.
+    let _in_flight = crate::maintenance::PushInFlight::begin(owner, name);
     // Unknown repository: answer before reading any of the body.
     let snap = match snapshot_or_404(shard, owner, name).await {
         Ok(s) => s,

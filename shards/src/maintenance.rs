@@ -1,4 +1,5 @@
-//! Background maintenance of a shard's repositories: geometric repacking.
+//! Background maintenance of a shard's repositories: geometric repacking
+//! and pruning of unreachable objects.
 //!
 //! Every push adds a pack. Each shard looks over its open repositories now
 //! and then, in a task queue of its own with few shares (requests always
@@ -13,14 +14,27 @@
 //! pack and its index are fsynced and renamed in before the store's list
 //! is switched; the old packs are retired only after the switch, and their
 //! files stay readable until the last snapshot holding them is gone.
+//!
+//! Pruning: now and then a quiet repository's reachable objects are
+//! walked from its refs ([`guts_io::pack::repack::prune_plan`]); packs
+//! older than [`ShardConfig::prune_unreachable_after_ms`](crate::config::ShardConfig)
+//! that hold objects no ref (and no newer object) reaches are rewritten
+//! without them, or removed. A push checks its objects against a
+//! snapshot of the store and applies later, so the switch happens only if
+//! no push of the repository was in flight at any time since the walk
+//! began ([`PushInFlight`]) and nothing changed the repository meanwhile;
+//! otherwise the rewritten pack is thrown away and the prune is tried
+//! again later.
 
 use crate::repo::Repo;
 use crate::shard::Shard;
 use crate::work::contained;
-use guts_io::pack::repack::{geometric_plan, Repack, GEOMETRIC_FACTOR};
+use guts_io::pack::repack::{geometric_plan, prune_plan, Repack, GEOMETRIC_FACTOR};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Default quiet time before a repository is repacked.
 pub const REPACK_QUIET_MS: u64 = 1_000;
@@ -32,6 +46,65 @@ pub const REPACK_CHECK_MAX_MS: u64 = 1_000;
 pub const REPACK_STEP_BYTES: usize = 4 << 20;
 /// Shares of the maintenance task queue (git services have 1000).
 pub const MAINTENANCE_SHARES: usize = 50;
+/// Default age of a pack before its unreachable objects are dropped: the
+/// default request timeout, so no push still running can need them.
+pub const PRUNE_UNREACHABLE_AFTER_MS: u64 = 3_600_000;
+/// Longest time between two reachability walks of a repository whose refs
+/// changed (at most the prune age itself).
+pub const PRUNE_RECHECK_MS: u64 = 600_000;
+
+/// Pushes in flight per repository (by lower-cased `OWNER/NAME`, which
+/// names one repository as names differing only in case are refused),
+/// from before the push's snapshot is taken until it is answered; node-wide,
+/// as a push is received on any shard.
+static PUSHES_IN_FLIGHT: LazyLock<Mutex<HashMap<String, u64>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn push_key(owner: &str, name: &str) -> String {
+    format!("{owner}/{name}").to_ascii_lowercase()
+}
+
+/// A push of one repository in flight: a prune does not switch packs while
+/// one exists (or existed since its walk began).
+pub struct PushInFlight {
+    key: String,
+}
+
+impl PushInFlight {
+    /// Count a push of `owner/name`. Taken before the push's snapshot.
+    pub fn begin(owner: &str, name: &str) -> PushInFlight {
+        let key = push_key(owner, name);
+        let mut map = PUSHES_IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(key.clone()).or_insert(0) += 1;
+        PushInFlight { key }
+    }
+}
+
+impl Drop for PushInFlight {
+    fn drop(&mut self) {
+        let mut map = PUSHES_IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Pushes begun for the repository `key` (`OWNER/NAME`) and not answered yet.
+fn pushes_in_flight(key: &str) -> u64 {
+    let map = PUSHES_IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(&key.to_ascii_lowercase()).copied().unwrap_or(0)
+}
+
+/// What a shard remembers of a repository's last reachability walk.
+struct PruneSeen {
+    /// The repository's last change when it was walked.
+    changed_at: Instant,
+    /// When it was walked.
+    at: Instant,
+}
 
 /// Run the shard's maintenance until the node stops.
 pub async fn run(shard: Rc<Shard>) {
@@ -41,6 +114,9 @@ pub async fn run(shard: Rc<Shard>) {
     }
     let quiet = Duration::from_millis(quiet_ms);
     let pause = Duration::from_millis(quiet_ms.clamp(10, REPACK_CHECK_MAX_MS));
+    let prune_ms = shard.config.prune_unreachable_after_ms;
+    let recheck = Duration::from_millis(prune_ms.min(PRUNE_RECHECK_MS));
+    let mut walked: HashMap<String, PruneSeen> = HashMap::new();
     loop {
         let stopped = futures_lite::future::or(
             async {
@@ -60,17 +136,58 @@ pub async fn run(shard: Rc<Shard>) {
             if shard.stopping.get() {
                 return;
             }
-            let due = {
+            let (due, prune_due) = {
                 let Ok(r) = repo.try_borrow() else { continue };
                 let packs = r.store.packs().len();
-                packs >= 2 && (r.quiet_for() >= quiet || packs >= REPACK_BUSY_PACKS)
+                let quiet_now = r.quiet_for() >= quiet;
+                // Walk a quiet repository once after it changed (at most
+                // every `recheck`), and again a prune age after the last
+                // walk, when what was recent then has aged.
+                let prune_due = prune_ms > 0
+                    && quiet_now
+                    && match walked.get(&key) {
+                        None => true,
+                        Some(seen) => {
+                            let since = seen.at.elapsed();
+                            (seen.changed_at != r.changed_at() && since >= recheck)
+                                || since >= Duration::from_millis(prune_ms)
+                        }
+                    };
+                (
+                    packs >= 2 && (quiet_now || packs >= REPACK_BUSY_PACKS),
+                    prune_due,
+                )
             };
-            if !due {
-                continue;
+            if due {
+                if let Err(e) = repack(&shard, &key, &repo).await {
+                    tracing::warn!(repo = %key, error = %e, "repack failed; the repository is unchanged and is tried again later");
+                }
             }
-            if let Err(e) = repack(&shard, &key, &repo).await {
-                tracing::warn!(repo = %key, error = %e, "repack failed; the repository is unchanged and is tried again later");
+            if prune_due && !shard.stopping.get() {
+                let seen = PruneSeen {
+                    changed_at: repo.borrow().changed_at(),
+                    at: Instant::now(),
+                };
+                match prune(&shard, &key, &repo, prune_ms).await {
+                    Ok(true) => {
+                        walked.insert(key, seen);
+                    }
+                    // Not this time (a push in flight, a change): soon again.
+                    Ok(false) => {
+                        walked.remove(&key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(repo = %key, error = %e, "prune failed; the repository is unchanged and is tried again later");
+                        walked.insert(key, seen);
+                    }
+                }
             }
+        }
+        // Forget repositories no longer open.
+        if walked.len() > 2 * shard.open_repos().len() + 64 {
+            let open: std::collections::HashSet<String> =
+                shard.open_repos().into_iter().map(|(k, _)| k).collect();
+            walked.retain(|k, _| open.contains(k));
         }
     }
 }
@@ -136,6 +253,115 @@ pub async fn repack(shard: &Shard, key: &str, repo: &Rc<RefCell<Repo>>) -> Resul
         "repacked"
     );
     Ok(())
+}
+
+/// Drop the objects no ref reaches from `repo`'s packs older than
+/// `prune_ms` (see the module documentation). `Ok(false)` when it must be
+/// tried again later: a push was in flight or the repository changed
+/// while the new pack was written (nothing is switched then).
+pub async fn prune(
+    shard: &Shard,
+    key: &str,
+    repo: &Rc<RefCell<Repo>>,
+    prune_ms: u64,
+) -> Result<bool, String> {
+    if pushes_in_flight(key) > 0 {
+        return Ok(false);
+    }
+    let (store, tips, changed_at) = {
+        let r = repo.borrow();
+        let tips: Vec<_> = r.refs.refs().values().copied().collect();
+        (r.store.clone(), tips, r.changed_at())
+    };
+    let started = Instant::now();
+    let cutoff = SystemTime::now()
+        .checked_sub(Duration::from_millis(prune_ms))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let walk_store = store.clone();
+    let plan = offload(move || {
+        prune_plan(&walk_store, &tips, cutoff, Default::default()).map_err(|e| e.to_string())
+    })
+    .await?;
+    let Some(plan) = plan else {
+        return Ok(true);
+    };
+    let pruned: Vec<[u8; 20]> = plan
+        .picked
+        .iter()
+        .map(|&i| store.packs()[i].checksum())
+        .collect();
+    let (dropped, kept) = (plan.dropped, plan.kept);
+    let rewritten = if kept == 0 {
+        None
+    } else {
+        let picked = plan.picked.clone();
+        let keep = plan.keep;
+        let mut job = offload(move || {
+            Repack::start_keeping(&store, &picked, Some(&keep)).map_err(|e| e.to_string())
+        })
+        .await?;
+        loop {
+            if shard.stopping.get() {
+                return Ok(false);
+            }
+            let (back, done) = offload(move || {
+                let done = job.step(REPACK_STEP_BYTES).map_err(|e| e.to_string())?;
+                Ok((job, done))
+            })
+            .await?;
+            job = back;
+            if done {
+                break;
+            }
+        }
+        Some(
+            offload(move || job.finish().map_err(|e| e.to_string()))
+                .await?
+                .0,
+        )
+    };
+    // The switch, with no await between the checks and it: a push that
+    // began since the walk started may rely on an object being dropped.
+    let removed = {
+        let mut r = repo.borrow_mut();
+        if pushes_in_flight(key) > 0 || r.changed_at() != changed_at {
+            drop(r);
+            if let Some(pack) = rewritten {
+                let held = repo
+                    .borrow()
+                    .store
+                    .packs()
+                    .iter()
+                    .any(|p| p.checksum() == pack.checksum());
+                if !held {
+                    offload(move || pack.retire().map_err(|e| e.to_string())).await?;
+                }
+            }
+            return Ok(false);
+        }
+        let removed = r.store.prune_packs(&pruned, rewritten);
+        r.packs_rearranged();
+        removed
+    };
+    let packs_now = repo.borrow().store.packs().len();
+    let retired = removed.len();
+    offload(move || {
+        for p in &removed {
+            p.retire().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(
+        repo = %key,
+        dropped,
+        kept,
+        retired,
+        packs = packs_now,
+        ms = started.elapsed().as_millis() as u64,
+        "pruned unreachable objects"
+    );
+    Ok(true)
 }
 
 /// Run `work` on the shard's blocking pool.

@@ -271,6 +271,11 @@ impl Repo {
         self.snapshot = None;
     }
 
+    /// When the refs or packs last changed.
+    pub fn changed_at(&self) -> std::time::Instant {
+        self.changed_at
+    }
+
     /// Time since the refs or packs last changed.
     pub fn quiet_for(&self) -> std::time::Duration {
         self.changed_at.elapsed()

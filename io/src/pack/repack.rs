@@ -12,6 +12,11 @@
 //!
 //! The new pack holds every object of the merged packs, reachable or not:
 //! nothing a ref (or a push being checked right now) may need is lost.
+//! Unreachable objects go only through [`prune_plan`]: packs older than a
+//! grace period that hold objects no ref reaches (packs of losing
+//! concurrent pushes, deleted or rewound branches) are rewritten without
+//! them, as C git's `gc --prune` does, keeping everything reachable from a
+//! ref or from an object of a recent pack.
 //! It is written with the clone path's pack writer (whole packs are
 //! concatenated verbatim; stored deltas are reused, never recomputed), a
 //! step at a time ([`Repack::step`]), under a temporary name. [`Repack::finish`]
@@ -24,12 +29,15 @@
 
 use super::idx::{write_idx, IdxEntry};
 use super::write::{pack_stream, PackStream, PackWriteError, PackWriteOptions};
+use crate::interrupt::Interrupt;
 use crate::oid::ObjectId;
 use crate::store::{ObjectStore, Pack, StoreError};
+use crate::walk::{enumerate, WalkError, WalkRequest};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// Each pack should hold at least this many times the objects of the next
 /// smaller one (`git repack --geometric=2`).
@@ -54,6 +62,11 @@ pub enum RepackError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The reachability walk of a prune failed (an object a ref or a
+    /// recent object needs is missing, or the walk was interrupted):
+    /// nothing is pruned.
+    #[error("reachability walk: {0}")]
+    Walk(#[from] WalkError),
     /// The written pack does not hold what the merged packs held.
     #[error("the merged pack holds {got} objects, expected {expected}")]
     Mismatch {
@@ -114,6 +127,108 @@ pub fn geometric_plan(counts: &[u64], factor: u64) -> Vec<usize> {
     picked
 }
 
+/// What pruning a store would do.
+#[derive(Debug)]
+pub struct PrunePlan {
+    /// Positions, in the store the plan was made from, of the old packs
+    /// that hold unreachable objects: they are rewritten with only
+    /// [`keep`](PrunePlan::keep)'s objects (or removed, if none is left).
+    pub picked: Vec<usize>,
+    /// The objects to keep: reachable from a tip, or from an object of a
+    /// recent pack.
+    pub keep: ahash::AHashSet<ObjectId>,
+    /// Distinct objects of the picked packs that are not kept.
+    pub dropped: usize,
+    /// Distinct objects of the picked packs that are kept.
+    pub kept: usize,
+}
+
+/// The packs of `store` worth rewriting to drop unreachable objects, if
+/// any. Kept are the objects reachable from `tips` (every ref), every
+/// object of a pack modified after `cutoff` (a push being checked or
+/// ordered right now, a recent losing push: the grace period), and every
+/// object those reach, so a kept object never points at a dropped one
+/// (C git's `gc` keeps what recent unreachable objects reach the same
+/// way). Only packs modified at or before `cutoff` are rewritten. A
+/// missing object anywhere in the walk fails the plan: nothing is pruned
+/// from a damaged repository.
+pub fn prune_plan(
+    store: &ObjectStore,
+    tips: &[ObjectId],
+    cutoff: SystemTime,
+    interrupt: Interrupt,
+) -> Result<Option<PrunePlan>, RepackError> {
+    let old: Vec<bool> = store
+        .packs()
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p.path())
+                .and_then(|m| m.modified())
+                .map(|t| t <= cutoff)
+                // A pack whose age cannot be read counts as recent.
+                .unwrap_or(false)
+        })
+        .collect();
+    if !old.iter().any(|&o| o) {
+        return Ok(None);
+    }
+    let mut tips: Vec<ObjectId> = tips.to_vec();
+    tips.sort_unstable();
+    tips.dedup();
+    let reachable = enumerate(
+        store,
+        &WalkRequest {
+            wants: tips.clone(),
+            interrupt: interrupt.clone(),
+            ..Default::default()
+        },
+    )?;
+    let mut keep: ahash::AHashSet<ObjectId> = reachable.objects.into_iter().collect();
+    // Recent objects no ref reaches, and what they reach.
+    let mut recent: Vec<ObjectId> = Vec::new();
+    for (p, _) in store.packs().iter().zip(&old).filter(|(_, &o)| !o) {
+        recent.extend(
+            p.index()
+                .entries()
+                .map(|e| e.oid)
+                .filter(|o| !keep.contains(o)),
+        );
+    }
+    recent.sort_unstable();
+    recent.dedup();
+    if !recent.is_empty() {
+        let closure = enumerate(
+            store,
+            &WalkRequest {
+                wants: recent.clone(),
+                haves: tips,
+                interrupt,
+                ..Default::default()
+            },
+        )?;
+        keep.extend(closure.objects);
+        keep.extend(recent);
+    }
+    let mut picked = Vec::new();
+    let mut in_picked: ahash::AHashSet<ObjectId> = ahash::AHashSet::new();
+    for (i, p) in store.packs().iter().enumerate() {
+        if old[i] && p.index().entries().any(|e| !keep.contains(&e.oid)) {
+            picked.push(i);
+            in_picked.extend(p.index().entries().map(|e| e.oid));
+        }
+    }
+    if picked.is_empty() {
+        return Ok(None);
+    }
+    let kept = in_picked.iter().filter(|o| keep.contains(*o)).count();
+    Ok(Some(PrunePlan {
+        picked,
+        dropped: in_picked.len() - kept,
+        kept,
+        keep,
+    }))
+}
+
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 /// A merge of some packs into one, being written.
@@ -143,10 +258,25 @@ impl Repack {
     /// Start merging the packs at positions `picked` of `store` into a new
     /// pack in the store's pack directory.
     pub fn start(store: &ObjectStore, picked: &[usize]) -> Result<Repack, RepackError> {
+        Repack::start_keeping(store, picked, None)
+    }
+
+    /// As [`start`](Repack::start), but the new pack holds only the objects
+    /// in `keep` (all of them if `None`): a prune's rewrite
+    /// ([`prune_plan`]). The caller must not write a pack that would be
+    /// empty.
+    pub fn start_keeping(
+        store: &ObjectStore,
+        picked: &[usize],
+        keep: Option<&ahash::AHashSet<ObjectId>>,
+    ) -> Result<Repack, RepackError> {
         let subset = store.subset(picked);
         let mut objects: Vec<ObjectId> = Vec::new();
         for p in subset.packs() {
             objects.extend(p.index().entries().map(|e| e.oid));
+        }
+        if let Some(keep) = keep {
+            objects.retain(|o| keep.contains(o));
         }
         objects.sort_unstable();
         objects.dedup();
@@ -303,6 +433,7 @@ impl Repack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn geometric_plan_merges_the_small_packs() {
@@ -483,5 +614,119 @@ mod tests {
                 guts_testkit::git_ok(&bare, &["verify-pack", p.to_str().unwrap()]);
             }
         }
+    }
+
+    /// Objects as their own pack in `store` (`git pack-objects`), its file
+    /// dated `age` ago.
+    fn pack_of(repo: &Path, store: &Path, oids: &[&str], age: Duration) {
+        let list = oids.join("\n") + "\n";
+        let prefix = store.join("pack/pack");
+        let out = guts_testkit::git_bytes(
+            repo,
+            &["pack-objects", "-q", prefix.to_str().unwrap()],
+            Some(list.as_bytes()),
+        );
+        let sum = String::from_utf8(out).unwrap();
+        let pack = store.join(format!("pack/pack-{}.pack", sum.trim()));
+        let f = std::fs::File::options().write(true).open(&pack).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    fn write_blob(repo: &Path, text: &str) -> String {
+        let out = guts_testkit::git_bytes(
+            repo,
+            &["hash-object", "-w", "--stdin"],
+            Some(text.as_bytes()),
+        );
+        String::from_utf8(out).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn prune_drops_old_unreachable_objects_and_keeps_what_recent_ones_reach() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let git = |args: &[&str]| guts_testkit::git_ok(&repo, args).trim().to_string();
+        git(&["init", "-q"]);
+        std::fs::write(repo.join("a.txt"), "reachable\n").unwrap();
+        git(&["add", "a.txt"]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "a",
+        ]);
+        let head = git(&["rev-parse", "HEAD"]);
+        let tree = git(&["rev-parse", "HEAD^{tree}"]);
+        let blob = git(&["rev-parse", "HEAD:a.txt"]);
+        // Unreachable: an old blob nothing names, and an old blob that a
+        // recent unreachable tree names (a push still being ordered).
+        let garbage = write_blob(&repo, "garbage\n");
+        let named = write_blob(&repo, "named by a recent tree\n");
+        let recent_tree = {
+            let line = format!("100644 blob {named}\tn.txt\n");
+            let out = guts_testkit::git_bytes(&repo, &["mktree"], Some(line.as_bytes()));
+            String::from_utf8(out).unwrap().trim().to_string()
+        };
+        let store_dir = tmp.path().join("objects");
+        std::fs::create_dir_all(store_dir.join("pack")).unwrap();
+        let day = Duration::from_secs(86_400);
+        pack_of(&repo, &store_dir, &[&head, &tree, &blob], day);
+        pack_of(&repo, &store_dir, &[&garbage, &named, &blob], day);
+        pack_of(&repo, &store_dir, &[&recent_tree], Duration::ZERO);
+
+        let mut store = ObjectStore::open(&store_dir).unwrap();
+        let oid = |h: &str| h.parse::<ObjectId>().unwrap();
+        let tips = [oid(&head)];
+        let cutoff = SystemTime::now() - Duration::from_secs(3600);
+        let plan = prune_plan(&store, &tips, cutoff, Default::default())
+            .unwrap()
+            .expect("something to prune");
+        assert_eq!(plan.picked.len(), 1, "only the pack holding garbage");
+        assert_eq!((plan.dropped, plan.kept), (1, 2));
+        for kept in [&head, &tree, &blob, &named, &recent_tree] {
+            assert!(plan.keep.contains(&oid(kept)), "{kept} must be kept");
+        }
+        assert!(!plan.keep.contains(&oid(&garbage)));
+        // Nothing is old: nothing to do.
+        let long_ago = SystemTime::now() - Duration::from_secs(10 * 86_400);
+        assert!(prune_plan(&store, &tips, long_ago, Default::default())
+            .unwrap()
+            .is_none());
+
+        let picked: Vec<[u8; 20]> = plan
+            .picked
+            .iter()
+            .map(|&i| store.packs()[i].checksum())
+            .collect();
+        let (pack, _) = Repack::start_keeping(&store, &plan.picked, Some(&plan.keep))
+            .unwrap()
+            .run()
+            .unwrap();
+        assert_eq!(pack.object_count(), 2);
+        let removed = store.prune_packs(&picked, Some(pack));
+        assert_eq!(removed.len(), 1);
+        assert!(!store.holds_pack(&picked[0]), "a pruned pack is not held");
+        for p in &removed {
+            p.retire().unwrap();
+        }
+        drop(removed);
+        let reopened = ObjectStore::open(&store_dir).unwrap();
+        assert!(!reopened.contains(&oid(&garbage)));
+        for kept in [&head, &tree, &blob, &named, &recent_tree] {
+            assert!(reopened.contains(&oid(kept)), "{kept} lost");
+        }
+        // Again, now that the garbage is gone: nothing more to drop.
+        assert!(prune_plan(&reopened, &tips, cutoff, Default::default())
+            .unwrap()
+            .is_none());
+        // A ref to an object the store lacks fails the plan (nothing is
+        // pruned from a damaged repository).
+        let missing = oid("0123456789012345678901234567890123456789");
+        assert!(prune_plan(&reopened, &[missing], cutoff, Default::default()).is_err());
     }
 }
