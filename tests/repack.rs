@@ -221,3 +221,81 @@ fn kill_9_at_any_moment_of_a_repack_leaves_a_valid_repository() {
     let refs = clone_checked(tmp.path(), &url, "final");
     assert_eq!(refs, vec![("refs/heads/main".to_string(), head)]);
 }
+
+/// True if C git finds `oid` in the node's copy of the repository.
+fn has_object(repo_dir: &Path, oid: &str) -> bool {
+    git_out(repo_dir, &["cat-file", "-e", oid]).status.success()
+}
+
+/// A branch pushed and deleted, and a branch rewound with a force push:
+/// once their packs are older than the prune age, their objects leave the
+/// repository; everything a ref reaches stays, C git's fsck agrees, and a
+/// clone is complete.
+#[test]
+fn unreachable_objects_are_pruned_once_old_and_reachable_ones_never() {
+    let node = Node::start_with(&[
+        "--repack-quiet-ms",
+        "50",
+        "--prune-unreachable-after-ms",
+        "1",
+    ]);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let url = node.create_repo("alice", "prune");
+    let wt = push_many(s, &url, None, 3, 4096);
+    let repo_dir = node.data_dir.join("repos/alice/prune.git");
+
+    git_ok(&wt, &["checkout", "-q", "-b", "topic"]);
+    commit_file(&wt, "topic.txt", "only ever on topic\n", "topic");
+    let topic_blob = git_ok(&wt, &["rev-parse", "HEAD:topic.txt"]).trim().to_string();
+    git_ok(&wt, &["push", "-q", &url, "topic"]);
+    git_ok(&wt, &["checkout", "-q", "main"]);
+    let rewound = git_ok(&wt, &["rev-parse", "main"]).trim().to_string();
+    let kept = git_ok(&wt, &["rev-parse", "main~1"]).trim().to_string();
+    assert!(has_object(&repo_dir, &topic_blob) && has_object(&repo_dir, &rewound));
+
+    git_ok(&wt, &["push", "-q", "--force", &url, "main~1:main"]);
+    git_ok(&wt, &["push", "-q", &url, ":topic"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            !has_object(&repo_dir, &topic_blob) && !has_object(&repo_dir, &rewound)
+        }),
+        "unreachable objects were never pruned"
+    );
+    git_ok(&repo_dir, &["fsck", "--strict", "--no-dangling"]);
+    let refs = clone_checked(s, &url, "after-prune");
+    assert_eq!(refs, vec![("refs/heads/main".to_string(), kept.clone())]);
+    // Pushing on top of the pruned history works as ever.
+    git_ok(&wt, &["reset", "-q", "--hard", &kept]);
+    let again = commit_file(&wt, "after.txt", "after the prune\n", "after");
+    git_ok(&wt, &["push", "-q", &url, "main"]);
+    let refs = clone_checked(s, &url, "after-push");
+    assert_eq!(refs, vec![("refs/heads/main".to_string(), again)]);
+}
+
+/// Within the prune age nothing is dropped, reachable or not: a deleted
+/// branch's objects stay through repacks (they may be a push still being
+/// ordered, or wanted back).
+#[test]
+fn unreachable_objects_stay_within_the_prune_age() {
+    let node = Node::start_with(&["--repack-quiet-ms", "50"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let url = node.create_repo("alice", "keep");
+    let wt = push_many(s, &url, None, 2, 1024);
+    let repo_dir = node.data_dir.join("repos/alice/keep.git");
+    git_ok(&wt, &["checkout", "-q", "-b", "topic"]);
+    commit_file(&wt, "topic.txt", "topic\n", "topic");
+    let topic_blob = git_ok(&wt, &["rev-parse", "HEAD:topic.txt"]).trim().to_string();
+    git_ok(&wt, &["push", "-q", &url, "topic"]);
+    git_ok(&wt, &["push", "-q", &url, ":topic"]);
+    // Repacking merges the packs (the deleted branch's among them) ...
+    assert!(
+        wait_until(Duration::from_secs(60), || pack_files(&node, "alice", "keep").0 == 1),
+        "never repacked: {:?}",
+        pack_files(&node, "alice", "keep")
+    );
+    // ... and keeps its objects.
+    assert!(has_object(&repo_dir, &topic_blob));
+    git_ok(&repo_dir, &["fsck", "--strict"]);
+}
