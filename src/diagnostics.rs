@@ -336,10 +336,11 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(HTTP_CONNECT_TIMEOUT_MS))?;
     s.set_read_timeout(Some(Duration::from_millis(HTTP_READ_TIMEOUT_MS)))?;
     s.set_write_timeout(Some(Duration::from_millis(HTTP_READ_TIMEOUT_MS)))?;
-    write!(
-        s,
+    // One write: a request head split over segments is a needless risk.
+    let head = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: guts-node-diagnostics\r\nConnection: close\r\n\r\n"
-    )?;
+    );
+    s.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
     s.take(HTTP_BODY_MAX_BYTES).read_to_end(&mut raw)?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");

@@ -60,8 +60,16 @@ pub fn start(addr: SocketAddr) -> std::io::Result<()> {
 fn serve_one(mut stream: TcpStream, started: Instant) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(SCRAPE_TIMEOUT_MS)));
     let _ = stream.set_write_timeout(Some(Duration::from_millis(SCRAPE_TIMEOUT_MS)));
+    // The request head may come in several segments: read to its end (or
+    // the buffer's, or the timeout).
     let mut buf = [0u8; SCRAPE_REQUEST_MAX_BYTES];
-    let n = stream.read(&mut buf).unwrap_or(0);
+    let mut n = 0;
+    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(got) => n += got,
+        }
+    }
     let head = String::from_utf8_lossy(&buf[..n]);
     let (status, content_type, body) = if head.starts_with("GET /metrics") {
         guts_shards::metrics::set_process(&process_facts(), started.elapsed().as_secs());
@@ -79,11 +87,11 @@ fn serve_one(mut stream: TcpStream, started: Instant) {
             "not found: GET /metrics\n".to_string(),
         )
     };
-    let _ = write!(
-        stream,
+    let answer = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = stream.write_all(answer.as_bytes());
 }
 
 /// Clock ticks per second of /proc/self/stat's CPU times.

@@ -796,3 +796,19 @@ fn status_and_version_commands() {
     let out = guts_node(&["--api-addr", "not-an-address", "status"]);
     assert!(!out.status.success());
 }
+
+/// A scrape whose request head arrives in pieces is answered like any other.
+#[test]
+fn a_request_head_in_pieces_is_answered() {
+    let node = Node::start();
+    let mut s = TcpStream::connect(node.metrics).unwrap();
+    for part in ["GET ", "/metrics", " HTTP/1.1\r\nHost: x\r\n", "\r\n"] {
+        s.write_all(part.as_bytes()).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("guts_up 1"), "{answer}");
+}

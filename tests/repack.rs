@@ -247,7 +247,9 @@ fn unreachable_objects_are_pruned_once_old_and_reachable_ones_never() {
 
     git_ok(&wt, &["checkout", "-q", "-b", "topic"]);
     commit_file(&wt, "topic.txt", "only ever on topic\n", "topic");
-    let topic_blob = git_ok(&wt, &["rev-parse", "HEAD:topic.txt"]).trim().to_string();
+    let topic_blob = git_ok(&wt, &["rev-parse", "HEAD:topic.txt"])
+        .trim()
+        .to_string();
     git_ok(&wt, &["push", "-q", &url, "topic"]);
     git_ok(&wt, &["checkout", "-q", "main"]);
     let rewound = git_ok(&wt, &["rev-parse", "main"]).trim().to_string();
@@ -286,12 +288,17 @@ fn unreachable_objects_stay_within_the_prune_age() {
     let repo_dir = node.data_dir.join("repos/alice/keep.git");
     git_ok(&wt, &["checkout", "-q", "-b", "topic"]);
     commit_file(&wt, "topic.txt", "topic\n", "topic");
-    let topic_blob = git_ok(&wt, &["rev-parse", "HEAD:topic.txt"]).trim().to_string();
+    let topic_blob = git_ok(&wt, &["rev-parse", "HEAD:topic.txt"])
+        .trim()
+        .to_string();
     git_ok(&wt, &["push", "-q", &url, "topic"]);
     git_ok(&wt, &["push", "-q", &url, ":topic"]);
     // Repacking merges the packs (the deleted branch's among them) ...
     assert!(
-        wait_until(Duration::from_secs(60), || pack_files(&node, "alice", "keep").0 == 1),
+        wait_until(Duration::from_secs(60), || pack_files(
+            &node, "alice", "keep"
+        )
+        .0 == 1),
         "never repacked: {:?}",
         pack_files(&node, "alice", "keep")
     );
