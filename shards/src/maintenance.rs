@@ -322,23 +322,23 @@ pub async fn prune(
     };
     // The switch, with no await between the checks and it: a push that
     // began since the walk started may rely on an object being dropped.
+    let changed = pushes_in_flight(key) > 0 || repo.borrow().changed_at() != changed_at;
+    if changed {
+        if let Some(pack) = rewritten {
+            let held = repo
+                .borrow()
+                .store
+                .packs()
+                .iter()
+                .any(|p| p.checksum() == pack.checksum());
+            if !held {
+                offload(move || pack.retire().map_err(|e| e.to_string())).await?;
+            }
+        }
+        return Ok(false);
+    }
     let removed = {
         let mut r = repo.borrow_mut();
-        if pushes_in_flight(key) > 0 || r.changed_at() != changed_at {
-            drop(r);
-            if let Some(pack) = rewritten {
-                let held = repo
-                    .borrow()
-                    .store
-                    .packs()
-                    .iter()
-                    .any(|p| p.checksum() == pack.checksum());
-                if !held {
-                    offload(move || pack.retire().map_err(|e| e.to_string())).await?;
-                }
-            }
-            return Ok(false);
-        }
         let removed = r.store.prune_packs(&pruned, rewritten);
         r.packs_rearranged();
         removed
