@@ -207,41 +207,14 @@ pub async fn repack(shard: &Shard, key: &str, repo: &Rc<RefCell<Repo>>) -> Resul
     }
     let started = std::time::Instant::now();
     let merging = picked.len();
-    let mut job =
-        offload(move || Repack::start(&store, &picked).map_err(|e| e.to_string())).await?;
-    loop {
-        if shard.stopping.get() {
-            // Dropping the job removes its temporary files.
-            return Ok(());
-        }
-        let (back, done) = offload(move || {
-            let done = job.step(REPACK_STEP_BYTES).map_err(|e| e.to_string())?;
-            Ok((job, done))
-        })
-        .await?;
-        job = back;
-        if done {
-            break;
-        }
-    }
-    let (pack, replaced) = offload(move || job.finish().map_err(|e| e.to_string())).await?;
+    let job = offload(move || Repack::start(&store, &picked).map_err(|e| e.to_string())).await?;
+    let Some((pack, replaced)) = write_out(shard, job).await? else {
+        return Ok(());
+    };
     let (objects, bytes) = (pack.object_count(), pack.len());
     // The switch: packs pushed meanwhile stay in the list.
-    let removed = {
-        let mut r = repo.borrow_mut();
-        let removed = r.store.replace_packs(&replaced, pack);
-        r.packs_rearranged();
-        removed
-    };
-    let packs_now = repo.borrow().store.packs().len();
-    let retired = removed.len();
-    offload(move || {
-        for p in &removed {
-            p.retire().map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
-    .await?;
+    let (packs_now, retired) =
+        switch(repo, move |store| store.replace_packs(&replaced, pack)).await?;
     tracing::info!(
         repo = %key,
         merged = merging,
@@ -296,29 +269,14 @@ pub async fn prune(
     } else {
         let picked = plan.picked.clone();
         let keep = plan.keep;
-        let mut job = offload(move || {
+        let job = offload(move || {
             Repack::start_keeping(&store, &picked, Some(&keep)).map_err(|e| e.to_string())
         })
         .await?;
-        loop {
-            if shard.stopping.get() {
-                return Ok(false);
-            }
-            let (back, done) = offload(move || {
-                let done = job.step(REPACK_STEP_BYTES).map_err(|e| e.to_string())?;
-                Ok((job, done))
-            })
-            .await?;
-            job = back;
-            if done {
-                break;
-            }
+        match write_out(shard, job).await? {
+            Some((pack, _)) => Some(pack),
+            None => return Ok(false),
         }
-        Some(
-            offload(move || job.finish().map_err(|e| e.to_string()))
-                .await?
-                .0,
-        )
     };
     // The switch, with no await between the checks and it: a push that
     // began since the walk started may rely on an object being dropped.
@@ -337,9 +295,55 @@ pub async fn prune(
         }
         return Ok(false);
     }
+    let (packs_now, retired) =
+        switch(repo, move |store| store.prune_packs(&pruned, rewritten)).await?;
+    tracing::info!(
+        repo = %key,
+        dropped,
+        kept,
+        retired,
+        packs = packs_now,
+        ms = started.elapsed().as_millis() as u64,
+        "pruned unreachable objects"
+    );
+    Ok(true)
+}
+
+/// Write `job`'s pack on the blocking pool a step at a time and finish
+/// it; `None` if the node is stopping (the job's temporary files go with it).
+async fn write_out(
+    shard: &Shard,
+    mut job: Repack,
+) -> Result<Option<(guts_io::store::Pack, Vec<[u8; 20]>)>, String> {
+    loop {
+        if shard.stopping.get() {
+            return Ok(None);
+        }
+        let (back, done) = offload(move || {
+            let done = job.step(REPACK_STEP_BYTES).map_err(|e| e.to_string())?;
+            Ok((job, done))
+        })
+        .await?;
+        job = back;
+        if done {
+            break;
+        }
+    }
+    offload(move || job.finish().map_err(|e| e.to_string()))
+        .await
+        .map(Some)
+}
+
+/// Change `repo`'s pack list with `swap` (no await in between, so nothing
+/// sees a half-changed list), then retire the packs it took out. Returns
+/// the pack count after and how many were retired.
+async fn switch(
+    repo: &Rc<RefCell<Repo>>,
+    swap: impl FnOnce(&mut guts_io::store::ObjectStore) -> Vec<std::sync::Arc<guts_io::store::Pack>>,
+) -> Result<(usize, usize), String> {
     let removed = {
         let mut r = repo.borrow_mut();
-        let removed = r.store.prune_packs(&pruned, rewritten);
+        let removed = swap(&mut r.store);
         r.packs_rearranged();
         removed
     };
@@ -352,16 +356,7 @@ pub async fn prune(
         Ok(())
     })
     .await?;
-    tracing::info!(
-        repo = %key,
-        dropped,
-        kept,
-        retired,
-        packs = packs_now,
-        ms = started.elapsed().as_millis() as u64,
-        "pruned unreachable objects"
-    );
-    Ok(true)
+    Ok((packs_now, retired))
 }
 
 /// Run `work` on the shard's blocking pool.
