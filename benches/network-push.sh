@@ -136,7 +136,8 @@ python3 -c "print(f'$CLIENTS concurrent pushes through different validators, $((
 # 3. catch-up
 LAST=$((VALIDATORS - 1))
 kill "${NODE_PID[$LAST]}"; wait "${NODE_PID[$LAST]}" 2>/dev/null || true
-git -C "$WORK/src" checkout -q main
+# The devnet's main was pushed from the orphan branch `fresh`.
+git -C "$WORK/src" checkout -q fresh
 for i in $(seq "$BLOCKS"); do
     echo "x$i" >"$WORK/src/f"
     git -C "$WORK/src" -c user.name=b -c user.email=b@b commit -q -am "x$i"
