@@ -61,6 +61,9 @@ pub fn run(rx: Receiver<Transaction>, mut shards: Vec<BatchSender>, mut record: 
             tracing::error!(height, error = %e, "block not recorded");
         }
         guts_shards::metrics::record_block(height, transactions as u64);
+        guts_shards::metrics::record_batch_updates(
+            block.iter().map(|tx| tx.updates().len() as u64).sum(),
+        );
         let batches = guts_shards::consensus::split_block(height, block, shards.len());
         tracing::debug!(
             height,

@@ -121,6 +121,7 @@ const COVERED_ELSEWHERE: &[(&str, &str)] = &[
         "guts_p2p_peers_connected",
         "tests/network.rs (full node test)",
     ),
+    ("guts_p2p_bytes_total", "tests/network.rs (full node test)"),
     (
         "guts_replication_lag_blocks",
         "tests/network.rs (present on a network node; 0 once caught up)",
@@ -170,7 +171,39 @@ fn every_documented_metric_moves_when_exercised() {
     for i in 0..3 {
         commit_file(&wt, &format!("f{i}"), &format!("{i}\n"), &format!("c{i}"));
     }
+    let created = scrape(&node);
     git_ok(&wt, &["push", "-q", &url, "HEAD:refs/heads/main"]);
+    let pushed = scrape(&node);
+    // The push was one transaction, finalized in a block of one ref update
+    // (a standalone node's sequencer finalizes every block).
+    for name in [
+        "guts_consensus_finalization_seconds",
+        "guts_consensus_batch_updates",
+    ] {
+        let count = format!("{name}_count");
+        let sum = format!("{name}_sum");
+        assert!(
+            value(&pushed, &count) > value(&created, &count),
+            "{count}: {} -> {}",
+            value(&created, &count),
+            value(&pushed, &count)
+        );
+        assert!(value(&pushed, &sum) > 0.0, "{sum} is 0");
+        assert_eq!(
+            value(&pushed, &format!("{name}_bucket{{le=\"+Inf\"}}")),
+            value(&pushed, &count)
+        );
+        moved.insert(name);
+    }
+    assert!(
+        value(&pushed, "guts_consensus_batch_updates_sum")
+            >= value(&created, "guts_consensus_batch_updates_sum") + 1.0
+    );
+    // No peers: nothing crosses the p2p network, but the series exist.
+    for direction in ["sent", "received"] {
+        let series = format!("guts_p2p_bytes_total{{direction=\"{direction}\"}}");
+        assert_eq!(pushed.get(&series), Some(&0.0), "{series}");
+    }
     // refs/heads/main exists: refs/heads/main/x is a D/F conflict the node refuses.
     let out = git_out(&wt, &["push", &url, "HEAD:refs/heads/main/x"]);
     assert!(!out.status.success(), "D/F conflicting push accepted");

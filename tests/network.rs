@@ -484,12 +484,53 @@ fn get_json(net: &Net, i: usize, path: &str) -> serde_json::Value {
 }
 
 /// Metrics, the consensus API and `status` of a network of 4 validators
-/// (nodes 0-3) and a full node (4), after `pushed` was finalized.
+/// (nodes 0-3) and a full node (4), after `pushed` was pushed to node 0
+/// and finalized.
 fn consensus_is_reported(net: &Net, pushed: &str) {
+    let get = |m: &std::collections::HashMap<String, f64>, k: &str| m.get(k).copied();
+    // Node 0 accepted the push: it measured the wait for its finalization.
+    let m0 = scrape(net, 0);
+    assert!(
+        get(&m0, "guts_consensus_finalization_seconds_count") >= Some(1.0)
+            && get(&m0, "guts_consensus_finalization_seconds_sum") > Some(0.0),
+        "{m0:?}"
+    );
+    // Every validator (and the full node) applied the block carrying it.
+    for i in 0..5 {
+        let applied = wait_until(AGREE_TIMEOUT, || {
+            let m = scrape(net, i);
+            get(&m, "guts_consensus_batch_updates_count") >= Some(1.0)
+                && get(&m, "guts_consensus_batch_updates_sum") >= Some(1.0)
+        });
+        assert!(
+            applied,
+            "node-{i}: no block of ref updates observed\n{:?}",
+            scrape(net, i)
+        );
+    }
+    // Bytes crossed the p2p network both ways (the counters start at 0):
+    // on the full node, the blocks it followed in and the pack it asked a
+    // peer for out; on a validator, votes both ways, which go on as long
+    // as views move.
+    let sent = "guts_p2p_bytes_total{direction=\"sent\"}";
+    let received = "guts_p2p_bytes_total{direction=\"received\"}";
+    for i in [0, 4] {
+        let m = scrape(net, i);
+        assert!(
+            get(&m, sent) > Some(0.0) && get(&m, received) > Some(0.0),
+            "node-{i}: {m:?}"
+        );
+    }
+    let before = scrape(net, 0);
+    let grew = wait_until(AGREE_TIMEOUT, || {
+        let m = scrape(net, 0);
+        get(&m, sent) > get(&before, sent) && get(&m, received) > get(&before, received)
+    });
+    assert!(grew, "p2p bytes stopped moving\n{:?}", scrape(net, 0));
+
     // Views move and peers connect on every node.
     let moved = wait_until(AGREE_TIMEOUT, || {
         let (a, b) = (scrape(net, 0), scrape(net, 4));
-        let get = |m: &std::collections::HashMap<String, f64>, k: &str| m.get(k).copied();
         get(&a, "guts_consensus_view") > Some(0.0)
             && get(&a, "guts_p2p_peers_connected") >= Some(3.0)
             && get(&b, "guts_p2p_peers_connected") >= Some(1.0)

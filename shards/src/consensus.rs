@@ -90,6 +90,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// Ref updates this operation carries.
+    pub fn updates(&self) -> &[RefUpdate] {
+        match self {
+            Op::Update { updates, .. } => updates,
+            _ => &[],
+        }
+    }
+
     /// Whether every shard applies it (access changes) rather than only the
     /// repository's owner (creations, ref updates).
     pub fn is_node_wide(&self) -> bool {
@@ -121,10 +129,7 @@ pub struct Transaction {
 impl Transaction {
     /// Ref updates this transaction carries.
     pub fn updates(&self) -> &[RefUpdate] {
-        match &self.op {
-            Op::Update { updates, .. } => updates,
-            _ => &[],
-        }
+        self.op.updates()
     }
 }
 

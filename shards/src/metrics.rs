@@ -47,6 +47,17 @@ pub const DURATION_BUCKETS_S: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0,
 ];
 
+/// Upper bounds of the finalization histogram, in seconds (1 ms .. 30 s).
+pub const FINALIZATION_BUCKETS_S: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Upper bounds of the ref updates per block histogram (1 .. 100,000).
+pub const BATCH_UPDATES_BUCKETS: [f64; 16] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0, 2_000.0, 5_000.0, 10_000.0,
+    20_000.0, 50_000.0, 100_000.0,
+];
+
 /// Every metric of the node.
 struct Metrics {
     registry: Registry,
@@ -69,7 +80,11 @@ struct Metrics {
     block_height: IntGauge,
     consensus_view: IntGauge,
     consensus_transactions: IntCounter,
+    finalization: Histogram,
+    batch_updates: Histogram,
     peers: IntGauge,
+    p2p_sent: IntCounter,
+    p2p_received: IntCounter,
     replication_lag: IntGauge,
     auth_failures: IntCounter,
     auth_rate_limited: IntCounter,
@@ -101,6 +116,14 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("static metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -137,6 +160,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("static metric definition");
     r.register(Box::new(process_cpu.clone()))
         .expect("metric registered once");
+    let p2p_bytes = counter_vec(
+        &r,
+        "guts_p2p_bytes_total",
+        "Message bytes sent to and received from authenticated peers (every p2p channel).",
+        &["direction"],
+    );
     let m = Metrics {
         up: gauge(&r, "guts_up", "Whether the node is running."),
         uptime_seconds: gauge(&r, "guts_uptime_seconds", "Seconds since the node started."),
@@ -157,7 +186,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         block_height: gauge(&r, "guts_consensus_block_height", "Height of the last block applied here (kept across restarts)."),
         consensus_view: gauge(&r, "guts_consensus_view", "Current consensus view (0 on a standalone node)."),
         consensus_transactions: counter(&r, "guts_consensus_transactions_total", "Transactions in blocks applied since the node started."),
+        finalization: histogram(&r, "guts_consensus_finalization_seconds", "Time from a transaction's submission to the ordering service to its outcome, finalized and applied durably here (what a pusher waits for).", &FINALIZATION_BUCKETS_S),
+        batch_updates: histogram(&r, "guts_consensus_batch_updates", "Ref updates per finalized block applied here (blocks without ref updates are not observed).", &BATCH_UPDATES_BUCKETS),
         peers: gauge(&r, "guts_p2p_peers_connected", "Authenticated peer connections (0 on a standalone node)."),
+        p2p_sent: p2p_bytes.with_label_values(&["sent"]),
+        p2p_received: p2p_bytes.with_label_values(&["received"]),
         replication_lag: gauge(&r, "guts_replication_lag_blocks", "Finalized blocks not yet applied here."),
         auth_failures: counter(&r, "guts_auth_failures_total", "Failed authentication attempts (malformed, wrong or revoked credentials)."),
         auth_rate_limited: counter(&r, "guts_auth_rate_limited_total", "Requests refused with 429 after too many failed attempts from their address."),
@@ -396,6 +429,31 @@ pub fn record_block(height: u64, transactions: u64) {
     METRICS.consensus_transactions.inc_by(transactions);
 }
 
+/// Record one transaction this node submitted to the ordering service
+/// whose outcome came back `seconds` after submission, finalized and
+/// applied durably (applied or rejected by the finalized state).
+pub fn record_finalization(seconds: f64) {
+    METRICS.finalization.observe(seconds);
+}
+
+/// Record a finalized block applied here that carried `ref_updates` ref
+/// updates (blocks without any are not observed).
+pub fn record_batch_updates(ref_updates: u64) {
+    if ref_updates > 0 {
+        METRICS.batch_updates.observe(ref_updates as f64);
+    }
+}
+
+/// Count message bytes sent to authenticated peers (once per recipient).
+pub fn record_p2p_sent(bytes: u64) {
+    METRICS.p2p_sent.inc_by(bytes);
+}
+
+/// Count message bytes received from authenticated peers.
+pub fn record_p2p_received(bytes: u64) {
+    METRICS.p2p_received.inc_by(bytes);
+}
+
 /// What the node measured of its data directory.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StorageFacts {
@@ -481,6 +539,9 @@ mod tests {
             "guts_http_requests_in_flight",
             "guts_git_pack_bytes_total",
             "guts_consensus_block_height",
+            "guts_consensus_finalization_seconds",
+            "guts_consensus_batch_updates",
+            "guts_p2p_bytes_total",
             "process_cpu_seconds_total",
         ] {
             assert!(types.contains(name), "{name} missing from\n{text}");
@@ -489,5 +550,18 @@ mod tests {
             .contains("guts_http_request_duration_seconds_count{route=\"api\",status=\"200\"} 1"));
         assert!(text.contains("guts_shard_requests_total{shard=\"1\"} 1"));
         assert!(text.contains("guts_http_requests_in_flight{shard=\"0\"} 0"));
+        // Both directions exist at 0 before any peer is reached.
+        assert!(text.contains("guts_p2p_bytes_total{direction=\"sent\"} 0"));
+        assert!(text.contains("guts_p2p_bytes_total{direction=\"received\"} 0"));
+    }
+
+    #[test]
+    fn blocks_without_ref_updates_are_not_observed() {
+        let count = || METRICS.batch_updates.get_sample_count();
+        let before = count();
+        record_batch_updates(0);
+        assert_eq!(count(), before);
+        record_batch_updates(3);
+        assert_eq!(count(), before + 1);
     }
 }

@@ -460,6 +460,9 @@ impl Shard {
         };
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
+        // The finalization time runs from here to the outcome: what the
+        // client waits for once its pack is checked.
+        let submitted_at = std::time::Instant::now();
         let submitted = self.orderer.submit(Transaction {
             id,
             shard: self.id,
@@ -477,7 +480,12 @@ impl Shard {
         })
         .await;
         match result {
-            Ok(r) => r,
+            Ok(r) => {
+                if r.is_ok() {
+                    crate::metrics::record_finalization(submitted_at.elapsed().as_secs_f64());
+                }
+                r
+            }
             Err(_) => {
                 self.pending.borrow_mut().remove(&id);
                 Err(ShardError::NotFinalized { waited_ms: wait_ms })

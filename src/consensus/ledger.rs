@@ -575,6 +575,9 @@ impl Ledger {
             mempool.remove(&id);
         }
         guts_shards::metrics::record_block(height, decoded.len() as u64);
+        guts_shards::metrics::record_batch_updates(
+            decoded.iter().map(|tx| tx.op.updates().len() as u64).sum(),
+        );
     }
 
     /// Why this node refuses writes (not a validator).

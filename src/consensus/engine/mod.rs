@@ -28,6 +28,7 @@
 
 mod app;
 mod block;
+mod counted;
 mod network;
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use super::{
     app::{self, App, Views},
     block::{self, Block, BlockCfg},
+    counted::{self, Counted},
     AppBridge, Config, Ledger, NodeKey, Outbound, Parts, Role, Status,
 };
 use commonware_broadcast::buffered;
@@ -140,6 +141,24 @@ pub struct Channels<S, R> {
     probe: S,
 }
 
+impl<S, R, B, P> Wiring<S, R, B, P> {
+    /// The same wiring with every channel's bytes counted (`guts_p2p_bytes_total`).
+    fn counted(self) -> Wiring<Counted<S>, Counted<R>, B, P> {
+        Wiring {
+            votes: counted::channel(self.votes),
+            certificates: counted::channel(self.certificates),
+            certificate_fetch: counted::channel(self.certificate_fetch),
+            backfill: counted::channel(self.backfill),
+            blocks: counted::channel(self.blocks),
+            mempool: counted::channel(self.mempool),
+            packs: counted::channel(self.packs),
+            probe: counted::sent(self.probe),
+            blocker: self.blocker,
+            peers: self.peers,
+        }
+    }
+}
+
 impl<S, R> Channels<S, R> {
     pub fn wire<B, P>(self, blocker: B, peers: P) -> Wiring<S, R, B, P> {
         Wiring {
@@ -273,6 +292,7 @@ pub async fn run<E, S, R, B, P, L>(
     P: Provider<PublicKey = PublicKey>,
     L: Ledger,
 {
+    let wiring = wiring.counted();
     let Parts {
         config,
         role,
