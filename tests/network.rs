@@ -447,13 +447,20 @@ fn devnet_init_makes_a_network_with_one_admin_token() {
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
     nodes[2].create_repo("dev", "net");
-    let api0 = nodes[0].api;
-    assert!(wait_until(AGREE_TIMEOUT, || {
-        matches!(
-            http(api0, "GET", "/api/repos/dev/net", &[], b""),
-            Ok((200, _))
-        )
-    }));
+    // Node 3 (pushed to) and node 0 (cloned from) apply the creation in
+    // their own time.
+    for k in [3, 0] {
+        let api = nodes[k].api;
+        assert!(
+            wait_until(AGREE_TIMEOUT, || {
+                matches!(
+                    http(api, "GET", "/api/repos/dev/net", &[], b""),
+                    Ok((200, _))
+                )
+            }),
+            "node-{k} never saw dev/net"
+        );
+    }
     let wt = new_worktree(s, "wt");
     let c = commit_file(&wt, "f", "devnet\n", "first");
     let push_url = format!("http://admin:{token}@{}/git/dev/net.git", nodes[3].api);
