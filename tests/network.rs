@@ -11,6 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The tests of this file run one at a time: each starts a network of up
+/// to five nodes, and ports picked free by one test (the devnet's fixed
+/// range above all) could otherwise be taken by another's nodes meanwhile.
+static ONE_NETWORK_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_network_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_NETWORK_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// Longest a network may take to agree on something in these tests.
 const AGREE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -169,6 +180,7 @@ fn clone_and_fsck(scratch: &Path, url: &str, to: &str) -> PathBuf {
 
 #[test]
 fn four_validators_replicate_survive_a_crash_and_catch_up() {
+    let _serial = one_network_at_a_time();
     let mut net = network(4, 0, &[]);
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
@@ -230,6 +242,7 @@ fn four_validators_replicate_survive_a_crash_and_catch_up() {
 
 #[test]
 fn concurrent_pushes_to_one_branch_have_exactly_one_winner() {
+    let _serial = one_network_at_a_time();
     let mut net = network(4, 0, &[]);
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
@@ -269,6 +282,7 @@ fn concurrent_pushes_to_one_branch_have_exactly_one_winner() {
 
 #[test]
 fn no_quorum_fails_cleanly_and_resumes() {
+    let _serial = one_network_at_a_time();
     let mut net = network(4, 0, &["--finalize-wait-ms", "4000"]);
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
@@ -323,6 +337,7 @@ fn no_quorum_fails_cleanly_and_resumes() {
 
 #[test]
 fn a_full_node_follows_serves_clones_and_refuses_pushes() {
+    let _serial = one_network_at_a_time();
     let mut net = network(4, 1, &[]);
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
@@ -388,6 +403,7 @@ fn devnet_base_port(nodes: usize) -> u16 {
 
 #[test]
 fn devnet_init_makes_a_network_with_one_admin_token() {
+    let _serial = one_network_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("net");
     let base = devnet_base_port(4);
