@@ -50,17 +50,24 @@ pub const BLOCKING_THREADS_PER_SHARD: usize = 2;
 /// Errors starting the shards.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("shard {shard}: cannot start executor on cpu {cpu:?}: {reason}")]
+    /// glommio refused to build the executor (its source says why: a CPU
+    /// that does not exist, io_uring unavailable, ...).
+    #[error("shard {shard}: cannot start executor on cpu {cpu:?}")]
     Executor {
         shard: usize,
         cpu: Option<usize>,
-        reason: String,
+        #[source]
+        source: GlommioFailure,
     },
-    #[error("shard {shard}: cannot listen on {addr}: {reason}")]
+    /// The executor thread ended before its shard listened.
+    #[error("shard {shard}: cannot start executor on cpu None: executor thread exited during start")]
+    ExecutorExited { shard: usize },
+    #[error("shard {shard}: cannot listen on {addr}")]
     Listen {
         shard: usize,
         addr: std::net::SocketAddr,
-        reason: String,
+        #[source]
+        source: GlommioFailure,
     },
     #[error("locked-memory limit (RLIMIT_MEMLOCK) is {found_kib} KiB, below the {needed_kib} KiB the io_uring executors need to start: raise it for the node (`ulimit -l 8192` in its shell, `LimitMEMLOCK=8M` in its systemd unit, `docker run --ulimit memlock=8388608`)")]
     Memlock { found_kib: u64, needed_kib: u64 },
@@ -69,6 +76,34 @@ pub enum StartError {
     #[error("expected {expected} batch receivers, got {got}")]
     Receivers { expected: usize, got: usize },
 }
+
+/// glommio's error, kept whole and made shareable between threads (it may
+/// carry a panicked thread's payload, which is not `Sync`); its text is
+/// glommio's own.
+#[derive(Debug)]
+pub struct GlommioFailure(std::sync::Mutex<glommio::GlommioError<()>>);
+
+impl GlommioFailure {
+    pub fn new(e: glommio::GlommioError<()>) -> GlommioFailure {
+        GlommioFailure(std::sync::Mutex::new(e))
+    }
+
+    /// glommio's error, to match on.
+    pub fn into_inner(self) -> glommio::GlommioError<()> {
+        self.0.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Display for GlommioFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.lock() {
+            Ok(e) => e.fmt(f),
+            Err(poisoned) => poisoned.get_ref().fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for GlommioFailure {}
 
 /// How often a stopping shard reports what it still has in flight.
 const DRAIN_REPORT_EVERY_MS: u64 = 50;
@@ -286,7 +321,7 @@ pub fn start(
                     let _ = ready.send(Err(StartError::Listen {
                         shard: id,
                         addr: config.api_addr,
-                        reason: e.to_string(),
+                        source: GlommioFailure::new(e),
                     }));
                     return;
                 }
@@ -330,7 +365,7 @@ pub fn start(
                 let _ = ready_err.send(Err(StartError::Executor {
                     shard: id,
                     cpu,
-                    reason: e.to_string(),
+                    source: GlommioFailure::new(e),
                 }));
             }
         }
@@ -342,11 +377,7 @@ pub fn start(
             Ok(Ok(_)) => started += 1,
             Ok(Err(e)) => return Err(e),
             Err(_) => {
-                return Err(StartError::Executor {
-                    shard: started,
-                    cpu: None,
-                    reason: "executor thread exited during start".into(),
-                })
+                return Err(StartError::ExecutorExited { shard: started })
             }
         }
     }
