@@ -229,15 +229,11 @@ async fn order(
     repo: String,
     op: Op,
 ) -> Result<Option<u64>, (StatusCode, String)> {
-    let result = shard
-        .on_shard(ACCESS_SHARD, move |s| async move {
-            s.order_access(&repo, op).await.map_err(|e| e.to_string())
-        })
-        .await;
+    let result = shard.to_shard(ACCESS_SHARD).order_access(repo, op).await;
     match result {
         Ok(Ok(Ok(id))) => Ok(id),
         Ok(Ok(Err(refused))) => Err((StatusCode::CONFLICT, refused)),
-        Ok(Err(e)) => Err((StatusCode::SERVICE_UNAVAILABLE, e)),
+        Ok(Err(e)) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
         Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }

@@ -1439,12 +1439,16 @@ async fn receive_pack(
     // 4. On the owner: make the pack visible, order the updates, wait for
     //    them to be final and durable.
     let key = snap.key.clone();
-    let (o, n) = (owner.to_string(), name.to_string());
     let update_list: Vec<RefUpdate> = updates.iter().map(|(_, u)| u.clone()).collect();
     let outcome = shard
-        .on_owner(&key.clone(), move |s| async move {
-            apply_push(s, &o, &n, ingested, update_list, atomic).await
-        })
+        .to_owner(&key)
+        .apply_push(
+            owner.to_string(),
+            name.to_string(),
+            ingested,
+            update_list,
+            atomic,
+        )
         .await;
     let outcomes: Vec<UpdateOutcome> = match outcome {
         Ok(Ok(o)) => o,
@@ -1682,7 +1686,7 @@ fn validate_command(
     }
 }
 
-async fn apply_push(
+pub(crate) async fn apply_push(
     shard: Rc<Shard>,
     owner: &str,
     name: &str,

@@ -794,11 +794,9 @@ async fn create_repository(
         return r;
     }
 
-    let (owner, n, private) = (req.owner.clone(), name.clone(), req.private);
     let result = shard
-        .on_owner(&key, move |s| async move {
-            crate::access_api::create_repo(s, owner, n, private).await
-        })
+        .to_owner(&key)
+        .create_repo(req.owner.clone(), name.clone(), req.private)
         .await;
     match result {
         Ok(Ok(())) => {

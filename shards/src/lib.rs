@@ -18,6 +18,7 @@ pub mod consensus_api;
 pub mod git;
 pub mod health;
 pub mod http;
+pub mod ingress;
 pub mod maintenance;
 pub mod memory;
 pub mod metrics;
@@ -28,7 +29,6 @@ pub mod shard;
 pub mod tls;
 pub mod work;
 
-use futures_channel::mpsc;
 use futures_lite::StreamExt;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use std::sync::Arc;
@@ -39,7 +39,8 @@ pub use consensus::{
     batch_channel, split_block, BatchReceiver, BatchSender, FinalizedBatch, Op, Orderer,
     OrdererError, Transaction,
 };
-use shard::{Shard, ShardJob, SHARD_INBOX_MAX};
+use ingress::{Inbox, Message};
+use shard::Shard;
 
 /// How long a task runs before `yield_if_needed` gives way to others.
 pub const PREEMPT_TIMER_MS: u64 = 5;
@@ -60,7 +61,9 @@ pub enum StartError {
         source: GlommioFailure,
     },
     /// The executor thread ended before its shard listened.
-    #[error("shard {shard}: cannot start executor on cpu None: executor thread exited during start")]
+    #[error(
+        "shard {shard}: cannot start executor on cpu None: executor thread exited during start"
+    )]
     ExecutorExited { shard: usize },
     #[error("shard {shard}: cannot listen on {addr}")]
     Listen {
@@ -106,7 +109,7 @@ impl std::fmt::Display for GlommioFailure {
 impl std::error::Error for GlommioFailure {}
 
 /// How often a stopping shard reports what it still has in flight.
-const DRAIN_REPORT_EVERY_MS: u64 = 50;
+pub(crate) const DRAIN_REPORT_EVERY_MS: u64 = 50;
 /// After the drain time, how long orderings already submitted get to be
 /// applied (so that a push in flight is either durable or not submitted).
 pub const HALT_WAIT_MAX_MS: u64 = 5_000;
@@ -115,7 +118,7 @@ pub const HALT_WAIT_MAX_MS: u64 = 5_000;
 pub struct Shards {
     threads: Vec<JoinHandle<()>>,
     exited: crossbeam_channel::Receiver<usize>,
-    inboxes: Vec<mpsc::Sender<ShardJob>>,
+    inboxes: Vec<Inbox>,
 }
 
 /// What a stop left behind.
@@ -159,32 +162,8 @@ impl Shards {
     fn stop_shards(&self, deadline: std::time::Instant, halt: bool) -> DrainReport {
         let (tx, rx) = crossbeam_channel::unbounded::<(usize, usize, usize)>();
         for inbox in &self.inboxes {
-            let tx = tx.clone();
-            let job: ShardJob = Box::new(move |shard: std::rc::Rc<Shard>| {
-                Box::pin(async move {
-                    shard.begin_stop();
-                    if halt {
-                        shard.halted.set(true);
-                    }
-                    loop {
-                        let open = shard.connections.get();
-                        let pending = shard.pending_transactions();
-                        let done = pending == 0 && (open == 0 || halt);
-                        if tx.send((shard.id, open, pending)).is_err() || done {
-                            return;
-                        }
-                        glommio::timer::sleep(std::time::Duration::from_millis(
-                            DRAIN_REPORT_EVERY_MS,
-                        ))
-                        .await;
-                    }
-                })
-            });
-            let mut inbox = inbox.clone();
-            let _ = futures_lite::future::block_on(async {
-                futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx)).await?;
-                inbox.start_send(job)
-            });
+            let report = tx.clone();
+            ingress::post(inbox, Message::Stop { halt, report });
         }
         drop(tx);
         let mut state: Vec<Option<(usize, usize)>> = vec![None; self.inboxes.len()];
@@ -220,16 +199,7 @@ impl Shards {
     pub fn set_tls(&self, config: std::sync::Arc<futures_rustls::rustls::ServerConfig>) {
         for inbox in &self.inboxes {
             let config = config.clone();
-            let job: ShardJob = Box::new(move |shard: std::rc::Rc<Shard>| {
-                Box::pin(async move {
-                    *shard.tls.borrow_mut() = Some(tls::acceptor(config));
-                })
-            });
-            let mut inbox = inbox.clone();
-            let _ = futures_lite::future::block_on(async {
-                futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx)).await?;
-                inbox.start_send(job)
-            });
+            ingress::post(inbox, Message::SetTls { config });
         }
     }
 
@@ -282,7 +252,7 @@ pub fn start(
     let mut inboxes = Vec::with_capacity(n);
     let mut inbox_rx = Vec::with_capacity(n);
     for _ in 0..n {
-        let (tx, rx) = mpsc::channel::<ShardJob>(SHARD_INBOX_MAX);
+        let (tx, rx) = ingress::inbox();
         inboxes.push(tx);
         inbox_rx.push(rx);
     }
@@ -339,8 +309,8 @@ pub fn start(
             let inbox_shard = shard.clone();
             glommio::spawn_local(async move {
                 let mut inbox = inbox;
-                while let Some(job) = inbox.next().await {
-                    glommio::spawn_local(job(inbox_shard.clone())).detach();
+                while let Some(message) = inbox.next().await {
+                    glommio::spawn_local(inbox_shard.clone().handle(message)).detach();
                 }
             })
             .detach();
@@ -376,9 +346,7 @@ pub fn start(
         match ready_rx.recv() {
             Ok(Ok(_)) => started += 1,
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(StartError::ExecutorExited { shard: started })
-            }
+            Err(_) => return Err(StartError::ExecutorExited { shard: started }),
         }
     }
     Ok(Shards {

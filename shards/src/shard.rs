@@ -3,17 +3,17 @@
 //! Every repository belongs to exactly one shard (ahash of `OWNER/NAME`
 //! with fixed seeds, so ownership is stable across restarts). The owner
 //! holds the repository's mutable state; other shards reach it by sending
-//! a job through the owner's bounded inbox and awaiting the reply. Packs
+//! a message ([`crate::ingress`]) through the owner's bounded inbox and
+//! awaiting the reply. Packs
 //! are immutable once written, so a snapshot taken on the owner can be
 //! read by any shard.
 
-use futures_channel::{mpsc, oneshot};
+use futures_channel::oneshot;
 use futures_lite::StreamExt;
 use guts_io::refs::{RefError, RefUpdate};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use crate::config::ShardConfig;
 use crate::consensus::{
     BatchReceiver, FinalizedBatch, Op, Orderer, PackRef, Transaction, TxId, ACCESS_SHARD,
 };
+use crate::ingress::Inbox;
 use crate::memory::MemoryBudget;
 use crate::repo::{
     check_name, find_case_variant, repo_dir, DamagedRepo, RefSnapshot, Repo, RepoError,
@@ -47,12 +48,6 @@ pub const PUSH_RESOLVE_SLOTS: usize = if crate::BLOCKING_THREADS_PER_SHARD > 1 {
 /// Shares of the git-services task queue (the default queue, which accepts
 /// connections and answers health checks, has 1000).
 pub const BULK_SHARES: usize = 1000;
-
-/// Jobs one shard may have queued for another before the sender waits.
-pub const SHARD_INBOX_MAX: usize = 1024;
-
-/// Work sent to the owning shard.
-pub type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// The outcome of one ref update after ordering: `Ok` or the reason it failed.
 pub type UpdateOutcome = Result<(), String>;
@@ -116,7 +111,7 @@ pub struct Shard {
     /// Nonces start from the wall clock at start, so they are never reused
     /// across restarts; shards interleave (nonce ≡ shard id mod shards).
     nonce_base: u64,
-    peers: Vec<mpsc::Sender<ShardJob>>,
+    pub(crate) peers: Vec<Inbox>,
     /// Open connections on this shard.
     pub connections: Cell<usize>,
     /// This shard's copy of the access table (tokens, private
@@ -159,7 +154,7 @@ impl Shard {
         id: usize,
         config: ShardConfig,
         orderer: Arc<dyn Orderer>,
-        peers: Vec<mpsc::Sender<ShardJob>>,
+        peers: Vec<Inbox>,
         access: AccessTable,
         damaged: Arc<Vec<DamagedRepo>>,
     ) -> Rc<Shard> {
@@ -262,46 +257,6 @@ impl Shard {
         owner_of(key, self.count())
     }
 
-    /// Run `job` on the shard owning `key` and return its result.
-    pub async fn on_owner<T, F, Fut>(self: &Rc<Self>, key: &str, job: F) -> Result<T, ShardError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-        Fut: Future<Output = T> + 'static,
-    {
-        self.on_shard(self.owner(key), job).await
-    }
-
-    /// Run `job` on shard `owner` and return its result.
-    pub async fn on_shard<T, F, Fut>(self: &Rc<Self>, owner: usize, job: F) -> Result<T, ShardError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-        Fut: Future<Output = T> + 'static,
-    {
-        if owner == self.id {
-            return Ok(job(self.clone()).await);
-        }
-        if owner >= self.peers.len() {
-            return Err(ShardError::ShardGone(owner));
-        }
-        let (tx, rx) = oneshot::channel();
-        let boxed: ShardJob = Box::new(move |shard| {
-            Box::pin(async move {
-                let out = job(shard).await;
-                let _ = tx.send(out);
-            })
-        });
-        let mut inbox = self.peers[owner].clone();
-        futures_lite::future::poll_fn(|cx| inbox.poll_ready(cx))
-            .await
-            .map_err(|_| ShardError::ShardGone(owner))?;
-        inbox
-            .start_send(boxed)
-            .map_err(|_| ShardError::ShardGone(owner))?;
-        rx.await.map_err(|_| ShardError::ShardGone(owner))
-    }
-
     /// The repositories this shard holds open now.
     pub fn open_repos(&self) -> Vec<(String, Rc<RefCell<Repo>>)> {
         self.repos
@@ -385,14 +340,10 @@ impl Shard {
         let key = format!("{owner}/{name}");
         check_name("owner", owner)?;
         check_name("repository name", name)?;
-        let (o, n) = (owner.to_string(), name.to_string());
-        self.on_owner(&key, move |shard| async move {
-            let repo = shard.repo(&o, &n)?;
-            let snap = repo.borrow_mut().snapshot();
-            Ok::<_, RepoError>(snap)
-        })
-        .await?
-        .map_err(ShardError::from)
+        self.to_owner(&key)
+            .snapshot(owner.to_string(), name.to_string())
+            .await?
+            .map_err(ShardError::from)
     }
 
     /// Why this node refuses writes, if it does (a read replica).
