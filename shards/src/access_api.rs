@@ -272,7 +272,7 @@ pub async fn create_repo(
             Ok(Ok(())) => Ok(()),
             // The reason names the repository that exists, which may be
             // spelled in another letter case than the request.
-            Ok(Err(reason)) => Err((StatusCode::CONFLICT, reason)),
+            Ok(Err(reason)) => Err((StatusCode::CONFLICT, reason.to_string())),
             Err(
                 e @ crate::shard::ShardError::Orderer(crate::consensus::OrdererError::ReadOnly(_)),
             ) => Err((StatusCode::FORBIDDEN, e.to_string())),

@@ -138,7 +138,7 @@ impl Transaction {
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub id: TxId,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<crate::rejection::UpdateRejection>,
 }
 
 /// A finalized block as seen by one shard.

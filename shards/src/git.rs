@@ -33,14 +33,15 @@ use guts_net::upload::{
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::body::{BodyError, RequestBody, ResponseBody};
 use crate::conn::ConnState;
 use crate::http::{shard_error_response, text};
 use crate::memory::{MemoryError, Reservation};
 use crate::repo::{check_name, AdvertisedRef, RefSnapshot};
-use crate::shard::{Shard, ShardError, UpdateOutcome};
-use crate::work::{self, contained, Budget};
+use crate::shard::{Shard, ShardError, UpdateOutcome, UpdateRejection};
+use crate::work::{self, contained, Budget, Panicked, WorkError};
 
 /// Bytes of a pack's SHA-1 trailer.
 const TRAILER_BYTES: usize = 20;
@@ -520,9 +521,13 @@ async fn ls_refs(
     let prefixes = if req.ref_prefixes.len() > LS_REFS_PREFIXES_INLINE_MAX {
         let list = req.ref_prefixes.clone();
         let budget = Budget::new(shard.config.limits.request_work_max_ms);
-        match work::blocking(&budget, move |_| Ok(RefPrefixes::new(&list))).await {
+        match work::blocking(&budget, move |_| {
+            Ok::<_, WorkError>(RefPrefixes::new(&list))
+        })
+        .await
+        {
             Ok(p) => p,
-            Err(msg) => return git_error(Service::UploadPack, &msg),
+            Err(e) => return git_error(Service::UploadPack, &e.to_string()),
         }
     } else {
         req.prefixes()
@@ -1385,20 +1390,20 @@ async fn receive_pack(
     let job_snap = snap.clone();
     let budget = Budget::new(shard.config.limits.request_work_max_ms);
     let validated = work::blocking(&budget, move |budget| {
-        let mut results: Vec<Option<String>> = Vec::with_capacity(commands.len());
+        let mut results: Vec<Option<UpdateRejection>> = Vec::with_capacity(commands.len());
         for (i, cmd) in commands.iter().enumerate() {
             if i % BUDGET_CHECK_EVERY == 0 {
-                budget.check().map_err(|e| e.to_string())?;
+                budget.check()?;
             }
             results.push(validate_command(&job_snap, ingested.as_ref(), cmd).err());
         }
-        Ok((ingested, results))
+        Ok::<_, WorkError>((ingested, results))
     })
     .await;
     let (ingested, mut results) = match validated {
         Ok(v) => v,
-        Err(msg) => {
-            let msg = crate::redact::message(&msg);
+        Err(e) => {
+            let msg = crate::redact::message(&e.to_string());
             let refs: Vec<RefReport<'_>> = request
                 .commands
                 .iter()
@@ -1415,7 +1420,7 @@ async fn receive_pack(
     if atomic && results.iter().any(Option::is_some) {
         for r in results.iter_mut() {
             if r.is_none() {
-                *r = Some("atomic push failed".to_string());
+                *r = Some(UpdateRejection::AtomicPushFailed);
             }
         }
     }
@@ -1452,14 +1457,13 @@ async fn receive_pack(
         .await;
     let outcomes: Vec<UpdateOutcome> = match outcome {
         Ok(Ok(o)) => o,
-        Ok(Err(e @ ShardError::NotFinalized { .. })) | Err(e @ ShardError::NotFinalized { .. }) => {
-            tracing::warn!(repo = %key, error = %e, "push not finalized in time");
-            vec![Err(e.to_string()); updates.len()]
-        }
         Ok(Err(e)) | Err(e) => {
-            tracing::error!(repo = %key, error = %e, "push not applied");
-            let e = crate::redact::message(&e.to_string());
-            vec![Err(format!("not applied: {e}")); updates.len()]
+            if matches!(e, ShardError::NotFinalized { .. }) {
+                tracing::warn!(repo = %key, error = %e, "push not finalized in time");
+            } else {
+                tracing::error!(repo = %key, error = %e, "push not applied");
+            }
+            vec![Err(UpdateRejection::NotApplied(Arc::new(e))); updates.len()]
         }
     };
     for ((i, _), outcome) in updates.iter().zip(outcomes) {
@@ -1467,6 +1471,11 @@ async fn receive_pack(
             results[*i] = Some(reason);
         }
     }
+    // Rendered once, here, for the client.
+    let results: Vec<Option<String>> = results
+        .into_iter()
+        .map(|r| r.map(|why| why.to_string()))
+        .collect();
     let rejected = results.iter().filter(|r| r.is_some()).count() as u64;
     crate::metrics::record_ref_updates(results.len() as u64 - rejected, rejected);
     let refs: Vec<RefReport<'_>> = request
@@ -1652,38 +1661,41 @@ fn validate_command(
     snap: &RefSnapshot,
     pack: Option<&IngestedPack>,
     cmd: &guts_net::receive::RefUpdate,
-) -> Result<(), String> {
-    if let Err(e) = check_ref_name(cmd.name.as_bytes()) {
-        return Err(format!("funny refname: {e}"));
-    }
+) -> Result<(), UpdateRejection> {
+    check_ref_name(cmd.name.as_bytes())?;
     let current = snap.find(&cmd.name).map(|r| r.oid);
     match (current, cmd.old.is_null()) {
-        (Some(cur), _) if cur != cmd.old => {
-            return Err("stale info: the ref changed since it was advertised; fetch first".into())
-        }
-        (None, false) => return Err("stale info: the ref does not exist; fetch first".into()),
+        (Some(cur), _) if cur != cmd.old => return Err(UpdateRejection::StaleAdvertised),
+        (None, false) => return Err(UpdateRejection::StaleMissing),
         _ => {}
     }
     if cmd.new.is_null() {
         if current.is_none() {
-            return Err("cannot delete a ref that does not exist".into());
+            return Err(UpdateRejection::DeleteMissing);
         }
         return Ok(());
     }
-    match object_kind(snap, pack, &cmd.new) {
-        None => Err(format!(
-            "missing necessary objects: {} is not in the repository or the pack",
-            cmd.new
-        )),
+    let oid = cmd.new;
+    match object_kind(snap, pack, &oid) {
+        None => Err(UpdateRejection::MissingObject { oid }),
         Some(kind) if cmd.name.starts_with("refs/heads/") && kind != ObjectKind::Commit => {
-            Err(format!(
-                "branch must point at a commit, {} is a {}",
-                cmd.new,
-                kind.name()
-            ))
+            Err(UpdateRejection::BranchNotCommit { oid, kind })
         }
         Some(_) => Ok(()),
     }
+}
+
+/// Why a push's checked pack could not be made part of its repository.
+#[derive(Debug, thiserror::Error)]
+pub enum PackStoreError {
+    /// Moving the pack and its index into place, or syncing them.
+    #[error(transparent)]
+    Commit(#[from] IngestError),
+    /// Opening the pack just committed.
+    #[error(transparent)]
+    Open(#[from] guts_io::store::StoreError),
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
 }
 
 pub(crate) async fn apply_push(
@@ -1707,11 +1719,9 @@ pub(crate) async fn apply_push(
         // blocking pool; the executor only adds the opened pack to the list.
         let committed = glommio::executor()
             .spawn_blocking(move || {
-                contained(move || match pack.commit().map_err(|e| e.to_string())? {
-                    Some((pack_path, idx_path)) => Pack::open(&pack_path, &idx_path)
-                        .map(Some)
-                        .map_err(|e| e.to_string()),
-                    None => Ok(None),
+                contained(move || match pack.commit()? {
+                    Some((pack_path, idx_path)) => Ok(Some(Pack::open(&pack_path, &idx_path)?)),
+                    None => Ok::<_, PackStoreError>(None),
                 })
             })
             .await;
@@ -1726,13 +1736,10 @@ pub(crate) async fn apply_push(
                 r.invalidate();
             }
             Ok(None) => {}
-            Err(msg) => {
-                tracing::error!(repo = %key, error = %msg, "could not store a pushed pack");
-                let msg = crate::redact::message(&msg);
-                return Ok(vec![
-                    Err(format!("could not store the pack: {msg}"));
-                    updates.len()
-                ]);
+            Err(e) => {
+                tracing::error!(repo = %key, error = %e, "could not store a pushed pack");
+                let why = UpdateRejection::PackNotStored(Arc::new(e));
+                return Ok(vec![Err(why); updates.len()]);
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod maintenance;
 pub mod memory;
 pub mod metrics;
 pub mod redact;
+pub mod rejection;
 pub mod repo;
 pub mod settings;
 pub mod shard;

@@ -49,8 +49,7 @@ pub const PUSH_RESOLVE_SLOTS: usize = if crate::BLOCKING_THREADS_PER_SHARD > 1 {
 /// connections and answers health checks, has 1000).
 pub const BULK_SHARES: usize = 1000;
 
-/// The outcome of one ref update after ordering: `Ok` or the reason it failed.
-pub type UpdateOutcome = Result<(), String>;
+pub use crate::rejection::{UpdateOutcome, UpdateRejection};
 
 /// Default for how long a client waits for its transaction to be finalized
 /// before it is told that the network did not finalize it (no quorum).
@@ -368,7 +367,7 @@ impl Shard {
         };
         match self.order(key, op).await? {
             TxOutcome::Refs(outcomes) => Ok(outcomes),
-            TxOutcome::Access(_) => Ok(vec![Err("unexpected outcome".into()); count]),
+            TxOutcome::Access(_) => Ok(vec![Err(UpdateRejection::UnexpectedOutcome); count]),
         }
     }
 
@@ -377,7 +376,7 @@ impl Shard {
     pub async fn order_create(&self, key: &str) -> Result<UpdateOutcome, ShardError> {
         match self.order(key, Op::CreateRepo).await? {
             TxOutcome::Refs(mut out) => Ok(out.pop().unwrap_or(Ok(()))),
-            TxOutcome::Access(_) => Ok(Err("unexpected outcome".into())),
+            TxOutcome::Access(_) => Ok(Err(UpdateRejection::UnexpectedOutcome)),
         }
     }
 
@@ -554,15 +553,11 @@ impl Shard {
 
     fn apply_create(&self, repo: &str) -> UpdateOutcome {
         let Some((owner, name)) = repo.split_once('/') else {
-            return Err("bad repository key".into());
+            return Err(UpdateRejection::BadRepoKey);
         };
-        match self.create_repo(owner, name) {
-            Ok(()) => {
-                tracing::info!(repo = %repo, "repository created");
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        self.create_repo(owner, name)?;
+        tracing::info!(repo = %repo, "repository created");
+        Ok(())
     }
 
     /// Apply an access change to this shard's table; [`ACCESS_SHARD`] also
@@ -676,11 +671,11 @@ impl Shard {
     ) -> Vec<UpdateOutcome> {
         let key = repo;
         let Some((owner, name)) = key.split_once('/') else {
-            return vec![Err("bad repository key".into()); updates.len()];
+            return vec![Err(UpdateRejection::BadRepoKey); updates.len()];
         };
         let repo = match self.repo(owner, name) {
             Ok(r) => r,
-            Err(e) => return vec![Err(e.to_string()); updates.len()],
+            Err(e) => return vec![Err(e.into()); updates.len()],
         };
         if let Some(p) = pack {
             let mut repo = repo.borrow_mut();
@@ -705,7 +700,11 @@ impl Shard {
                     tracing::info!(repo = %key, pack = %stem, "the update's pack was merged by a repack; its objects are in the store");
                 } else if let Err(e) = repo.store.add_pack(&pack_path, &idx_path) {
                     tracing::error!(repo = %key, pack = %stem, error = %e, "finalized update names a pack this node cannot open");
-                    return vec![Err(format!("pack {stem} unavailable: {e}")); updates.len()];
+                    let why = UpdateRejection::PackUnavailable {
+                        pack: stem,
+                        source: Arc::new(e),
+                    };
+                    return vec![Err(why); updates.len()];
                 }
             }
         }
@@ -716,13 +715,14 @@ impl Shard {
                 Ok(()) => vec![Ok(()); updates.len()],
                 Err(e) => {
                     let failing = failing_ref(&e);
+                    let why = UpdateRejection::from(e);
                     updates
                         .iter()
                         .map(|u| {
                             if failing.as_deref() == Some(u.name.as_str()) {
-                                Err(reason(&e))
+                                Err(why.clone())
                             } else {
-                                Err("atomic push failed".to_string())
+                                Err(UpdateRejection::AtomicPushFailed)
                             }
                         })
                         .collect()
@@ -748,7 +748,7 @@ impl Shard {
                         outcomes.push(Ok(()));
                         valid.push(u.clone());
                     }
-                    Err(e) => outcomes.push(Err(reason(&e))),
+                    Err(e) => outcomes.push(Err(e.into())),
                 }
             }
             if valid.is_empty() {
@@ -762,7 +762,7 @@ impl Shard {
                         continue;
                     }
                     if let Err(e) = repo.refs.apply(std::slice::from_ref(u)) {
-                        outcomes[base + k] = Err(reason(&e));
+                        outcomes[base + k] = Err(e.into());
                     }
                 }
             }
@@ -807,15 +807,5 @@ fn failing_ref(e: &RefError) -> Option<String> {
         RefError::Stale { name, .. } => Some(name.clone()),
         RefError::DirectoryFileConflict { name, .. } => Some(name.clone()),
         _ => None,
-    }
-}
-
-/// A short reason for `ng <ref> <reason>`.
-fn reason(e: &RefError) -> String {
-    match e {
-        RefError::Stale { .. } => {
-            "stale info: the ref changed since the push began; fetch first".to_string()
-        }
-        other => other.to_string(),
     }
 }

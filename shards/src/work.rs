@@ -24,6 +24,22 @@ pub enum BudgetError {
     Cancelled,
 }
 
+/// A bug in work run off the executor: the panic's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("internal error: {what}")]
+pub struct Panicked {
+    pub what: String,
+}
+
+/// Why work run off the executor did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkError {
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
+}
+
 /// A request's budget for work off the executor. Cheap to clone and `Send`.
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -93,17 +109,18 @@ impl Drop for CancelOnDrop {
 /// Run `work` on the shard's blocking pool under `budget`. A panic fails
 /// this one request with an error instead of taking a pool thread down;
 /// dropping the returned future (the client went away) cancels the budget.
-pub async fn blocking<T, F>(budget: &Budget, work: F) -> Result<T, String>
+pub async fn blocking<T, E, F>(budget: &Budget, work: F) -> Result<T, E>
 where
     T: Send + 'static,
-    F: FnOnce(&Budget) -> Result<T, String> + Send + 'static,
+    E: From<BudgetError> + From<Panicked> + Send + 'static,
+    F: FnOnce(&Budget) -> Result<T, E> + Send + 'static,
 {
     let guard = budget.cancel_on_drop();
     let inner = budget.clone();
     let out = glommio::executor()
         .spawn_blocking(move || {
             if let Err(e) = inner.check() {
-                return Err(e.to_string());
+                return Err(e.into());
             }
             contained(move || work(&inner))
         })
@@ -114,7 +131,7 @@ where
 
 /// Run `work` so that a bug (a panic) fails this one request with an
 /// error instead of taking a pool thread down with it.
-pub fn contained<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+pub fn contained<T, E: From<Panicked>>(work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(result) => result,
         Err(panic) => {
@@ -124,8 +141,21 @@ pub fn contained<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, Strin
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown".into());
             tracing::error!(panic = %what, "internal error in a git service worker");
-            Err(format!("internal error: {what}"))
+            Err(Panicked { what }.into())
         }
+    }
+}
+
+// Work whose errors are still text.
+impl From<BudgetError> for String {
+    fn from(e: BudgetError) -> String {
+        e.to_string()
+    }
+}
+
+impl From<Panicked> for String {
+    fn from(e: Panicked) -> String {
+        e.to_string()
     }
 }
 

@@ -364,7 +364,7 @@ impl Ledger {
             };
             for tx in &decoded {
                 if let Err(why) = view.check(tx) {
-                    tracing::warn!(height, repo = %tx.repo, reason = %why.join("; "), "block refused: transaction does not apply");
+                    tracing::warn!(height, repo = %tx.repo, reason = %why.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "), "block refused: transaction does not apply");
                     return false;
                 }
                 view.apply(tx);

@@ -10,6 +10,8 @@ use guts_io::refname::check_ref_name;
 use guts_io::refs::RefUpdate;
 use guts_io::ObjectId;
 use guts_shards::consensus::{Op, PackRef};
+use guts_shards::rejection::UpdateRejection;
+use guts_shards::repo::RepoError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -28,7 +30,7 @@ pub struct ChainState {
 
 /// Why a transaction cannot apply, one reason per ref update (one for a
 /// repository creation).
-pub type Reasons = Vec<String>;
+pub type Reasons = Vec<UpdateRejection>;
 
 impl ChainState {
     /// Load the state from the repositories on disk (before the shards
@@ -121,23 +123,23 @@ impl View<'_> {
         match &tx.op {
             Op::CreateRepo => {
                 if self.repo(&tx.repo).is_some() {
-                    return Err(vec![format!("repository {} already exists", tx.repo)]);
+                    return Err(vec![RepoError::Exists(tx.repo.clone()).into()]);
                 }
                 Ok(())
             }
             Op::Update { updates, pack, .. } => {
-                let fail_all = |why: String| vec![why; updates.len().max(1)];
+                let fail_all = |why: UpdateRejection| vec![why; updates.len().max(1)];
                 if updates.is_empty() {
-                    return Err(fail_all("a transaction without ref updates".into()));
+                    return Err(fail_all(UpdateRejection::NoUpdates));
                 }
                 if updates.len() > TX_UPDATES_MAX {
-                    return Err(fail_all(format!(
-                        "{} ref updates in one transaction (at most {TX_UPDATES_MAX})",
-                        updates.len()
-                    )));
+                    return Err(fail_all(UpdateRejection::TooManyUpdates {
+                        count: updates.len(),
+                        max: TX_UPDATES_MAX,
+                    }));
                 }
                 let Some(refs) = self.repo(&tx.repo) else {
-                    return Err(fail_all(format!("repository {} not found", tx.repo)));
+                    return Err(fail_all(RepoError::NotFound(tx.repo.clone()).into()));
                 };
                 if pack.is_none() && updates.iter().any(|u| !u.new.is_null()) {
                     // New objects arrive in a pack; a ref may also move to an
@@ -145,7 +147,7 @@ impl View<'_> {
                     // check (with the store) confirms.
                 }
                 let mut seen = HashSet::with_capacity(updates.len());
-                let mut reasons: Vec<Option<String>> = Vec::with_capacity(updates.len());
+                let mut reasons: Vec<Option<UpdateRejection>> = Vec::with_capacity(updates.len());
                 for u in updates {
                     reasons.push(check_update(refs, u, &mut seen));
                 }
@@ -154,11 +156,7 @@ impl View<'_> {
                 }
                 Err(reasons
                     .into_iter()
-                    .map(|r| {
-                        r.unwrap_or_else(|| {
-                            "not applied: another ref of this push was updated concurrently; fetch and push again".into()
-                        })
-                    })
+                    .map(|r| r.unwrap_or(UpdateRejection::SiblingRejected))
                     .collect())
             }
             _ => Ok(()),
@@ -226,35 +224,37 @@ fn apply_updates(refs: &mut Refs, updates: &[RefUpdate]) {
     }
 }
 
-fn check_update(refs: &Refs, u: &RefUpdate, seen: &mut HashSet<String>) -> Option<String> {
+fn check_update(refs: &Refs, u: &RefUpdate, seen: &mut HashSet<String>) -> Option<UpdateRejection> {
     if let Err(e) = check_ref_name(u.name.as_bytes()) {
-        return Some(format!("funny refname: {e}"));
+        return Some(e.into());
     }
     if !seen.insert(u.name.clone()) {
-        return Some("ref updated twice in one push".into());
+        return Some(UpdateRejection::UpdatedTwice);
     }
     if u.old.is_null() && u.new.is_null() {
-        return Some("neither old nor new value".into());
+        return Some(UpdateRejection::NeitherOldNorNew);
     }
     let current = refs.get(&u.name).copied().unwrap_or(ObjectId::NULL_SHA1);
     if current != u.old {
         return Some(if current.is_null() {
-            "stale info: the ref was deleted by a concurrent push; fetch first".into()
+            UpdateRejection::DeletedConcurrently
         } else {
-            "stale info: the ref was changed by a concurrent push; fetch first".into()
+            UpdateRejection::ChangedConcurrently
         });
     }
     None
 }
 
 /// `OWNER/NAME` with both parts valid names.
-pub fn check_repo_key(key: &str) -> Result<(), String> {
+pub fn check_repo_key(key: &str) -> Result<(), UpdateRejection> {
     let Some((owner, name)) = key.split_once('/') else {
-        return Err(format!("bad repository key {key:?}"));
+        return Err(UpdateRejection::BadRepoKeyValue {
+            key: key.to_string(),
+        });
     };
     guts_shards::repo::check_name("owner", owner)
         .and_then(|_| guts_shards::repo::check_name("repository name", name))
-        .map_err(|e| e.to_string())
+        .map_err(UpdateRejection::from)
 }
 
 /// The pack a transaction needs, if any.
@@ -324,7 +324,7 @@ mod tests {
         // A second push racing from the same old value loses.
         let racing = update("a/b", "refs/heads/main", ObjectId::NULL_SHA1, oid(2), true);
         let why = v.check(&racing).unwrap_err();
-        assert!(why[0].contains("stale"), "{why:?}");
+        assert!(why[0].to_string().contains("stale"), "{why:?}");
         let next = update("a/b", "refs/heads/main", oid(1), oid(3), false);
         v.check(&next).unwrap();
         v.apply(&next);
@@ -342,7 +342,9 @@ mod tests {
         assert!(v.check(&create("a")).is_err());
         assert!(v.check(&create("../x/y")).is_err());
         let bad_name = update("a/b", "refs/heads/a..b", ObjectId::NULL_SHA1, oid(1), true);
-        assert!(v.check(&bad_name).unwrap_err()[0].contains("refname"));
+        assert!(v.check(&bad_name).unwrap_err()[0]
+            .to_string()
+            .contains("refname"));
         let nothing = update(
             "a/b",
             "refs/heads/x",
@@ -352,7 +354,9 @@ mod tests {
         );
         assert!(v.check(&nothing).is_err());
         let missing = update("c/d", "refs/heads/x", ObjectId::NULL_SHA1, oid(1), true);
-        assert!(v.check(&missing).unwrap_err()[0].contains("not found"));
+        assert!(v.check(&missing).unwrap_err()[0]
+            .to_string()
+            .contains("not found"));
     }
 
     #[test]
