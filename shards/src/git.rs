@@ -41,7 +41,7 @@ use crate::http::{shard_error_response, text};
 use crate::memory::{MemoryError, Reservation};
 use crate::repo::{check_name, AdvertisedRef, RefSnapshot};
 use crate::shard::{Shard, ShardError, UpdateOutcome, UpdateRejection};
-use crate::work::{self, contained, Budget, Panicked, WorkError};
+use crate::work::{self, contained, Budget, BudgetError, WorkError};
 
 /// Bytes of a pack's SHA-1 trailer.
 const TRAILER_BYTES: usize = 20;
@@ -606,15 +606,52 @@ async fn run_fetch(
     match prepared {
         Ok(Prepared::Answer(bytes)) => git_result(service, ResponseBody::full(bytes)),
         Ok(Prepared::Pack(pack)) => stream_pack(snap, *pack, budget),
-        Err(msg) => git_error(service, &msg),
+        Err(e) => git_error(service, &e.to_string()),
     }
+}
+
+/// Why a fetch was refused or failed before its answer began; the text is
+/// the client's `ERR` line.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// The request used its work budget (or its client went away) while
+    /// it was being prepared.
+    #[error("upload-pack: {0}")]
+    Budget(BudgetError),
+    /// The work did not start, or failed (a bug).
+    #[error(transparent)]
+    Work(#[from] WorkError),
+    /// A `want-ref` naming no ref.
+    #[error("unknown ref {name}")]
+    UnknownRef { name: String },
+    /// A `deepen-not` naming no ref.
+    #[error("deepen-not is not a ref: {name}")]
+    DeepenNotRef { name: String },
+    #[error("upload-pack: no wants")]
+    NoWants,
+    /// A want the repository does not hold.
+    #[error("upload-pack: not our ref {oid}")]
+    NotOurRef { oid: ObjectId },
+    /// The object walk (see [`walk_failed`]).
+    #[error("upload-pack: {0}")]
+    Walk(walk::WalkError),
+    /// The `wanted-refs` section could not be framed.
+    #[error("{0}")]
+    WantedRefs(#[from] pktline::PktError),
+    /// Planning the pack.
+    #[error("upload-pack: {0}")]
+    Plan(#[from] guts_io::pack::write::PackWriteError),
 }
 
 /// Everything a fetch computes, proportional to its request: run off the
 /// executor, with the budget checked between (and inside) the steps.
-fn prepare_fetch(snap: &RefSnapshot, kind: FetchKind, budget: &Budget) -> Result<Prepared, String> {
+fn prepare_fetch(
+    snap: &RefSnapshot,
+    kind: FetchKind,
+    budget: &Budget,
+) -> Result<Prepared, FetchError> {
     let store = &snap.store;
-    let budget_err = |e: crate::work::BudgetError| format!("upload-pack: {e}");
+    let budget_err = FetchError::Budget;
     match kind {
         FetchKind::V0(req) => {
             check_wants(store, &req.wants, budget)?;
@@ -681,7 +718,7 @@ fn prepare_fetch(snap: &RefSnapshot, kind: FetchKind, budget: &Budget) -> Result
                         wants.push(x.oid);
                         wanted_refs.push((x.oid, x.name.as_str()));
                     }
-                    None => return Err(format!("unknown ref {r}")),
+                    None => return Err(FetchError::UnknownRef { name: r.clone() }),
                 }
             }
             let wants = distinct(&wants);
@@ -721,8 +758,7 @@ fn prepare_fetch(snap: &RefSnapshot, kind: FetchKind, budget: &Budget) -> Result
                 negotiate::write_shallow_info(&mut preamble, &walked.shallow, &walked.unshallow);
             }
             if !wanted_refs.is_empty() {
-                negotiate::write_wanted_refs(&mut preamble, &wanted_refs)
-                    .map_err(|e| e.to_string())?;
+                negotiate::write_wanted_refs(&mut preamble, &wanted_refs)?;
             }
             negotiate::write_packfile_header(&mut preamble);
             budget.check().map_err(budget_err)?;
@@ -741,7 +777,7 @@ fn prepare_fetch(snap: &RefSnapshot, kind: FetchKind, budget: &Budget) -> Result
 fn resolve_deepen(
     snap: &RefSnapshot,
     depth: &Option<Deepen>,
-) -> Result<Option<WalkDeepen>, String> {
+) -> Result<Option<WalkDeepen>, FetchError> {
     match depth {
         None => Ok(None),
         Some(Deepen::Depth(n)) => Ok(Some(WalkDeepen::Depth(*n))),
@@ -759,7 +795,7 @@ fn resolve_deepen(
                     .find_map(|cand| snap.find(cand).map(|x| x.peeled.unwrap_or(x.oid)));
                     match found {
                         Some(oid) => oids.push(oid),
-                        None => return Err(format!("deepen-not is not a ref: {r}")),
+                        None => return Err(FetchError::DeepenNotRef { name: r.clone() }),
                     }
                 }
                 match since {
@@ -790,13 +826,13 @@ fn tag_candidates(snap: &RefSnapshot) -> Vec<(ObjectId, ObjectId)> {
         .collect()
 }
 
-/// The message for a failed walk; a store that cannot be read (a corrupt
-/// or missing pack) is the operator's problem, and is logged as such.
-fn walk_failed(snap: &RefSnapshot, e: walk::WalkError) -> String {
+/// A failed walk; a store that cannot be read (a corrupt or missing pack)
+/// is the operator's problem, and is logged as such.
+fn walk_failed(snap: &RefSnapshot, e: walk::WalkError) -> FetchError {
     if let walk::WalkError::Store(store) = &e {
         tracing::error!(repo = %snap.key, error = %store, "stored object unreadable (corrupt or missing pack data)");
     }
-    format!("upload-pack: {e}")
+    FetchError::Walk(e)
 }
 
 /// Budget checks in loops over request items happen this often.
@@ -814,14 +850,14 @@ fn known_haves(
     store: &ObjectStore,
     haves: &[ObjectId],
     budget: &Budget,
-) -> Result<Vec<ObjectId>, String> {
+) -> Result<Vec<ObjectId>, FetchError> {
     let mut sorted = haves.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut known = Vec::new();
     for (i, have) in sorted.into_iter().enumerate() {
         if i % BUDGET_CHECK_EVERY == 0 {
-            budget.check().map_err(|e| format!("upload-pack: {e}"))?;
+            budget.check().map_err(FetchError::Budget)?;
         }
         if store.contains(&have) {
             known.push(have);
@@ -830,16 +866,16 @@ fn known_haves(
     Ok(known)
 }
 
-fn check_wants(store: &ObjectStore, wants: &[ObjectId], budget: &Budget) -> Result<(), String> {
+fn check_wants(store: &ObjectStore, wants: &[ObjectId], budget: &Budget) -> Result<(), FetchError> {
     if wants.is_empty() {
-        return Err("upload-pack: no wants".into());
+        return Err(FetchError::NoWants);
     }
     for (i, w) in wants.iter().enumerate() {
         if i % BUDGET_CHECK_EVERY == 0 {
-            budget.check().map_err(|e| format!("upload-pack: {e}"))?;
+            budget.check().map_err(FetchError::Budget)?;
         }
         if !store.contains(w) {
-            return Err(format!("upload-pack: not our ref {w}"));
+            return Err(FetchError::NotOurRef { oid: *w });
         }
     }
     Ok(())
@@ -853,14 +889,13 @@ fn plan_pack(
     sideband: Option<SidebandMode>,
     progress: bool,
     ofs_delta: bool,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, FetchError> {
     let opts = PackWriteOptions {
         ofs_delta,
         chunk_bytes: pack_chunk_bytes(sideband),
     };
     let count = walked.objects.len();
-    let stream =
-        pack_stream(store, &walked.objects, opts).map_err(|e| format!("upload-pack: {e}"))?;
+    let stream = pack_stream(store, &walked.objects, opts)?;
     if progress {
         if let Some(mode) = sideband {
             sideband::write_progress(
@@ -909,13 +944,13 @@ fn stream_pack(snap: RefSnapshot, pack: PackToSend, budget: Budget) -> Response<
             Some(plan) => stream_verbatim_dma(&mut tx, sideband, &plan).await,
             None => Err(DmaStreamError::NotVerbatim),
         };
-        let streamed: Result<(), String> = match verbatim {
+        let streamed: Result<(), PackSendError> = match verbatim {
             Ok(()) => Ok(()),
             Err(DmaStreamError::ClientGone) => return,
-            Err(DmaStreamError::Failed(e)) => Err(format!("pack read failed: {e}")),
+            Err(DmaStreamError::Failed(e)) => Err(PackSendError::Read(e)),
             Err(DmaStreamError::Corrupt(path)) => {
                 tracing::error!(repo = %snap.key, pack = %path.display(), "stored pack is corrupt: its contents do not match its checksum; restore it from a replica or backup");
-                Err("a stored pack is corrupt (checksum mismatch); the server's operator has been told".into())
+                Err(PackSendError::Corrupt)
             }
             Err(other) => {
                 if let DmaStreamError::Unavailable(e) = &other {
@@ -925,7 +960,7 @@ fn stream_pack(snap: RefSnapshot, pack: PackToSend, budget: Budget) -> Response<
                 match stream_generated(&mut tx, sideband, stream, &budget).await {
                     Ok(()) => Ok(()),
                     Err(None) => return, // client went away
-                    Err(Some(msg)) => Err(msg),
+                    Err(Some(e)) => Err(e),
                 }
             }
         };
@@ -935,13 +970,14 @@ fn stream_pack(snap: RefSnapshot, pack: PackToSend, budget: Budget) -> Response<
                     let _ = send(&mut tx, Bytes::from_static(pktline::FLUSH_PKT)).await;
                 }
             }
-            Err(msg) => {
-                tracing::error!(repo = %snap.key, error = %msg, "pack stream failed");
+            Err(e) => {
+                tracing::error!(repo = %snap.key, error = %e, "pack stream failed");
                 // Without side-band there is no way to signal the error: the
                 // body ends early and the client sees a truncated pack.
                 if let Some(mode) = sideband {
                     let mut out = Vec::new();
-                    sideband::write_error(&mut out, mode, &crate::redact::message(&msg));
+                    let msg = crate::redact::message(&e.to_string());
+                    sideband::write_error(&mut out, mode, &msg);
                     let _ = send(&mut tx, Bytes::from(out)).await;
                 }
             }
@@ -959,12 +995,12 @@ async fn stream_generated(
     sideband: Option<SidebandMode>,
     stream: PackStream,
     budget: &Budget,
-) -> Result<(), Option<String>> {
-    type Step = (PackStream, Vec<Bytes>, Option<String>, bool);
+) -> Result<(), Option<PackSendError>> {
+    type Step = (PackStream, Vec<Bytes>, Option<PackSendError>, bool);
     fn generate(
         budget: &Budget,
         mut stream: PackStream,
-    ) -> glommio::task::JoinHandle<Result<Step, String>> {
+    ) -> glommio::task::JoinHandle<Result<Step, PackSendError>> {
         let budget = budget.clone();
         glommio::spawn_local(async move {
             work::blocking(&budget.clone(), move |budget| {
@@ -978,16 +1014,11 @@ async fn stream_generated(
                             chunks.push(chunk);
                         }
                         Some(Err(e)) => {
-                            return Ok((
-                                stream,
-                                chunks,
-                                Some(format!("pack generation failed: {e}")),
-                                true,
-                            ))
+                            return Ok((stream, chunks, Some(PackSendError::Generate(e)), true))
                         }
                     }
                     if let Err(e) = budget.check() {
-                        return Ok((stream, chunks, Some(e.to_string()), true));
+                        return Ok((stream, chunks, Some(PackSendError::Budget(e)), true));
                     }
                 }
                 Ok((stream, chunks, None, false))
@@ -1000,8 +1031,8 @@ async fn stream_generated(
     while let Some(job) = next.take() {
         let step = match job.await {
             Some(Ok(step)) => step,
-            Some(Err(msg)) => return Err(Some(msg)),
-            None => return Err(Some("pack generation stopped".into())),
+            Some(Err(e)) => return Err(Some(e)),
+            None => return Err(Some(PackSendError::Stopped)),
         };
         let (stream, chunks, failed, last) = step;
         if !last {
@@ -1012,11 +1043,35 @@ async fn stream_generated(
                 return Err(None);
             }
         }
-        if let Some(msg) = failed {
-            return Err(Some(msg));
+        if let Some(e) = failed {
+            return Err(Some(e));
         }
     }
     Ok(())
+}
+
+/// Why a pack stopped after its response began; the text goes to the
+/// client on side-band 3 (without the node's paths).
+#[derive(Debug, thiserror::Error)]
+enum PackSendError {
+    /// Reading a stored pack with direct I/O.
+    #[error("pack read failed: {0}")]
+    Read(guts_io::dma::DmaError),
+    /// A stored pack does not match its checksum (logged with its path).
+    #[error("a stored pack is corrupt (checksum mismatch); the server's operator has been told")]
+    Corrupt,
+    /// Generating the pack from the store.
+    #[error("pack generation failed: {0}")]
+    Generate(guts_io::pack::write::PackWriteError),
+    /// The request used its work budget, or its client went away.
+    #[error(transparent)]
+    Budget(BudgetError),
+    /// A generation step did not start, or failed (a bug).
+    #[error(transparent)]
+    Work(#[from] WorkError),
+    /// A generation step ended without an answer.
+    #[error("pack generation stopped")]
+    Stopped,
 }
 
 enum DmaStreamError {
@@ -1354,7 +1409,8 @@ async fn receive_pack(
     let ingested = if request.expects_pack() || !leftover.is_empty() {
         match receive_pack_data(shard, &snap, &mut body, std::mem::take(&mut leftover)).await {
             Ok(p) => p,
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 let refs: Vec<RefReport<'_>> = request
                     .commands
                     .iter()
@@ -1549,7 +1605,7 @@ async fn receive_pack_data(
     snap: &RefSnapshot,
     body: &mut RequestBody,
     first: Vec<u8>,
-) -> Result<Option<IngestedPack>, String> {
+) -> Result<Option<IngestedPack>, ReceivePackError> {
     let limits = &shard.config.limits;
     let pack_dir = snap.store.objects_dir().join("pack");
     let ingest_limits = IngestLimits {
@@ -1559,11 +1615,11 @@ async fn receive_pack_data(
     };
     let streaming = Budget::new(limits.request_timeout_ms);
     let ingest = work::blocking(&streaming, move |_| {
-        Ingest::new(&pack_dir, ingest_limits).map_err(|e| e.to_string())
+        Ingest::new(&pack_dir, ingest_limits).map_err(ReceivePackError::Start)
     })
     .await?;
     let mut ingest = Some(ingest);
-    let mut in_flight: Option<glommio::task::JoinHandle<Result<Ingest, String>>> = None;
+    let mut in_flight: Option<glommio::task::JoinHandle<Result<Ingest, ReceivePackError>>> = None;
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batch_bytes = 0;
     if !first.is_empty() {
@@ -1578,16 +1634,16 @@ async fn receive_pack_data(
                 false
             }
             Ok(None) => true,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         if batch_bytes < INGEST_STEP_BYTES && !done {
             continue;
         }
         if let Some(step) = in_flight.take() {
-            ingest = Some(step.await.ok_or("pack ingest stopped")??);
+            ingest = Some(step.await.ok_or(ReceivePackError::Stopped)??);
         }
         let Some(mut next) = ingest.take() else {
-            return Err("pack ingest stopped".into());
+            return Err(ReceivePackError::Stopped);
         };
         let chunks = std::mem::take(&mut batch);
         batch_bytes = 0;
@@ -1596,7 +1652,7 @@ async fn receive_pack_data(
             glommio::spawn_local(async move {
                 work::blocking(&budget, move |_| {
                     for chunk in &chunks {
-                        next.write(chunk).map_err(|e| ingest_message(&e))?;
+                        next.write(chunk).map_err(ReceivePackError::Pack)?;
                     }
                     Ok(next)
                 })
@@ -1609,8 +1665,8 @@ async fn receive_pack_data(
         }
     }
     let ingest = match in_flight.take() {
-        Some(step) => step.await.ok_or("pack ingest stopped")??,
-        None => ingest.ok_or("pack ingest stopped")?,
+        Some(step) => step.await.ok_or(ReceivePackError::Stopped)??,
+        None => ingest.ok_or(ReceivePackError::Stopped)?,
     };
     crate::metrics::record_pack_received(ingest.received_bytes());
     let source = StoreSource(snap.store.clone());
@@ -1624,18 +1680,43 @@ async fn receive_pack_data(
         .push_slots
         .acquire_permit(1)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ReceivePackError::Slots)?;
     let budget = Budget::new(limits.request_work_max_ms);
     let mut ingest = ingest;
     ingest.set_interrupt(budget.interrupt());
     let finished = work::blocking(&budget, move |_| {
         ingest
             .finish(&source, &checks)
-            .map_err(|e| ingest_message(&e))
+            .map_err(ReceivePackError::Pack)
     })
     .await?;
     crate::metrics::record_objects_ingested(u64::from(finished.object_count()));
     Ok(Some(finished))
+}
+
+/// Why a push's pack was not taken; the text is the client's
+/// `unpack <reason>` line.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceivePackError {
+    /// The temporary pack file could not be created.
+    #[error("{0}")]
+    Start(IngestError),
+    /// The pack: malformed, over a limit, or an object failed its checks
+    /// (shown on one line, without the node's paths).
+    #[error("{}", ingest_message(.0))]
+    Pack(IngestError),
+    /// Reading the request body.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// An ingest step ended without an answer.
+    #[error("pack ingest stopped")]
+    Stopped,
+    /// The shard's push slots are gone (it is stopping).
+    #[error("{0}")]
+    Slots(glommio::GlommioError<()>),
+    /// The work did not start (budget, client gone), or failed (a bug).
+    #[error(transparent)]
+    Work(#[from] WorkError),
 }
 
 /// An ingest error as the client sees it (`unpack <msg>`): one line, no
@@ -1694,8 +1775,9 @@ pub enum PackStoreError {
     /// Opening the pack just committed.
     #[error(transparent)]
     Open(#[from] guts_io::store::StoreError),
+    /// The blocking pool's work failed (a bug).
     #[error(transparent)]
-    Panicked(#[from] Panicked),
+    Work(#[from] WorkError),
 }
 
 pub(crate) async fn apply_push(

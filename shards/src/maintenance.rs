@@ -28,8 +28,9 @@
 
 use crate::repo::Repo;
 use crate::shard::Shard;
-use crate::work::contained;
-use guts_io::pack::repack::{geometric_plan, prune_plan, Repack, GEOMETRIC_FACTOR};
+use crate::work::{contained, WorkError};
+use guts_io::pack::repack::{geometric_plan, prune_plan, Repack, RepackError, GEOMETRIC_FACTOR};
+use guts_io::store::StoreError;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -192,9 +193,28 @@ pub async fn run(shard: Rc<Shard>) {
     }
 }
 
+/// Why a repack or a prune stopped; the repository is unchanged then, and
+/// it is tried again later.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    /// Planning or writing the new pack.
+    #[error(transparent)]
+    Repack(#[from] RepackError),
+    /// Retiring a pack taken out of the list.
+    #[error(transparent)]
+    Retire(#[from] StoreError),
+    /// The blocking pool's work failed (a bug).
+    #[error(transparent)]
+    Work(#[from] WorkError),
+}
+
 /// Merge `repo`'s small packs if its packs are not a geometric progression.
 /// Returns once the new list is in use and the old packs are retired.
-pub async fn repack(shard: &Shard, key: &str, repo: &Rc<RefCell<Repo>>) -> Result<(), String> {
+pub async fn repack(
+    shard: &Shard,
+    key: &str,
+    repo: &Rc<RefCell<Repo>>,
+) -> Result<(), MaintenanceError> {
     let store = repo.borrow().store.clone();
     let counts: Vec<u64> = store
         .packs()
@@ -207,7 +227,8 @@ pub async fn repack(shard: &Shard, key: &str, repo: &Rc<RefCell<Repo>>) -> Resul
     }
     let started = std::time::Instant::now();
     let merging = picked.len();
-    let job = offload(move || Repack::start(&store, &picked).map_err(|e| e.to_string())).await?;
+    let job =
+        offload(move || Repack::start(&store, &picked).map_err(MaintenanceError::from)).await?;
     let Some((pack, replaced)) = write_out(shard, job).await? else {
         return Ok(());
     };
@@ -237,7 +258,7 @@ pub async fn prune(
     key: &str,
     repo: &Rc<RefCell<Repo>>,
     prune_ms: u64,
-) -> Result<bool, String> {
+) -> Result<bool, MaintenanceError> {
     if pushes_in_flight(key) > 0 {
         return Ok(false);
     }
@@ -252,7 +273,7 @@ pub async fn prune(
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let walk_store = store.clone();
     let plan = offload(move || {
-        prune_plan(&walk_store, &tips, cutoff, Default::default()).map_err(|e| e.to_string())
+        prune_plan(&walk_store, &tips, cutoff, Default::default()).map_err(MaintenanceError::from)
     })
     .await?;
     let Some(plan) = plan else {
@@ -270,7 +291,7 @@ pub async fn prune(
         let picked = plan.picked.clone();
         let keep = plan.keep;
         let job = offload(move || {
-            Repack::start_keeping(&store, &picked, Some(&keep)).map_err(|e| e.to_string())
+            Repack::start_keeping(&store, &picked, Some(&keep)).map_err(MaintenanceError::from)
         })
         .await?;
         match write_out(shard, job).await? {
@@ -290,7 +311,7 @@ pub async fn prune(
                 .iter()
                 .any(|p| p.checksum() == pack.checksum());
             if !held {
-                offload(move || pack.retire().map_err(|e| e.to_string())).await?;
+                offload(move || pack.retire().map_err(MaintenanceError::from)).await?;
             }
         }
         return Ok(false);
@@ -314,13 +335,13 @@ pub async fn prune(
 async fn write_out(
     shard: &Shard,
     mut job: Repack,
-) -> Result<Option<(guts_io::store::Pack, Vec<[u8; 20]>)>, String> {
+) -> Result<Option<(guts_io::store::Pack, Vec<[u8; 20]>)>, MaintenanceError> {
     loop {
         if shard.stopping.get() {
             return Ok(None);
         }
         let (back, done) = offload(move || {
-            let done = job.step(REPACK_STEP_BYTES).map_err(|e| e.to_string())?;
+            let done = job.step(REPACK_STEP_BYTES)?;
             Ok((job, done))
         })
         .await?;
@@ -329,7 +350,7 @@ async fn write_out(
             break;
         }
     }
-    offload(move || job.finish().map_err(|e| e.to_string()))
+    offload(move || job.finish().map_err(MaintenanceError::from))
         .await
         .map(Some)
 }
@@ -340,7 +361,7 @@ async fn write_out(
 async fn switch(
     repo: &Rc<RefCell<Repo>>,
     swap: impl FnOnce(&mut guts_io::store::ObjectStore) -> Vec<std::sync::Arc<guts_io::store::Pack>>,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), MaintenanceError> {
     let removed = {
         let mut r = repo.borrow_mut();
         let removed = swap(&mut r.store);
@@ -351,7 +372,7 @@ async fn switch(
     let retired = removed.len();
     offload(move || {
         for p in &removed {
-            p.retire().map_err(|e| e.to_string())?;
+            p.retire()?;
         }
         Ok(())
     })
@@ -361,8 +382,8 @@ async fn switch(
 
 /// Run `work` on the shard's blocking pool.
 async fn offload<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    work: impl FnOnce() -> Result<T, MaintenanceError> + Send + 'static,
+) -> Result<T, MaintenanceError> {
     glommio::executor()
         .spawn_blocking(move || contained(work))
         .await

@@ -112,7 +112,7 @@ impl Drop for CancelOnDrop {
 pub async fn blocking<T, E, F>(budget: &Budget, work: F) -> Result<T, E>
 where
     T: Send + 'static,
-    E: From<BudgetError> + From<Panicked> + Send + 'static,
+    E: From<WorkError> + Send + 'static,
     F: FnOnce(&Budget) -> Result<T, E> + Send + 'static,
 {
     let guard = budget.cancel_on_drop();
@@ -120,7 +120,7 @@ where
     let out = glommio::executor()
         .spawn_blocking(move || {
             if let Err(e) = inner.check() {
-                return Err(e.into());
+                return Err(WorkError::from(e).into());
             }
             contained(move || work(&inner))
         })
@@ -131,7 +131,7 @@ where
 
 /// Run `work` so that a bug (a panic) fails this one request with an
 /// error instead of taking a pool thread down with it.
-pub fn contained<T, E: From<Panicked>>(work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+pub fn contained<T, E: From<WorkError>>(work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(result) => result,
         Err(panic) => {
@@ -141,21 +141,8 @@ pub fn contained<T, E: From<Panicked>>(work: impl FnOnce() -> Result<T, E>) -> R
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown".into());
             tracing::error!(panic = %what, "internal error in a git service worker");
-            Err(Panicked { what }.into())
+            Err(WorkError::from(Panicked { what }).into())
         }
-    }
-}
-
-// Work whose errors are still text.
-impl From<BudgetError> for String {
-    fn from(e: BudgetError) -> String {
-        e.to_string()
-    }
-}
-
-impl From<Panicked> for String {
-    fn from(e: Panicked) -> String {
-        e.to_string()
     }
 }
 
