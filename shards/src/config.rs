@@ -79,6 +79,15 @@ crate::declare_settings! {
         /// 503 with `Retry-After`.
         #[default_doc = "half the machine's memory (at least 256 MiB)"]
         memory_budget_bytes: u64 = crate::memory::default_budget_bytes(),
+        /// Bytes of pack responses kept in memory, node-wide, so that
+        /// identical clones arriving together or soon after are computed
+        /// once: a clone identical to one being sent joins it, and recent
+        /// complete responses are answered again until a ref update. One
+        /// response may take at most a quarter of it; larger ones are not
+        /// shared. 0: off.
+        pack_cache_bytes: u64 = 512 * 1024 * 1024,
+        /// Pack responses kept (being sent or complete) at most, node-wide.
+        pack_cache_entries: usize = 64,
     }
 }
 

@@ -39,6 +39,7 @@ use crate::body::{BodyError, RequestBody, ResponseBody};
 use crate::conn::ConnState;
 use crate::http::{shard_error_response, text};
 use crate::memory::{MemoryError, Reservation};
+use crate::pack_cache::{self, Lookup};
 use crate::repo::{check_name, AdvertisedRef, RefSnapshot};
 use crate::shard::{Shard, ShardError, UpdateOutcome, UpdateRejection};
 use crate::work::{self, contained, Budget, BudgetError, WorkError};
@@ -567,6 +568,7 @@ async fn ls_refs(
 }
 
 /// A parsed fetch, protocol v0/v1 or v2.
+#[derive(Clone)]
 enum FetchKind {
     V0(UploadRequest),
     V2(FetchRequest),
@@ -586,15 +588,62 @@ enum Prepared {
     Pack(Box<PackToSend>),
 }
 
-/// Negotiate, walk and plan a fetch on the blocking pool, then answer.
-/// `memory` (the parsed request's share of the node's budget) is held
-/// until the plan is made.
+/// Answer a fetch. A clone's response is computed once for every
+/// identical clone arriving meanwhile and kept for the next ones until a
+/// ref update (see [`crate::pack_cache`]); anything else is computed for
+/// its own request.
 async fn run_fetch(
     shard: &Rc<Shard>,
     snap: RefSnapshot,
     kind: FetchKind,
     memory: Reservation,
 ) -> Response<ResponseBody> {
+    let service = Service::UploadPack;
+    let key = match &kind {
+        FetchKind::V0(r) => pack_cache::v0_key(&snap.key, snap.sequence, r),
+        FetchKind::V2(r) => pack_cache::v2_key(&snap.key, snap.sequence, r),
+    };
+    let lookup = match key {
+        Some(key) => shard.pack_cache.lookup(key, &snap.refs),
+        None => Lookup::Bypass,
+    };
+    let reader = match lookup {
+        Lookup::Bypass => {
+            let (body, _) = fetch_answer(shard, snap, kind, Some(memory)).await;
+            return git_result(service, body);
+        }
+        Lookup::Join { reader, .. } => {
+            drop(memory);
+            reader
+        }
+        Lookup::Lead { producer, reader } => {
+            // Computed apart from the leader's request, whose client may
+            // go while others still read.
+            let (s, snap, kind) = (shard.clone(), snap.clone(), kind.clone());
+            glommio::spawn_local(async move {
+                let (body, pack) = fetch_answer(&s, snap, kind, Some(memory)).await;
+                producer.produce(body, pack).await;
+            })
+            .detach();
+            reader
+        }
+    };
+    let s = shard.clone();
+    let body = pack_cache::serve(reader, move || async move {
+        fetch_answer(&s, snap, kind, None).await.0
+    });
+    git_result(service, body)
+}
+
+/// Negotiate, walk and plan a fetch on the blocking pool, then answer:
+/// the body, and whether it is a pack in side-band. `memory` (the parsed
+/// request's share of the node's budget) is held until the plan is made.
+async fn fetch_answer(
+    shard: &Rc<Shard>,
+    snap: RefSnapshot,
+    kind: FetchKind,
+    memory: Option<Reservation>,
+) -> (ResponseBody, bool) {
     let service = Service::UploadPack;
     let budget = Budget::new(shard.config.limits.request_work_max_ms);
     let job_snap = snap.clone();
@@ -604,9 +653,12 @@ async fn run_fetch(
     .await;
     drop(memory);
     match prepared {
-        Ok(Prepared::Answer(bytes)) => git_result(service, ResponseBody::full(bytes)),
-        Ok(Prepared::Pack(pack)) => stream_pack(snap, *pack, budget),
-        Err(e) => git_error(service, &e.to_string()),
+        Ok(Prepared::Answer(bytes)) => (ResponseBody::full(bytes), false),
+        Ok(Prepared::Pack(pack)) => {
+            let sideband = pack.sideband.is_some();
+            (stream_pack(snap, *pack, budget).into_body(), sideband)
+        }
+        Err(e) => (git_error(service, &e.to_string()).into_body(), false),
     }
 }
 

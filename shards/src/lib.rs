@@ -22,6 +22,7 @@ pub mod ingress;
 pub mod maintenance;
 pub mod memory;
 pub mod metrics;
+pub mod pack_cache;
 pub mod redact;
 pub mod rejection;
 pub mod repo;

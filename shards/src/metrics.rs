@@ -76,6 +76,9 @@ struct Metrics {
     ref_updates: IntCounterVec,
     pack_bytes: IntCounterVec,
     pack_sent_objects: IntCounter,
+    pack_cache_requests: IntCounterVec,
+    pack_cache_bytes: IntGauge,
+    pack_cache_entries: IntGauge,
     objects_ingested: IntCounter,
     block_height: IntGauge,
     consensus_view: IntGauge,
@@ -182,6 +185,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ref_updates: counter_vec(&r, "guts_git_ref_updates_total", "Ref updates from pushes by outcome.", &["result"]),
         pack_bytes: counter_vec(&r, "guts_git_pack_bytes_total", "Pack bytes received from pushes and sent to clients.", &["direction"]),
         pack_sent_objects: counter(&r, "guts_git_pack_sent_objects_total", "Objects sent to clients."),
+        pack_cache_requests: counter_vec(&r, "guts_git_pack_cache_total", "Shared pack responses by event: `miss` (a clone computes its response for others to join), `join` (a clone joined one being computed), `hit` (a clone was answered from a complete one), `bypass` (not shared: table full of unfinished responses), `overflow` (a response outgrew its bound and stopped being shared), `fallback` (a reader computed the rest of a stopped response itself), `evicted` (a complete response dropped for room).", &["event"]),
+        pack_cache_bytes: gauge(&r, "guts_git_pack_cache_bytes", "Bytes of pack responses held by the shared response table."),
+        pack_cache_entries: gauge(&r, "guts_git_pack_cache_entries", "Pack responses in the shared response table (being computed or complete)."),
         objects_ingested: counter(&r, "guts_git_objects_ingested_total", "Objects of pushed packs that passed every check."),
         block_height: gauge(&r, "guts_consensus_block_height", "Height of the last block applied here (kept across restarts)."),
         consensus_view: gauge(&r, "guts_consensus_view", "Current consensus view (0 on a standalone node)."),
@@ -216,6 +222,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for direction in ["received", "sent"] {
         m.pack_bytes.with_label_values(&[direction]);
+    }
+    for event in PACK_CACHE_EVENTS {
+        m.pack_cache_requests.with_label_values(&[event]);
     }
     for status in ["4xx", "5xx"] {
         m.responses.with_label_values(&[status]);
@@ -362,6 +371,25 @@ pub fn record_pack_received(bytes: u64) {
 /// Count the objects of a pushed pack that passed its checks.
 pub fn record_objects_ingested(objects: u64) {
     METRICS.objects_ingested.inc_by(objects);
+}
+
+/// Events of the shared pack response table (the `event` label).
+pub const PACK_CACHE_EVENTS: [&str; 7] = [
+    "miss", "join", "hit", "bypass", "overflow", "fallback", "evicted",
+];
+
+/// Count an event of the shared pack response table.
+pub fn record_pack_cache(event: &'static str) {
+    METRICS
+        .pack_cache_requests
+        .with_label_values(&[event])
+        .inc();
+}
+
+/// Bytes and entries held by the shared pack response table.
+pub fn set_pack_cache_held(bytes: u64, entries: usize) {
+    METRICS.pack_cache_bytes.set(bytes as i64);
+    METRICS.pack_cache_entries.set(entries as i64);
 }
 
 /// Count pack bytes and objects sent to clients.

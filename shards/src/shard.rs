@@ -131,6 +131,8 @@ pub struct Shard {
     pub damaged: Arc<Vec<DamagedRepo>>,
     /// The node's memory budget (shared by every shard).
     pub memory: Arc<MemoryBudget>,
+    /// Pack responses shared by identical requests (shared by every shard).
+    pub pack_cache: Arc<crate::pack_cache::PackCache>,
     /// Pushes resolving deltas at once on this shard: fewer than its
     /// blocking threads, so fetches always have one.
     pub push_slots: glommio::sync::Semaphore,
@@ -158,6 +160,10 @@ impl Shard {
         damaged: Arc<Vec<DamagedRepo>>,
     ) -> Rc<Shard> {
         let config_memory = config.limits.memory_budget_bytes;
+        let pack_cache = crate::pack_cache::PackCache::node(
+            config.limits.pack_cache_bytes,
+            config.limits.pack_cache_entries,
+        );
         let auth_failures = FailureLimiter::new(
             config.limits.auth_failures_max,
             config.limits.auth_failure_window_ms,
@@ -184,6 +190,7 @@ impl Shard {
             halted: Cell::new(false),
             damaged,
             memory: MemoryBudget::node(config_memory),
+            pack_cache,
             push_slots: glommio::sync::Semaphore::new(PUSH_RESOLVE_SLOTS as u64),
             bulk: glommio::executor().create_task_queue(
                 glommio::Shares::Static(BULK_SHARES),
