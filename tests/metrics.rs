@@ -294,6 +294,23 @@ fn every_documented_metric_moves_when_exercised() {
         "guts_git_pack_sent_objects_total",
         "guts_git_pack_sent_objects_total",
     );
+    // The clone's response was computed for identical clones to share,
+    // and is kept (the joins and hits: tests/pack_cache.rs).
+    grew(
+        &mut moved,
+        "guts_git_pack_cache_total",
+        "guts_git_pack_cache_total{event=\"miss\"}",
+    );
+    grew(
+        &mut moved,
+        "guts_git_pack_cache_bytes",
+        "guts_git_pack_cache_bytes",
+    );
+    grew(
+        &mut moved,
+        "guts_git_pack_cache_entries",
+        "guts_git_pack_cache_entries",
+    );
     grew(
         &mut moved,
         "guts_git_objects_ingested_total",
