@@ -193,7 +193,14 @@ fn pack_of(raw: &[u8]) -> Vec<u8> {
 
 /// Every object of `src` (a mirror).
 fn all_objects(src: &Path) -> Vec<String> {
-    let out = git_ok(src, &["cat-file", "--batch-all-objects", "--batch-check=%(objectname)"]);
+    let out = git_ok(
+        src,
+        &[
+            "cat-file",
+            "--batch-all-objects",
+            "--batch-check=%(objectname)",
+        ],
+    );
     let mut v: Vec<String> = out.lines().map(str::to_string).collect();
     v.sort();
     v
@@ -206,7 +213,10 @@ fn a_slow_reader_and_a_leader_that_leaves_do_not_hurt_the_others() {
     let (src, url) = seeded(&node, tmp.path(), "storm", "ripgrep");
     let body = clone_request(tmp.path(), &url);
     let scratch = tmp.path().join("scratch.git");
-    git_ok(tmp.path(), &["init", "--quiet", "--bare", scratch.to_str().unwrap()]);
+    git_ok(
+        tmp.path(),
+        &["init", "--quiet", "--bare", scratch.to_str().unwrap()],
+    );
     let objects = all_objects(&src);
 
     // The leader reads a little and hangs up; a slow reader and a fast
@@ -215,7 +225,11 @@ fn a_slow_reader_and_a_leader_that_leaves_do_not_hurt_the_others() {
     let mut slow = start_fetch(&node, "storm", "ripgrep", &body);
     let mut fast = start_fetch(&node, "storm", "ripgrep", &body);
     let first = read_some(&mut leader, 4096);
-    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
+    assert!(
+        first.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
     let mut slow_raw = read_some(&mut slow, 4096);
     drop(leader);
     let mut fast_raw = Vec::new();
@@ -231,7 +245,11 @@ fn a_slow_reader_and_a_leader_that_leaves_do_not_hurt_the_others() {
     }
     let fast_pack = pack_of(&fast_raw);
     assert_eq!(pack_oids(&scratch, &fast_pack), objects);
-    assert_eq!(pack_of(&slow_raw), fast_pack, "the same bytes for every reader");
+    assert_eq!(
+        pack_of(&slow_raw),
+        fast_pack,
+        "the same bytes for every reader"
+    );
     let m = cache_events(&node);
     assert_eq!(event(&m, "miss"), 1, "{m:?}");
     assert_eq!(event(&m, "join") + event(&m, "hit"), 2, "{m:?}");

@@ -57,11 +57,7 @@ pub struct Key {
 
 /// The key of a protocol v0/v1 request, if its response can be shared
 /// (it has no haves: a clone).
-pub fn v0_key(
-    repo: &str,
-    sequence: u64,
-    req: &guts_net::upload::UploadRequest,
-) -> Option<Key> {
+pub fn v0_key(repo: &str, sequence: u64, req: &guts_net::upload::UploadRequest) -> Option<Key> {
     if !req.haves.is_empty() {
         return None;
     }
@@ -338,8 +334,7 @@ impl PackCache {
 
 fn same_refs(a: &[AdvertisedRef], b: &[AdvertisedRef]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|(x, y)| x.name == y.name && x.oid == y.oid && x.peeled == y.peeled)
 }
