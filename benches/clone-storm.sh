@@ -57,11 +57,13 @@ for i in "${!LABELS[@]}"; do
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-toggle=0
-# Move refs/heads/storm-toggle between two existing commits (no new objects).
+# Move refs/heads/storm-toggle between two existing commits (no new
+# objects). Kept in a file: storm runs in a command substitution.
 new_ref_state() {
-    toggle=$((1 - toggle))
-    git -C "$WORK/src.git" push -q --force "${URL[$1]}" "HEAD~$toggle:refs/heads/storm-toggle"
+    local f="$WORK/toggle-$1" t
+    t=$((1 - $(cat "$f" 2>/dev/null || echo 0)))
+    echo "$t" >"$f"
+    git -C "$WORK/src.git" push -q --force "${URL[$1]}" "HEAD~$t:refs/heads/storm-toggle"
 }
 # Server CPU (ms) of $3 identical clones of kind $2 at once on node $1.
 storm() {
