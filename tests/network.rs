@@ -50,6 +50,16 @@ fn addr() -> SocketAddr {
 
 /// `validators` validators plus `followers` full nodes, all started.
 fn network(validators: usize, followers: usize, extra: &[&str]) -> Net {
+    network_with_blocks_of(validators, followers, extra, 4096)
+}
+
+/// [`network`] with at most `max_batch_updates` ref updates in a block.
+fn network_with_blocks_of(
+    validators: usize,
+    followers: usize,
+    extra: &[&str],
+    max_batch_updates: usize,
+) -> Net {
     let dir = tempfile::tempdir().unwrap();
     let mut plans = Vec::new();
     let mut v_entries = Vec::new();
@@ -77,7 +87,8 @@ fn network(validators: usize, followers: usize, extra: &[&str]) -> Net {
         "validators": v_entries,
         "followers": f_entries,
         "consensus": {"leader_timeout_ms": 500, "notarization_timeout_ms": 1000,
-                      "nullify_retry_ms": 500, "max_batch_updates": 4096, "max_batch_delay_ms": 0},
+                      "nullify_retry_ms": 500, "max_batch_updates": max_batch_updates,
+                      "max_batch_delay_ms": 0},
     });
     let genesis_path = dir.path().join("genesis.json");
     std::fs::write(&genesis_path, genesis.to_string()).unwrap();
@@ -333,6 +344,88 @@ fn no_quorum_fails_cleanly_and_resumes() {
     assert!(ok, "push after a validator returned\n{}", net.logs());
     let want = vec![("refs/heads/main".to_string(), c2)];
     wait_refs(&net, s, &[0, 1, 2], "q", "r", &want);
+}
+
+/// A push of more refs than one block may hold: cut into several
+/// transactions when it is not atomic (every ref lands everywhere), refused
+/// whole with a clear reason when it is atomic (nothing lands).
+#[test]
+fn a_push_larger_than_a_block_is_cut_and_an_atomic_one_refused() {
+    let _serial = one_network_at_a_time();
+    let mut net = network_with_blocks_of(4, 0, &[], 50);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    create_everywhere(&mut net, 0, "big", "b");
+    let wt = new_worktree(s, "wt");
+    let c = commit_file(&wt, "f", "1\n", "one");
+    let branches = |prefix: &str, n: usize| -> String {
+        (0..n)
+            .map(|k| format!("create refs/heads/{prefix}-{k} HEAD\n"))
+            .collect()
+    };
+    let feed = |input: String| {
+        use std::io::Write;
+        let mut child = git(&wt)
+            .args(["update-ref", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    feed(branches("many", 300));
+    let url = net.nodes[1].url("big", "b");
+    let out = git(&wt)
+        .args(["push", &url, "refs/heads/*:refs/heads/*"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        net.logs()
+    );
+    let want = refs_of(&wt);
+    assert_eq!(want.len(), 301);
+    wait_refs(&net, s, &[0, 1, 2, 3], "big", "b", &want);
+    clone_and_fsck(s, &net.nodes[3].url("big", "b"), "clone-3");
+
+    // Atomic and larger than a block: refused before anything is ordered.
+    feed(branches("atomic", 120));
+    let out = git(&wt)
+        .args([
+            "push",
+            "--atomic",
+            &url,
+            "refs/heads/atomic-*:refs/heads/atomic-*",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("does not fit one transaction"), "{stderr}");
+    // A later push is ordered after anything the refused one could have
+    // caused: once it is everywhere, no node holds an `atomic-` branch.
+    let c2 = commit_file(&wt, "f", "2\n", "two");
+    git_ok(&wt, &["push", "-q", &url, "HEAD:refs/heads/main"]);
+    let mut want: Vec<(String, String)> = want
+        .into_iter()
+        .map(|(n, o)| {
+            if n == "refs/heads/main" {
+                (n, c2.clone())
+            } else {
+                (n, o)
+            }
+        })
+        .collect();
+    want.sort();
+    assert_ne!(c, c2);
+    wait_refs(&net, s, &[0, 1, 2, 3], "big", "b", &want);
 }
 
 #[test]

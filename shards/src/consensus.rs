@@ -205,6 +205,14 @@ pub enum OrdererError {
     /// Too many transactions are waiting; the push should be retried.
     #[error("ordering queue full ({limit} transactions)")]
     QueueFull { limit: usize },
+    /// The transaction can never be in a block (its shard should have cut it).
+    #[error("a transaction of {updates} ref updates in {bytes} bytes exceeds the network's bound of {updates_max} updates in {bytes_max} bytes")]
+    TooLarge {
+        updates: usize,
+        bytes: usize,
+        updates_max: usize,
+        bytes_max: usize,
+    },
     /// This node does not accept writes (a read replica).
     #[error("{0}")]
     ReadOnly(String),
@@ -220,6 +228,18 @@ pub trait Orderer: Send + Sync + 'static {
     }
     /// Why writes are refused on this node, if they are (a read replica).
     fn read_only(&self) -> Option<String> {
+        None
+    }
+    /// How `updates` of one push to `repo` must be cut so that each part
+    /// fits one transaction: the lengths of consecutive parts, one part
+    /// (the default) when transactions are not bounded.
+    fn split_updates(&self, repo: &str, updates: &[RefUpdate]) -> Vec<usize> {
+        let _ = repo;
+        vec![updates.len()]
+    }
+    /// The most ref updates and encoded bytes one transaction may hold,
+    /// when bounded (named in the refusal of an atomic push too large).
+    fn tx_bounds(&self) -> Option<(usize, usize)> {
         None
     }
 }

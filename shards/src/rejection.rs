@@ -68,6 +68,14 @@ pub enum UpdateRejection {
         "not applied: another ref of this push was updated concurrently; fetch and push again"
     )]
     SiblingRejected,
+    /// An atomic push with more ref updates (or bytes) than one transaction
+    /// of the network may hold: refused before anything is ordered.
+    #[error("atomic push of {count} ref updates does not fit one transaction of this network (at most {updates_max} updates in {bytes_max} bytes); push without --atomic, or in parts")]
+    AtomicTooLarge {
+        count: usize,
+        updates_max: usize,
+        bytes_max: usize,
+    },
     /// Another update of the same atomic push failed.
     #[error("atomic push failed")]
     AtomicPushFailed,

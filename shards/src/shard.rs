@@ -64,6 +64,13 @@ pub enum TxOutcome {
     Access(AccessOutcome),
 }
 
+/// A transaction handed to the ordering service, not yet answered.
+struct Waiting {
+    id: TxId,
+    rx: oneshot::Receiver<TxOutcome>,
+    submitted_at: std::time::Instant,
+}
+
 /// Errors of the shard layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -359,6 +366,13 @@ impl Shard {
 
     /// Hand ref updates of a repository owned by this shard to the ordering
     /// service and wait until they are finalized and applied durably.
+    ///
+    /// A push larger than one transaction of the ordering service may be
+    /// (a network bounds the updates and bytes of each, so every block
+    /// fits its messages) is cut into consecutive parts ordered on their
+    /// own, when it is not atomic: each ref stands alone then, as in git's
+    /// own receive-pack. Every part names the push's pack. An atomic push
+    /// that does not fit is refused whole before anything is ordered.
     pub async fn order_updates(
         &self,
         key: &str,
@@ -367,15 +381,56 @@ impl Shard {
         pack: Option<PackRef>,
     ) -> Result<Vec<UpdateOutcome>, ShardError> {
         let count = updates.len();
-        let op = Op::Update {
-            updates,
-            atomic,
-            pack,
-        };
-        match self.order(key, op).await? {
-            TxOutcome::Refs(outcomes) => Ok(outcomes),
-            TxOutcome::Access(_) => Ok(vec![Err(UpdateRejection::UnexpectedOutcome); count]),
+        let parts = self.orderer.split_updates(key, &updates);
+        if parts.len() > 1 && atomic {
+            let (updates_max, bytes_max) = self.orderer.tx_bounds().unwrap_or((0, 0));
+            let why = UpdateRejection::AtomicTooLarge {
+                count,
+                updates_max,
+                bytes_max,
+            };
+            return Ok(vec![Err(why); count]);
         }
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.config.finalize_wait_ms);
+        let mut submitted = Vec::with_capacity(parts.len());
+        let mut rest = updates;
+        for len in parts {
+            let tail = rest.split_off(len.min(rest.len()));
+            let op = Op::Update {
+                updates: std::mem::replace(&mut rest, tail),
+                atomic,
+                pack: pack.clone(),
+            };
+            match self.submit(key, op) {
+                Ok(waiting) => submitted.push((len, Ok(waiting))),
+                Err(e) => submitted.push((len, Err(e))),
+            }
+        }
+        // Parts are submitted at once (they may share a block) and then
+        // waited for in turn, all against one deadline. A part that fails
+        // fails only its own refs; when the only part fails, so does the push.
+        let single = submitted.len() == 1;
+        let mut outcomes = Vec::with_capacity(count);
+        for (len, waiting) in submitted {
+            let result = match waiting {
+                Ok(w) => self.wait(w, deadline).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(TxOutcome::Refs(part)) => outcomes.extend(part),
+                Ok(TxOutcome::Access(_)) => {
+                    outcomes.extend((0..len).map(|_| Err(UpdateRejection::UnexpectedOutcome)))
+                }
+                Err(e) if single => return Err(e),
+                Err(e) => {
+                    let why = Arc::new(e);
+                    outcomes
+                        .extend((0..len).map(|_| Err(UpdateRejection::NotApplied(why.clone()))));
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Order the creation of repository `key` (owned by this shard) and wait
@@ -403,6 +458,14 @@ impl Shard {
     }
 
     async fn order(&self, repo: &str, op: Op) -> Result<TxOutcome, ShardError> {
+        let waiting = self.submit(repo, op)?;
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.config.finalize_wait_ms);
+        self.wait(waiting, deadline).await
+    }
+
+    /// Hand one transaction to the ordering service.
+    fn submit(&self, repo: &str, op: Op) -> Result<Waiting, ShardError> {
         if let Some(why) = self.orderer.read_only() {
             return Err(crate::consensus::OrdererError::ReadOnly(why).into());
         }
@@ -430,8 +493,31 @@ impl Shard {
             self.pending.borrow_mut().remove(&id);
             return Err(e.into());
         }
+        Ok(Waiting {
+            id,
+            rx,
+            submitted_at,
+        })
+    }
+
+    /// Wait for a submitted transaction's outcome until `deadline`.
+    async fn wait(
+        &self,
+        waiting: Waiting,
+        deadline: std::time::Instant,
+    ) -> Result<TxOutcome, ShardError> {
+        let Waiting {
+            id,
+            mut rx,
+            submitted_at,
+        } = waiting;
+        // Answered already (a part waited for after the others): no timer.
+        if let Ok(Some(outcome)) = rx.try_recv() {
+            crate::metrics::record_finalization(submitted_at.elapsed().as_secs_f64());
+            return Ok(outcome);
+        }
         let wait_ms = self.config.finalize_wait_ms;
-        let wait = std::time::Duration::from_millis(wait_ms);
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
         let result = glommio::timer::timeout(wait, async {
             Ok::<_, glommio::GlommioError<()>>(rx.await.map_err(|_| ShardError::TransactionLost))
         })

@@ -194,6 +194,15 @@ impl Ledger {
         if tx.origin as usize >= self.validators.len() {
             return;
         }
+        if tx.update_count() > self.params.max_batch_updates {
+            // No block may hold it: proposing it would only waste a view.
+            tracing::warn!(
+                origin = tx.origin,
+                updates = tx.update_count(),
+                "transaction gossip over the block's update bound dropped"
+            );
+            return;
+        }
         lock(&self.mempool).insert(tx);
     }
 
@@ -206,9 +215,14 @@ impl Ledger {
             op: t.op,
         };
         let bytes = tx.to_bytes();
-        if bytes.len() > super::tx::TX_MAX_BYTES {
-            return Err(OrdererError::QueueFull {
-                limit: super::tx::TX_MAX_BYTES,
+        if bytes.len() > super::tx::TX_MAX_BYTES
+            || tx.update_count() > self.params.max_batch_updates
+        {
+            return Err(OrdererError::TooLarge {
+                updates: tx.update_count(),
+                bytes: bytes.len(),
+                updates_max: self.params.max_batch_updates,
+                bytes_max: super::tx::TX_MAX_BYTES,
             });
         }
         let id = id_of(&tx);
@@ -299,7 +313,11 @@ impl Ledger {
                 continue;
             }
             let n = tx.update_count().max(1);
-            if updates + n > self.params.max_batch_updates && !out.is_empty() {
+            if tx.update_count() > self.params.max_batch_updates {
+                // Never valid in a block (refused on arrival; kept out here too).
+                continue;
+            }
+            if updates + n > self.params.max_batch_updates {
                 break;
             }
             if out.len() >= BLOCK_TXS_MAX {
@@ -603,6 +621,14 @@ impl Orderer for LedgerHandle {
 
     fn read_only(&self) -> Option<String> {
         self.0.read_only()
+    }
+
+    fn split_updates(&self, repo: &str, updates: &[guts_io::refs::RefUpdate]) -> Vec<usize> {
+        super::tx::split_updates(repo, updates, self.0.params.max_batch_updates)
+    }
+
+    fn tx_bounds(&self) -> Option<(usize, usize)> {
+        Some((self.0.params.max_batch_updates, super::tx::TX_MAX_BYTES))
     }
 }
 

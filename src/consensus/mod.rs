@@ -35,11 +35,6 @@ use engine::{AppSender, NodeKey, Role, SecretKey};
 use genesis::Genesis;
 use ledger::{Ledger, LedgerConfig, LedgerHandle};
 
-/// Largest transaction on the wire (a push of a few thousand refs).
-pub const TX_WIRE_MAX_BYTES: usize = 256 * 1024;
-/// Most transactions in one block.
-pub const BLOCK_WIRE_TXS_MAX: usize = 1024;
-
 /// What a network node is started from.
 pub struct NetworkSetup {
     pub genesis: Genesis,
@@ -232,8 +227,8 @@ pub fn start(setup: NetworkSetup, cpu: Option<usize>) -> anyhow::Result<Network>
             .max(g.consensus.leader_timeout_ms + 1),
     );
     config.nullify_retry = Duration::from_millis(g.consensus.nullify_retry_ms);
-    config.max_block_txs = BLOCK_WIRE_TXS_MAX;
-    config.max_tx_bytes = TX_WIRE_MAX_BYTES;
+    config.max_block_txs = tx::BLOCK_TXS_MAX;
+    config.max_tx_bytes = tx::TX_MAX_BYTES;
     let propose_wait = config.leader_timeout.mul_f32(0.7);
     let engine_ledger = EngineLedger {
         ledger: ledger.clone(),

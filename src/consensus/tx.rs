@@ -27,10 +27,12 @@ pub const USER_MAX_BYTES: usize = 256;
 pub const TX_UPDATES_MAX: usize = 65_536;
 /// Most ref updates in one block (all transactions together).
 pub const BLOCK_UPDATES_MAX: usize = 65_536;
-/// Largest encoded transaction.
-pub const TX_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Largest encoded transaction: what one gossip message and one entry of a
+/// block may hold (the p2p message bound is derived from it). A push too
+/// large for one is cut into several by its shard (see [`split_updates`]).
+pub const TX_MAX_BYTES: usize = 256 * 1024;
 /// Most transactions in one block.
-pub const BLOCK_TXS_MAX: usize = 16_384;
+pub const BLOCK_TXS_MAX: usize = 1024;
 
 pub use guts_shards::consensus::{Op, PackRef};
 
@@ -152,6 +154,37 @@ impl Write for Tx {
             }
         }
     }
+}
+
+/// Encoded size of a transaction's fields around its updates, at most:
+/// origin, nonce, repository, op tag, atomic flag, update count (a varint
+/// of at most 5 bytes) and the pack.
+fn update_tx_overhead(repo: &str) -> usize {
+    4 + 8 + str_size(repo) + 1 + 1 + 5 + 1 + 28
+}
+
+/// Lengths of consecutive parts of `updates` (one push to `repo`) such
+/// that each part, as one transaction, holds at most `updates_max` updates
+/// and encodes to at most [`TX_MAX_BYTES`]. Every ref name fits (a name is
+/// at most [`REF_NAME_MAX_BYTES`]), so no part is empty.
+pub fn split_updates(repo: &str, updates: &[RefUpdate], updates_max: usize) -> Vec<usize> {
+    let overhead = update_tx_overhead(repo);
+    let updates_max = updates_max.clamp(1, TX_UPDATES_MAX);
+    let mut parts = Vec::new();
+    let (mut len, mut bytes) = (0usize, overhead);
+    for u in updates {
+        let size = str_size(&u.name) + 40;
+        if len > 0 && (len == updates_max || bytes + size > TX_MAX_BYTES) {
+            parts.push(len);
+            (len, bytes) = (0, overhead);
+        }
+        len += 1;
+        bytes += size;
+    }
+    if len > 0 || parts.is_empty() {
+        parts.push(len);
+    }
+    parts
 }
 
 impl EncodeSize for Tx {
@@ -326,5 +359,68 @@ mod tests {
         write_str(&"x".repeat(REPO_KEY_MAX_BYTES + 1), &mut over);
         0u8.write(&mut over);
         assert!(Tx::from_bytes(&over).is_err());
+    }
+
+    /// Every part of a cut push is one valid transaction within both bounds,
+    /// and the parts cover the push in order.
+    #[test]
+    fn a_large_push_is_cut_into_transactions_that_fit() {
+        let repo = format!("{}/{}", "o".repeat(100), "n".repeat(100));
+        let cases: Vec<(Vec<RefUpdate>, usize)> = vec![
+            // Short names: the update count binds.
+            (
+                (0..20_000)
+                    .map(|i| RefUpdate {
+                        name: format!("refs/heads/b-{i}"),
+                        old: ObjectId::NULL_SHA1,
+                        new: oid(1),
+                    })
+                    .collect(),
+                4096,
+            ),
+            // The longest names: the byte bound binds.
+            (
+                (0..300)
+                    .map(|i| RefUpdate {
+                        name: format!("refs/heads/{i:05}{}", "x".repeat(REF_NAME_MAX_BYTES - 16)),
+                        old: oid(2),
+                        new: oid(3),
+                    })
+                    .collect(),
+                4096,
+            ),
+            (Vec::new(), 10),
+            (vec![sample().op.updates()[0].clone()], 1),
+        ];
+        for (updates, updates_max) in cases {
+            let parts = split_updates(&repo, &updates, updates_max);
+            assert_eq!(parts.iter().sum::<usize>(), updates.len());
+            assert!(!parts.is_empty());
+            let mut at = 0;
+            for len in &parts {
+                assert!(*len <= updates_max);
+                assert!(*len > 0 || updates.is_empty());
+                let tx = Tx {
+                    origin: 1,
+                    nonce: 2,
+                    repo: repo.clone(),
+                    op: Op::Update {
+                        updates: updates[at..at + len].to_vec(),
+                        atomic: false,
+                        pack: Some(PackRef {
+                            checksum: [7; 20],
+                            size: u64::MAX,
+                        }),
+                    },
+                };
+                let bytes = tx.to_bytes();
+                assert!(bytes.len() <= TX_MAX_BYTES, "{} bytes", bytes.len());
+                assert_eq!(Tx::from_bytes(&bytes).unwrap(), tx);
+                at += len;
+            }
+            if updates.len() > updates_max {
+                assert!(parts.len() > 1);
+            }
+        }
     }
 }
