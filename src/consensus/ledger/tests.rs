@@ -533,3 +533,72 @@ fn real_verify_fetches_and_accepts_a_valid_pack() {
         &pack_ref(&packs.next_pack)
     ));
 }
+
+/// A transaction with more ref updates than a block may hold can never be
+/// finalized: it is refused at submission, dropped from gossip, and never
+/// proposed (a leader proposing it would only waste its view), while the
+/// transactions behind it still are.
+#[test]
+fn a_transaction_no_block_may_hold_is_never_proposed() {
+    use futures::FutureExt as _;
+    let packs = Fixture::build();
+    let dir = data_dir(&packs);
+    let (l, _batches) = ledger(
+        dir.path(),
+        0,
+        vec![HONEST, BYZANTINE],
+        Arc::new(Loopback::default()),
+        never(),
+    );
+    let max = ConsensusParams::default().max_batch_updates;
+    let branches = |n: usize, nonce: u64| Tx {
+        origin: 1,
+        nonce,
+        repo: REPO.into(),
+        op: Op::Update {
+            updates: (0..n)
+                .map(|k| RefUpdate {
+                    name: format!("refs/heads/b{nonce}-{k}"),
+                    old: ObjectId::NULL_SHA1,
+                    new: packs.commits[2],
+                })
+                .collect(),
+            atomic: false,
+            pack: None,
+        },
+    };
+    let huge = branches(max + 1, 1);
+    assert!(huge.to_bytes().len() <= crate::consensus::tx::TX_MAX_BYTES);
+    let small = branches(2, 2);
+    let propose = |l: &Ledger| {
+        l.propose(1, Vec::new(), Duration::ZERO)
+            .now_or_never()
+            .expect("nothing to wait for")
+    };
+
+    l.on_gossip(&huge.to_bytes());
+    assert!(propose(&l).is_empty(), "gossip over the bound is dropped");
+
+    // Forced into the pool anyway (a peer with other bounds): skipped, and
+    // the valid transaction behind it is proposed.
+    lock(&l.mempool).insert(huge.clone());
+    l.on_gossip(&small.to_bytes());
+    assert_eq!(propose(&l), vec![small.to_bytes()]);
+
+    let refused = l.submit_local(Transaction {
+        id: TxId {
+            origin: 0,
+            nonce: 3,
+        },
+        shard: 0,
+        repo: REPO.into(),
+        op: branches(max + 1, 3).op,
+    });
+    assert!(
+        matches!(refused, Err(OrdererError::TooLarge { updates, .. }) if updates == max + 1),
+        "{refused:?}"
+    );
+    // What the shard is told to do instead: parts that each fit.
+    let parts = LedgerHandle(l.clone()).split_updates(REPO, huge.op.updates());
+    assert_eq!(parts, vec![max, 1]);
+}
