@@ -400,7 +400,7 @@ impl Shard {
             let op = Op::Update {
                 updates: std::mem::replace(&mut rest, tail),
                 atomic,
-                pack: pack.clone(),
+                pack,
             };
             match self.submit(key, op) {
                 Ok(waiting) => submitted.push((len, Ok(waiting))),
