@@ -257,6 +257,22 @@ fn tree(root: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
+/// [`tree`] once the node's background writes have settled: after a push,
+/// the `packed-refs`/`HEAD` export for C git is written (to a `.tmp` file,
+/// then renamed) off the push's path, so a snapshot taken at once may
+/// catch the temporary file.
+fn settled_tree(root: &Path) -> BTreeSet<PathBuf> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = tree(root);
+        let transient = t.iter().any(|p| p.extension().is_some_and(|e| e == "tmp"));
+        if !transient || std::time::Instant::now() > deadline {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn pack_files(node: &Node, owner: &str, name: &str) -> BTreeSet<String> {
     let dir = node
         .data_dir
@@ -1033,7 +1049,7 @@ fn path_traversal_never_leaves_the_repository_store() {
     let root = node.data_dir.parent().unwrap().to_path_buf();
     // A file right next to the data directory that traversal would reach.
     std::fs::write(root.join("secret"), "secret\n").unwrap();
-    let before = tree(&root);
+    let before = settled_tree(&root);
 
     let targets = [
         "/git/../../etc/passwd",
@@ -1177,7 +1193,7 @@ fn path_traversal_never_leaves_the_repository_store() {
         );
     }
 
-    let after = tree(&root);
+    let after = settled_tree(&root);
     let created: Vec<_> = after.difference(&before).collect();
     let removed: Vec<_> = before.difference(&after).collect();
     assert!(created.is_empty(), "files appeared: {created:?}");
