@@ -364,19 +364,7 @@ fn a_push_larger_than_a_block_is_cut_and_an_atomic_one_refused() {
             .collect()
     };
     let feed = |input: String| {
-        use std::io::Write;
-        let mut child = git(&wt)
-            .args(["update-ref", "--stdin"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        git_with_input(&wt, &["update-ref", "--stdin"], input.as_bytes());
     };
     feed(branches("many", 300));
     let url = net.nodes[1].url("big", "b");
