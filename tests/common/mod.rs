@@ -88,12 +88,40 @@ pub fn admin_auth(addr: SocketAddr) -> String {
 /// Longest a node may take to answer /health/live after start.
 pub const NODE_START_TIMEOUT_MS: u64 = 20_000;
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port for a node to listen on.
+///
+/// Taken below the kernel's ephemeral range when there is room, so that no
+/// outgoing connection (a git client's, a node's) can take it between now
+/// and the node binding it, nor while a node is down for a restart. Each
+/// port is handed out once per test process (its tests run in parallel
+/// threads), from an offset of the process id (test binaries run one after
+/// another, but a stale one may linger); a port something else holds is
+/// skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low < 12_000 {
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+    }
+    // Room above the last port for a devnet's range (10 per node).
+    let (low, high) = (ephemeral_low - 11_000, ephemeral_low - 1_000);
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free loopback port left for tests");
+        let port = (low + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running node.
