@@ -115,10 +115,21 @@ git -C "$WORK/src" checkout -q --orphan fresh
 git -C "$WORK/src" -c user.name=b -c user.email=b@b commit -q --allow-empty -m root2
 push_series "$URL0" "$WORK/net.ms"
 
-echo "== push-to-final latency (client-observed git push, $PUSHES pushes)"
-stats "standalone" "$WORK/solo.ms"
-stats "$VALIDATORS validators" "$WORK/net.ms"
-python3 -c "print(f'ratio {$VALIDATORS}v / standalone (p50): {float($(p50 "$WORK/net.ms"))/float($(p50 "$WORK/solo.ms")):.2f}')"
+server_ms() { # node log -> the first PUSHES receive-pack request durations (ms)
+    sed 's/\x1b\[[0-9;]*m//g' "$1" | grep 'path=/git/.*/git-receive-pack status=200' |
+        grep -o 'duration_ms=[0-9]*' | cut -d= -f2 | head -n "$PUSHES"
+}
+server_ms "$WORK/solo.log" >"$WORK/solo.server.ms"
+server_ms "$WORK/net/node-0/node.log" >"$WORK/net.server.ms"
+echo "== push-to-final latency, $PUSHES one-commit pushes"
+echo "client-observed (git push, from start to exit):"
+stats "  standalone" "$WORK/solo.ms"
+stats "  $VALIDATORS validators" "$WORK/net.ms"
+python3 -c "print(f'  ratio {$VALIDATORS}v / standalone (p50): {float($(p50 "$WORK/net.ms"))/float($(p50 "$WORK/solo.ms")):.2f}')"
+echo "server-side (the receive-pack request, from its first byte to the acknowledgement):"
+stats "  standalone" "$WORK/solo.server.ms"
+stats "  $VALIDATORS validators" "$WORK/net.server.ms"
+python3 -c "print(f'  ratio {$VALIDATORS}v / standalone (p50): {max(1.0, float($(p50 "$WORK/net.server.ms")))/max(1.0, float($(p50 "$WORK/solo.server.ms"))):.2f}')"
 
 # 2. throughput: many ref updates, batched
 DRIVER="python3 $ROOT/benches/push-driver.py --commit $(git -C "$WORK/src" rev-parse HEAD)"
@@ -126,17 +137,17 @@ URLS=()
 for i in $(seq 0 $((VALIDATORS - 1))); do
     URLS+=(--url "http://admin:$TOK@127.0.0.1:$((NET_BASE + 10 * i))/git/b/net.git")
 done
-echo "== batched throughput (finalized ref updates per second)"
-echo "standalone: $(cat "$WORK/solo-one.txt")"
-echo "standalone: $(cat "$WORK/solo-many.txt")"
-echo "$VALIDATORS validators: $($DRIVER --url "$URL0" --prefix one --branches "$REFS" --clients 1)"
-echo "$VALIDATORS validators: $($DRIVER "${URLS[@]}" --prefix many --branches "$REFS" --clients "$CLIENTS")"
 for k in $(seq "$GIT_REFS"); do echo "create refs/heads/git-$k HEAD"; done |
     git -C "$WORK/src" update-ref --stdin
 t0=$(now_ms)
 git -C "$WORK/src" push -q "$URL0" "refs/heads/git-*:refs/heads/git-*"
 t1=$(now_ms)
+echo "== batched throughput (finalized ref updates per second)"
 echo "$VALIDATORS validators, the git client pushing $GIT_REFS new branches: $((t1 - t0)) ms (client-bound, see the header)"
+echo "standalone: $(cat "$WORK/solo-one.txt")"
+echo "standalone: $(cat "$WORK/solo-many.txt")"
+echo "$VALIDATORS validators: $($DRIVER --url "$URL0" --prefix one --branches "$REFS" --clients 1)"
+echo "$VALIDATORS validators: $($DRIVER "${URLS[@]}" --prefix many --branches "$REFS" --clients "$CLIENTS")"
 
 # 3. catch-up
 LAST=$((VALIDATORS - 1))
