@@ -1120,20 +1120,7 @@ mod tests {
                 .collect();
             std::fs::write(repo.join("file.txt"), body).unwrap();
             std::fs::write(repo.join(format!("f{}.txt", i % 3)), format!("{i}\n")).unwrap();
-            git(&repo, &["add", "-A"]);
-            git(
-                &repo,
-                &[
-                    "-c",
-                    "user.name=t",
-                    "-c",
-                    "user.email=t@t",
-                    "commit",
-                    "-q",
-                    "-m",
-                    &format!("c{i}"),
-                ],
-            );
+            guts_testkit::commit_all(&repo, &format!("c{i}"));
         }
         git(&repo, &["repack", "-adfq"]);
         let store = tmp.path().join("objects");

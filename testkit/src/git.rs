@@ -86,6 +86,25 @@ pub fn git_out(dir: &Path, args: &[&str]) -> Output {
     git_run(dir, args, None)
 }
 
+/// Stage everything in `repo`'s work tree and commit it as `msg` (a fixed
+/// test identity).
+pub fn commit_all(repo: &Path, msg: &str) {
+    git_ok(repo, &["add", "-A"]);
+    git_ok(
+        repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            msg,
+        ],
+    );
+}
+
 /// A corpus bundle (`guts`, `ripgrep`, `tokio`) in `../shared/corpus`
 /// beside the checkout.
 pub fn corpus_bundle(name: &str) -> PathBuf {

@@ -15,7 +15,7 @@
 mod git;
 mod python;
 
-pub use git::{corpus_bundle, git, git_bytes, git_ok, git_out, git_run, run, run_ok};
+pub use git::{commit_all, corpus_bundle, git, git_bytes, git_ok, git_out, git_run, run, run_ok};
 pub use python::python_with;
 
 use std::time::{Duration, Instant};

@@ -598,20 +598,7 @@ pub fn pack_objects(repo: &Path, input: &str, revs: bool) -> Vec<u8> {
 /// Run git in `dir` with `input` on its standard input; its standard
 /// output once it succeeded.
 pub fn git_with_input(dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut child = git(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("git {args:?}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    // Written from another thread: git may fill its output pipe first.
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("git output");
-    writer.join().unwrap().expect("git stdin");
-    assert!(out.status.success(), "git {args:?} failed");
-    out.stdout
+    guts_testkit::run_ok(git(dir).args(args), Some(input))
 }
 
 /// POST a hand-made receive-pack request: `commands` are `OLD NEW REF`

@@ -478,22 +478,6 @@ mod tests {
         assert!(most <= 16, "{most} packs");
     }
 
-    /// Stage everything in `repo`'s work tree and commit it as `msg`.
-    fn commit_all(repo: &Path, msg: &str) {
-        let git = |args: &[&str]| guts_testkit::git_ok(repo, args);
-        git(&["add", "-A"]);
-        git(&[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            msg,
-        ]);
-    }
-
     /// A repository whose objects sit in one pack per commit (as pushes
     /// leave them), some objects stored twice, copied into a store dir.
     fn many_packs() -> (tempfile::TempDir, PathBuf) {
@@ -509,7 +493,7 @@ mod tests {
                 .map(|j| format!("line {j} {}\n", if j == i { "changed" } else { "" }))
                 .collect();
             std::fs::write(repo.join("file.txt"), body).unwrap();
-            commit_all(&repo, &format!("c{i}"));
+            guts_testkit::commit_all(&repo, &format!("c{i}"));
             // Every third pack also repeats everything so far (duplicates).
             if i % 3 == 2 {
                 git(&["repack", "-aq"]);
@@ -655,7 +639,7 @@ mod tests {
         let git = |args: &[&str]| guts_testkit::git_ok(&repo, args).trim().to_string();
         git(&["init", "-q"]);
         std::fs::write(repo.join("a.txt"), "reachable\n").unwrap();
-        commit_all(&repo, "a");
+        guts_testkit::commit_all(&repo, "a");
         let head = git(&["rev-parse", "HEAD"]);
         let tree = git(&["rev-parse", "HEAD^{tree}"]);
         let blob = git(&["rev-parse", "HEAD:a.txt"]);
