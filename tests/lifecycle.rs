@@ -276,6 +276,58 @@ fn a_second_node_on_the_same_address_refuses_to_start() {
     }
 }
 
+/// Whether the kernel holds a TCP connection in TIME_WAIT on local `port`.
+fn time_wait_on(port: u16) -> bool {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3
+            && fields[3] == "06"
+            && fields[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+    })
+}
+
+#[test]
+fn a_restart_binds_through_connections_left_in_time_wait() {
+    let mut node = Node::start();
+    node.kill9();
+    // Another server on the port answers a connection and closes it first
+    // (as one answering `Connection: close` does): its side stays in
+    // TIME_WAIT for a minute after it is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match std::net::TcpListener::bind(node.api) {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} cannot be bound after the node is gone: {e}",
+                    node.api
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let mut client = TcpStream::connect(node.api).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(server);
+    let _ = client.read(&mut [0u8; 1]);
+    drop(client);
+    drop(listener);
+    assert!(
+        time_wait_on(node.api.port()),
+        "no TIME_WAIT on {}",
+        node.api
+    );
+    node.spawn();
+    let (status, _) = http(node.api, "GET", "/health/live", &[], b"").unwrap();
+    assert_eq!(status, 200);
+}
+
 /// Run the node under `prlimit --memlock=SOFT:HARD` until it is serving
 /// (returns the child) or exits (returns its output).
 fn under_memlock(soft: u64, hard: u64, dir: &Path) -> Result<(std::process::Child, u16), String> {

@@ -287,13 +287,13 @@ pub fn start(
             .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD));
         let ready_err = ready_tx.clone();
         let spawned = builder.spawn(move || async move {
-            let listener = match glommio::net::TcpListener::bind(config.api_addr) {
+            let listener = match listen(config.api_addr) {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = ready.send(Err(StartError::Listen {
                         shard: id,
                         addr: config.api_addr,
-                        source: GlommioFailure::new(e),
+                        source: GlommioFailure::new(glommio::GlommioError::IoError(e)),
                     }));
                     return;
                 }
@@ -465,4 +465,23 @@ fn set_pack_file_budget(wanted: usize) {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// The API listener of one shard: SO_REUSEPORT so every shard binds the same
+/// address (the kernel spreads connections over them), and SO_REUSEADDR so
+/// a restart binds through connections still in TIME_WAIT. Without the
+/// latter, a port whose earlier owner closed connections first (an HTTP
+/// server that answered `Connection: close`, for one) cannot be bound for a
+/// minute after that owner is gone.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that nothing
+    // else owns once `into_raw_fd` gave it up.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
