@@ -6,7 +6,11 @@
 //!
 //! - [`LOG_FILE_NAME`]: an append-only log of applied updates. Each
 //!   [`RefStore::apply`] writes one checksummed record and `fdatasync`s it
-//!   before returning `Ok`; that is the durability point.
+//!   before returning `Ok`; that is the durability point. Updates can also
+//!   be staged ([`RefStore::stage`]: checked and visible in memory, not yet
+//!   written) and committed together ([`RefStore::commit`]): one record and
+//!   one `fdatasync` for everything one finalized block changed in the
+//!   repository (group commit).
 //! - [`SNAPSHOT_FILE_NAME`]: the whole state at some sequence number,
 //!   written by compaction (every [`COMPACT_EVERY_RECORDS`] records and on
 //!   demand) through a temporary file, `fsync`, `rename` and a directory
@@ -23,10 +27,16 @@
 //!
 //! ```text
 //! magic "GRL1" | payload_len u32 | crc32(payload_len bytes ++ payload) u32 | payload
-//! payload = seq u64 | flags u8 (bit 0: HEAD changes) | count u32
+//! payload = seq u64 | flags u8 (bit 0: HEAD changes, bit 1: height) | count u32
 //!           | count × (name_len u16 | name | old oid [20] | new oid [20])
 //!           | if HEAD changes: target_len u16 | target
+//!           | if height: height u64
 //! ```
+//!
+//! A record with a height holds everything finalized block `height`
+//! changed in this repository: the store's applied height
+//! ([`RefStore::applied_height`]) is the greatest one recorded, so a block
+//! delivered again after a restart is known to be here.
 //!
 //! A null `new` is a deletion. `old` is stored too so that replay can check
 //! that the log and the snapshot agree.
@@ -34,9 +44,13 @@
 //! Snapshot layout:
 //!
 //! ```text
-//! magic "GRSNAP01" | payload_len u64 | crc32(payload_len bytes ++ payload) u32 | payload
-//! payload = seq u64 | head_len u16 | head | count u64 | count × (name_len u16 | name | oid [20])
+//! magic "GRSNAP02" | payload_len u64 | crc32(payload_len bytes ++ payload) u32 | payload
+//! payload = seq u64 | height u64 | head_len u16 | head | count u64
+//!           | count × (name_len u16 | name | oid [20])
 //! ```
+//!
+//! Snapshots written before heights were recorded ("GRSNAP01", no height
+//! field) are read with height 0.
 //!
 //! `HEAD` and `packed-refs` are exported in C git's formats ([`GitExport`]),
 //! so a copy of the directory (with its `objects/`) is a bare repository
@@ -80,8 +94,11 @@ const RECORD_HEADER_BYTES: usize = 12;
 /// seq + flags + count: the smallest possible payload.
 const RECORD_MIN_PAYLOAD_BYTES: usize = 8 + 1 + 4;
 const RECORD_FLAG_HEAD: u8 = 1;
+const RECORD_FLAG_HEIGHT: u8 = 2;
 
-const SNAPSHOT_MAGIC: [u8; 8] = *b"GRSNAP01";
+const SNAPSHOT_MAGIC: [u8; 8] = *b"GRSNAP02";
+/// Snapshots without the height field.
+const SNAPSHOT_MAGIC_V1: [u8; 8] = *b"GRSNAP01";
 /// magic + payload_len + crc.
 const SNAPSHOT_HEADER_BYTES: usize = 8 + 8 + 4;
 
@@ -165,6 +182,10 @@ pub enum RefError {
         /// The repository directory.
         dir: PathBuf,
     },
+    /// Compaction was asked for while updates are staged: the snapshot
+    /// would hold values the log does not have yet.
+    #[error("ref store has staged updates; commit them first")]
+    Staged,
     /// An I/O error. From `apply` or `set_head` it means the update may or
     /// may not be durable; the store is poisoned and must be reopened.
     #[error("ref store I/O error: {0}")]
@@ -250,6 +271,10 @@ pub struct RefStore {
     head: String,
     /// Sequence number of the last applied record.
     seq: u64,
+    /// Greatest block height recorded (see [`RefStore::applied_height`]).
+    height: u64,
+    /// Updates staged since the last commit, if any.
+    staged: Option<Staged>,
     /// Records appended to the log since the snapshot.
     records_since_snapshot: u64,
     /// Set when an append failed in a way that leaves the log unknown.
@@ -339,6 +364,8 @@ impl RefStore {
             refs: state.refs,
             head: state.head,
             seq: state.seq,
+            height: state.height,
+            staged: None,
             records_since_snapshot: replay.applied,
             poisoned: false,
             record_buf: Vec::new(),
@@ -378,6 +405,12 @@ impl RefStore {
     /// non-empty batch and each `set_head` that changes `HEAD`.
     pub fn sequence(&self) -> u64 {
         self.seq
+    }
+
+    /// The greatest finalized block height whose changes to this repository
+    /// are all durable here (0 when none was recorded).
+    pub fn applied_height(&self) -> u64 {
+        self.height
     }
 
     /// The repository directory.
@@ -446,48 +479,114 @@ impl RefStore {
     /// Apply a batch atomically: [`check`](Self::check) it, append one log
     /// record and `fdatasync` it, then update memory. Returns `Ok` only once
     /// the batch is durable; on any error nothing changed in memory. An
-    /// empty batch writes nothing.
+    /// empty batch writes nothing. Updates staged before are committed with
+    /// it.
     pub fn apply(&mut self, updates: &[RefUpdate]) -> Result<(), RefError> {
+        self.stage(updates)?;
+        self.commit(None)
+    }
+
+    /// Check a batch against the current state (staged updates included)
+    /// and make it visible in memory without writing it: the next
+    /// [`commit`](Self::commit) writes everything staged as one record. On
+    /// error nothing changed. Until that commit the staged values are not
+    /// durable; a store dropped with updates staged forgets them.
+    pub fn stage(&mut self, updates: &[RefUpdate]) -> Result<(), RefError> {
         if updates.is_empty() {
             return Ok(());
         }
         self.ensure_not_poisoned()?;
         self.check(updates)?;
-        let seq = self.seq + 1;
-        let mut record = std::mem::take(&mut self.record_buf);
-        let written =
-            encode_record(&mut record, seq, updates, None).and_then(|()| self.append(&record));
-        self.record_buf = record;
-        written?;
-
+        let staged = self.staged.get_or_insert_with(Staged::default);
         for update in updates {
+            staged
+                .before
+                .entry(update.name.clone())
+                .or_insert(update.old);
             if update.new.is_null() {
                 self.refs.remove(&update.name);
             } else {
                 self.refs.insert(update.name.clone(), update.new);
             }
         }
-        self.record_applied(seq);
+        Ok(())
+    }
+
+    /// Write everything staged since the last commit as one record (the
+    /// net change of each ref: its value before the first staged update
+    /// and after the last; a ref staged back to where it was is left out)
+    /// and `fdatasync` it. With `height`, the record also says that block
+    /// `height` is complete here ([`applied_height`](Self::applied_height)),
+    /// written even if the block changed nothing. Nothing staged and no new
+    /// height writes nothing. On error the staged updates are undone in
+    /// memory.
+    pub fn commit(&mut self, height: Option<u64>) -> Result<(), RefError> {
+        let staged = self.staged.take().unwrap_or_default();
+        let height = height.filter(|&h| h > self.height);
+        let mut net: Vec<RefUpdate> = Vec::with_capacity(staged.before.len());
+        for (name, old) in &staged.before {
+            let new = self.get(name).unwrap_or(ObjectId::NULL_SHA1);
+            if new != *old {
+                net.push(RefUpdate {
+                    name: name.clone(),
+                    old: *old,
+                    new,
+                });
+            }
+        }
+        let head = staged.head_before.as_ref().filter(|before| **before != self.head).map(|_| self.head.clone());
+        if net.is_empty() && head.is_none() && height.is_none() {
+            return Ok(());
+        }
+        let written = self.ensure_not_poisoned().and_then(|()| {
+            let seq = self.seq + 1;
+            let mut record = std::mem::take(&mut self.record_buf);
+            let written = encode_record(&mut record, seq, &net, head.as_deref(), height)
+                .and_then(|()| self.append(&record));
+            self.record_buf = record;
+            written
+        });
+        if let Err(e) = written {
+            for (name, old) in staged.before {
+                if old.is_null() {
+                    self.refs.remove(&name);
+                } else {
+                    self.refs.insert(name, old);
+                }
+            }
+            if let Some(before) = staged.head_before {
+                self.head = before;
+            }
+            return Err(e);
+        }
+        if let Some(h) = height {
+            self.height = h;
+        }
+        self.record_applied(self.seq + 1);
         Ok(())
     }
 
     /// Point `HEAD` at `target` (a ref name under `refs/`, which need not
-    /// exist yet). Durable like [`apply`](Self::apply); setting the current
-    /// target again writes nothing.
+    /// exist yet). Durable like [`apply`](Self::apply) (committed with
+    /// anything staged); setting the current target again writes nothing.
     pub fn set_head(&mut self, target: &str) -> Result<(), RefError> {
+        self.stage_head(target)?;
+        self.commit(None)
+    }
+
+    /// Point `HEAD` at `target` in memory, written by the next
+    /// [`commit`](Self::commit) like a staged update.
+    pub fn stage_head(&mut self, target: &str) -> Result<(), RefError> {
         check_ref_name(target.as_bytes())?;
         if target == self.head {
             return Ok(());
         }
         self.ensure_not_poisoned()?;
-        let seq = self.seq + 1;
-        let mut record = std::mem::take(&mut self.record_buf);
-        let written =
-            encode_record(&mut record, seq, &[], Some(target)).and_then(|()| self.append(&record));
-        self.record_buf = record;
-        written?;
+        let staged = self.staged.get_or_insert_with(Staged::default);
+        if staged.head_before.is_none() {
+            staged.head_before = Some(self.head.clone());
+        }
         self.head = target.to_owned();
-        self.record_applied(seq);
         Ok(())
     }
 
@@ -496,7 +595,11 @@ impl RefStore {
     /// files ([`export_git_files`](Self::export_git_files)).
     pub fn compact(&mut self) -> Result<(), RefError> {
         self.ensure_not_poisoned()?;
-        let snapshot = encode_snapshot(self.seq, &self.head, &self.refs);
+        if self.staged.is_some() {
+            // The snapshot would hold values not in the log yet.
+            return Err(RefError::Staged);
+        }
+        let snapshot = encode_snapshot(self.seq, self.height, &self.head, &self.refs);
         let tmp_path = self.dir.join(SNAPSHOT_TMP_FILE_NAME);
         {
             let mut tmp = File::create(&tmp_path)?;
@@ -645,7 +748,7 @@ impl GitExport {
 /// log next to it, a store whose state is `state` (how a backup is
 /// restored).
 pub fn snapshot_file_bytes(state: &RefState) -> Vec<u8> {
-    encode_snapshot(state.seq, &state.head, &state.refs)
+    encode_snapshot(state.seq, state.height, &state.head, &state.refs)
 }
 
 /// `refs` as C git's `packed-refs` file (sorted, unpeeled).
@@ -683,6 +786,8 @@ pub struct RefState {
     pub head: String,
     /// Sequence number of the last record.
     pub seq: u64,
+    /// Greatest finalized block height recorded.
+    pub height: u64,
     /// Damage at the end of the log that recovery would drop, if any.
     pub torn_tail: Option<TornTailReport>,
 }
@@ -770,6 +875,7 @@ pub fn read_state(dir: &Path) -> Result<RefState, RefError> {
             refs: state.refs,
             head: state.head,
             seq: state.seq,
+            height: state.height,
             torn_tail,
         });
     }
@@ -784,6 +890,7 @@ struct State {
     refs: BTreeMap<String, ObjectId>,
     head: String,
     seq: u64,
+    height: u64,
 }
 
 impl State {
@@ -792,8 +899,17 @@ impl State {
             refs: BTreeMap::new(),
             head: DEFAULT_HEAD_TARGET.to_owned(),
             seq: 0,
+            height: 0,
         }
     }
+}
+
+/// What is staged and not yet committed: each touched ref's value before
+/// its first staged update, and `HEAD` before it was staged to change.
+#[derive(Debug, Default)]
+struct Staged {
+    before: BTreeMap<String, ObjectId>,
+    head_before: Option<String>,
 }
 
 /// Damage at the end of the log that recovery drops.
@@ -816,6 +932,7 @@ struct Record {
     seq: u64,
     updates: Vec<(String, ObjectId, ObjectId)>,
     head: Option<String>,
+    height: Option<u64>,
 }
 
 /// Corruption found while decoding: (offset, reason).
@@ -909,6 +1026,9 @@ fn replay_record(state: &mut State, record: Record) -> Result<(), DecodeError> {
     if let Some(head) = record.head {
         state.head = head;
     }
+    if let Some(height) = record.height {
+        state.height = state.height.max(height);
+    }
     state.seq = record.seq;
     Ok(())
 }
@@ -966,11 +1086,19 @@ fn encode_record(
     seq: u64,
     updates: &[RefUpdate],
     head: Option<&str>,
+    height: Option<u64>,
 ) -> Result<(), RefError> {
     out.clear();
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.push(if head.is_some() { RECORD_FLAG_HEAD } else { 0 });
+    let mut flags = 0;
+    if head.is_some() {
+        flags |= RECORD_FLAG_HEAD;
+    }
+    if height.is_some() {
+        flags |= RECORD_FLAG_HEIGHT;
+    }
+    out.push(flags);
     let count = u32::try_from(updates.len()).map_err(|_| RefError::BatchTooLarge {
         record_bytes: usize::MAX,
         limit_bytes: LOG_RECORD_MAX_BYTES,
@@ -983,6 +1111,9 @@ fn encode_record(
     }
     if let Some(head) = head {
         put_name(out, head)?;
+    }
+    if let Some(height) = height {
+        out.extend_from_slice(&height.to_le_bytes());
     }
     let len = out.len() - RECORD_HEADER_BYTES;
     if len > LOG_RECORD_MAX_BYTES {
@@ -1017,7 +1148,7 @@ fn decode_record(payload: &[u8]) -> Result<Record, DecodeError> {
     let mut r = Reader::new(payload);
     let seq = r.u64()?;
     let flags = r.u8()?;
-    if flags & !RECORD_FLAG_HEAD != 0 {
+    if flags & !(RECORD_FLAG_HEAD | RECORD_FLAG_HEIGHT) != 0 {
         return Err(DecodeError::UnknownFlags { flags });
     }
     let count = r.u32()? as usize;
@@ -1034,18 +1165,34 @@ fn decode_record(payload: &[u8]) -> Result<Record, DecodeError> {
     } else {
         None
     };
+    let height = if flags & RECORD_FLAG_HEIGHT != 0 {
+        Some(r.u64()?)
+    } else {
+        None
+    };
     if r.remaining() != 0 {
         return Err(DecodeError::TrailingRecordBytes {
             count: r.remaining(),
         });
     }
-    Ok(Record { seq, updates, head })
+    Ok(Record {
+        seq,
+        updates,
+        head,
+        height,
+    })
 }
 
-fn encode_snapshot(seq: u64, head: &str, refs: &BTreeMap<String, ObjectId>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 32 + refs.len() * 64);
+fn encode_snapshot(
+    seq: u64,
+    height: u64,
+    head: &str,
+    refs: &BTreeMap<String, ObjectId>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + 40 + refs.len() * 64);
     out.extend_from_slice(&[0u8; SNAPSHOT_HEADER_BYTES]);
     out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&height.to_le_bytes());
     // Names in the state were checked against REF_NAME_MAX_BYTES on entry.
     out.extend_from_slice(&(head.len() as u16).to_le_bytes());
     out.extend_from_slice(head.as_bytes());
@@ -1073,9 +1220,11 @@ fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
             },
         ));
     }
-    if bytes[..8] != SNAPSHOT_MAGIC {
-        return Err((0, DecodeError::SnapshotMagic));
-    }
+    let with_height = match &bytes[..8] {
+        m if m == SNAPSHOT_MAGIC => true,
+        m if m == SNAPSHOT_MAGIC_V1 => false,
+        _ => return Err((0, DecodeError::SnapshotMagic)),
+    };
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&bytes[8..16]);
     let len = u64::from_le_bytes(len_bytes);
@@ -1096,6 +1245,11 @@ fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
     let at = |r: &Reader| (SNAPSHOT_HEADER_BYTES + r.position()) as u64;
     let mut r = Reader::new(payload);
     let seq = r.u64().map_err(|e| (at(&r), e))?;
+    let height = if with_height {
+        r.u64().map_err(|e| (at(&r), e))?
+    } else {
+        0
+    };
     let head = r.name().map_err(|e| (at(&r), e))?;
     let count = r.u64().map_err(|e| (at(&r), e))?;
     let mut refs = BTreeMap::new();
@@ -1121,7 +1275,12 @@ fn decode_snapshot(bytes: &[u8]) -> Result<State, Damage> {
             },
         ));
     }
-    Ok(State { refs, head, seq })
+    Ok(State {
+        refs,
+        head,
+        seq,
+        height,
+    })
 }
 
 /// A bounds-checked little-endian reader over a payload.
@@ -1290,7 +1449,7 @@ mod tests {
 
     fn record_bytes(seq: u64, updates: &[RefUpdate]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_record(&mut out, seq, updates, None).unwrap();
+        encode_record(&mut out, seq, updates, None, None).unwrap();
         out
     }
 
@@ -1606,6 +1765,101 @@ mod tests {
             &record_bytes(4, &[update("refs/heads/r1", oid(9), oid(4))]),
         );
         assert!(matches!(RefStore::open(dir), Err(RefError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn staged_updates_are_one_record_with_their_height() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = RefStore::open(tmp.path()).unwrap();
+        assert_eq!(store.applied_height(), 0);
+        store.stage(&[create("refs/heads/a", oid(1))]).unwrap();
+        // Later staged updates see the earlier ones.
+        store.stage(&[update("refs/heads/a", oid(1), oid(2))]).unwrap();
+        store.stage(&[create("refs/heads/b", oid(3))]).unwrap();
+        assert!(store.stage(&[create("refs/heads/a", oid(9))]).is_err());
+        store.stage_head("refs/heads/b").unwrap();
+        assert_eq!(store.get("refs/heads/a"), Some(oid(2)));
+        store.commit(Some(7)).unwrap();
+        assert_eq!(store.sequence(), 1, "one record for the whole block");
+        assert_eq!(store.applied_height(), 7);
+        drop(store);
+
+        let store = RefStore::open(tmp.path()).unwrap();
+        assert_eq!(store.sequence(), 1);
+        assert_eq!(store.applied_height(), 7);
+        assert_eq!(store.get("refs/heads/a"), Some(oid(2)));
+        assert_eq!(store.get("refs/heads/b"), Some(oid(3)));
+        assert_eq!(store.head_target(), "refs/heads/b");
+        let state = read_state(tmp.path()).unwrap();
+        assert_eq!((state.seq, state.height), (1, 7));
+    }
+
+    #[test]
+    fn a_block_that_changes_nothing_still_records_its_height_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = RefStore::open(tmp.path()).unwrap();
+        store.apply(&[create("refs/heads/a", oid(1))]).unwrap();
+        // There and back again: no net change, only the height.
+        store.stage(&[update("refs/heads/a", oid(1), oid(2))]).unwrap();
+        store.stage(&[update("refs/heads/a", oid(2), oid(1))]).unwrap();
+        store.commit(Some(3)).unwrap();
+        assert_eq!((store.sequence(), store.applied_height()), (2, 3));
+        // A height not above the recorded one, with nothing staged: nothing written.
+        store.commit(Some(3)).unwrap();
+        store.commit(None).unwrap();
+        assert_eq!(store.sequence(), 2);
+        drop(store);
+        let store = RefStore::open(tmp.path()).unwrap();
+        assert_eq!((store.sequence(), store.applied_height()), (2, 3));
+        assert_eq!(store.get("refs/heads/a"), Some(oid(1)));
+    }
+
+    #[test]
+    fn staged_updates_not_committed_are_forgotten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = RefStore::open(tmp.path()).unwrap();
+        store.apply(&[create("refs/heads/a", oid(1))]).unwrap();
+        store.stage(&[update("refs/heads/a", oid(1), oid(2))]).unwrap();
+        assert!(matches!(store.compact(), Err(RefError::Staged)));
+        drop(store);
+        let store = RefStore::open(tmp.path()).unwrap();
+        assert_eq!(store.get("refs/heads/a"), Some(oid(1)));
+        assert_eq!((store.sequence(), store.applied_height()), (1, 0));
+    }
+
+    #[test]
+    fn heights_survive_compaction_and_old_snapshots_read_as_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = RefStore::open(tmp.path()).unwrap();
+        store.stage(&[create("refs/heads/a", oid(1))]).unwrap();
+        store.commit(Some(41)).unwrap();
+        store.compact().unwrap();
+        drop(store);
+        let store = RefStore::open(tmp.path()).unwrap();
+        assert_eq!(store.applied_height(), 41);
+        drop(store);
+
+        // A snapshot from before heights were recorded.
+        let mut refs = BTreeMap::new();
+        refs.insert("refs/heads/a".to_string(), oid(1));
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&5u64.to_le_bytes());
+        payload.extend_from_slice(&15u16.to_le_bytes());
+        payload.extend_from_slice(b"refs/heads/main");
+        payload.extend_from_slice(&1u64.to_le_bytes());
+        payload.extend_from_slice(&12u16.to_le_bytes());
+        payload.extend_from_slice(b"refs/heads/a");
+        payload.extend_from_slice(oid(1).as_bytes());
+        let len_bytes = (payload.len() as u64).to_le_bytes();
+        let mut v1 = SNAPSHOT_MAGIC_V1.to_vec();
+        v1.extend_from_slice(&len_bytes);
+        v1.extend_from_slice(&checksum(&len_bytes, &payload).to_le_bytes());
+        v1.extend_from_slice(&payload);
+        let old = tempfile::tempdir().unwrap();
+        fs::write(old.path().join(SNAPSHOT_FILE_NAME), v1).unwrap();
+        let store = RefStore::open(old.path()).unwrap();
+        assert_eq!((store.sequence(), store.applied_height()), (5, 0));
+        assert_eq!(store.refs(), &refs);
     }
 
     #[test]
