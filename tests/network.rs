@@ -463,6 +463,95 @@ fn a_full_node_follows_serves_clones_and_refuses_pushes() {
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
 }
 
+/// Copy directory `from` to `to` (which must not exist), keeping modes.
+fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The ref log sequence and applied height of `owner/name` on node `i`.
+fn ref_log_position(net: &Net, i: usize, owner: &str, name: &str) -> (u64, u64) {
+    let dir = guts_shards::repo::repo_dir(&net.nodes[i].data_dir, owner, name);
+    let state = guts_io::refs::read_state(&dir).unwrap();
+    (state.seq, state.height)
+}
+
+#[test]
+fn blocks_delivered_again_are_skipped_by_repositories_that_hold_them() {
+    let _serial = one_network_at_a_time();
+    let mut net = network(4, 1, &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    create_everywhere(&mut net, 0, "f", "r");
+    let wt = new_worktree(s, "wt");
+    let a = commit_file(&wt, "f", "1\n", "one");
+    let url = net.nodes[0].url("f", "r");
+    git_ok(&wt, &["push", "-q", &url, "HEAD:refs/heads/main"]);
+    let want = vec![("refs/heads/main".to_string(), a.clone())];
+    wait_refs(&net, s, &[4], "f", "r", &want);
+
+    // The full node's consensus state at this point (it votes on nothing,
+    // so going back in time is safe for the network).
+    let follower = 4;
+    net.nodes[follower].kill9();
+    let consensus = net.nodes[follower].data_dir.join("consensus");
+    let saved = scratch.path().join("consensus-then");
+    copy_dir(&consensus, &saved);
+    net.nodes[follower].spawn();
+
+    // main goes A -> B -> A, then a marker branch shows all of it arrived.
+    let b = commit_file(&wt, "f", "2\n", "two");
+    git_ok(&wt, &["push", "-q", &url, "HEAD:refs/heads/main"]);
+    git_ok(
+        &wt,
+        &[
+            "push",
+            "-q",
+            "--force",
+            &url,
+            &format!("{a}:refs/heads/main"),
+        ],
+    );
+    git_ok(
+        &wt,
+        &["push", "-q", &url, &format!("{b}:refs/heads/marker")],
+    );
+    let want = vec![
+        ("refs/heads/main".to_string(), a.clone()),
+        ("refs/heads/marker".to_string(), b.clone()),
+    ];
+    wait_refs(&net, s, &[0, follower], "f", "r", &want);
+    let (seq, height) = ref_log_position(&net, follower, "f", "r");
+    assert!(height > 0, "the follower recorded no height");
+
+    // The full node restarts with consensus state from before those blocks,
+    // as after a crash between applying blocks and recording them: they are
+    // delivered again.
+    net.nodes[follower].kill9();
+    std::fs::remove_dir_all(&consensus).unwrap();
+    copy_dir(&saved, &consensus);
+    net.nodes[follower].spawn();
+    create_everywhere(&mut net, 0, "f", "after");
+    wait_refs(&net, s, &[follower], "f", "r", &want);
+    // Nothing was applied twice: main never went back to B on the way.
+    assert_eq!(
+        ref_log_position(&net, follower, "f", "r"),
+        (seq, height),
+        "the repository replayed blocks it held\n{}",
+        net.logs()
+    );
+    clone_and_fsck(s, &net.nodes[follower].url("f", "r"), "replica");
+}
+
 /// A base port with the 3 ports of each of `nodes` devnet nodes free.
 fn devnet_base_port(nodes: usize) -> u16 {
     for _ in 0..200 {

@@ -534,7 +534,11 @@ impl RefStore {
                 });
             }
         }
-        let head = staged.head_before.as_ref().filter(|before| **before != self.head).map(|_| self.head.clone());
+        let head = staged
+            .head_before
+            .as_ref()
+            .filter(|before| **before != self.head)
+            .map(|_| self.head.clone());
         if net.is_empty() && head.is_none() && height.is_none() {
             return Ok(());
         }
@@ -1774,7 +1778,9 @@ mod tests {
         assert_eq!(store.applied_height(), 0);
         store.stage(&[create("refs/heads/a", oid(1))]).unwrap();
         // Later staged updates see the earlier ones.
-        store.stage(&[update("refs/heads/a", oid(1), oid(2))]).unwrap();
+        store
+            .stage(&[update("refs/heads/a", oid(1), oid(2))])
+            .unwrap();
         store.stage(&[create("refs/heads/b", oid(3))]).unwrap();
         assert!(store.stage(&[create("refs/heads/a", oid(9))]).is_err());
         store.stage_head("refs/heads/b").unwrap();
@@ -1800,8 +1806,12 @@ mod tests {
         let mut store = RefStore::open(tmp.path()).unwrap();
         store.apply(&[create("refs/heads/a", oid(1))]).unwrap();
         // There and back again: no net change, only the height.
-        store.stage(&[update("refs/heads/a", oid(1), oid(2))]).unwrap();
-        store.stage(&[update("refs/heads/a", oid(2), oid(1))]).unwrap();
+        store
+            .stage(&[update("refs/heads/a", oid(1), oid(2))])
+            .unwrap();
+        store
+            .stage(&[update("refs/heads/a", oid(2), oid(1))])
+            .unwrap();
         store.commit(Some(3)).unwrap();
         assert_eq!((store.sequence(), store.applied_height()), (2, 3));
         // A height not above the recorded one, with nothing staged: nothing written.
@@ -1819,7 +1829,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = RefStore::open(tmp.path()).unwrap();
         store.apply(&[create("refs/heads/a", oid(1))]).unwrap();
-        store.stage(&[update("refs/heads/a", oid(1), oid(2))]).unwrap();
+        store
+            .stage(&[update("refs/heads/a", oid(1), oid(2))])
+            .unwrap();
         assert!(matches!(store.compact(), Err(RefError::Staged)));
         drop(store);
         let store = RefStore::open(tmp.path()).unwrap();

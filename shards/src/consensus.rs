@@ -152,6 +152,13 @@ pub struct FinalizedBatch {
     pub rejections: Vec<Rejection>,
     /// Signalled once the batch is applied and durable.
     pub done: Option<oneshot::Sender<()>>,
+    /// Whether this height may be delivered again after a restart (true
+    /// for consensus: its heights are never reused and finalized blocks
+    /// are delivered at least once). Each repository then records the
+    /// height with the block's changes and skips a block it already holds.
+    /// The local sequencer does not replay blocks, so its heights are
+    /// neither recorded nor used to skip.
+    pub replayed: bool,
 }
 
 /// Split a finalized block into the batch each of `shards` shards applies:
@@ -190,6 +197,7 @@ pub fn split_block(
                     transactions,
                     rejections: Vec::new(),
                     done: None,
+                    replayed: false,
                 },
             )
         })

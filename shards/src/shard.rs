@@ -613,24 +613,89 @@ impl Shard {
         .detach();
     }
 
+    /// Apply one finalized batch. Ref updates are staged in their
+    /// repository in block order (each checked against the state the ones
+    /// before it left) and committed together at the end: one log record
+    /// and one `fdatasync` per repository per block, carrying the block's
+    /// height when blocks may be replayed. Only then are the pushes
+    /// answered. A repository that already holds the height skips the
+    /// block (delivered again after a restart).
     async fn apply_batch(&self, batch: FinalizedBatch) {
+        let height = batch.height;
+        // Repositories this block changes, held open until committed, with
+        // the indexes of their transactions' outcomes.
+        let mut staged: Vec<(String, Rc<RefCell<Repo>>, Vec<usize>)> = Vec::new();
+        let mut answers: Vec<(TxId, bool, TxOutcome)> = Vec::new();
         for tx in batch.transactions {
             let outcome = match &tx.op {
                 Op::Update {
                     updates,
                     atomic,
                     pack,
-                } => TxOutcome::Refs(
-                    self.apply_ref_updates(&tx.repo, updates, *atomic, pack.as_ref())
-                        .await,
-                ),
+                } => {
+                    let held = staged.iter().position(|(k, _, _)| *k == tx.repo);
+                    let handle = match held {
+                        Some(i) => Ok(staged[i].1.clone()),
+                        None => tx
+                            .repo
+                            .split_once('/')
+                            .ok_or(UpdateRejection::BadRepoKey)
+                            .and_then(|(owner, name)| Ok(self.repo(owner, name)?)),
+                    };
+                    match handle {
+                        Err(why) => TxOutcome::Refs(vec![Err(why); updates.len()]),
+                        Ok(r) if batch.replayed && r.borrow().refs.applied_height() >= height => {
+                            tracing::debug!(repo = %tx.repo, height, "block already applied here");
+                            TxOutcome::Refs(vec![Ok(()); updates.len()])
+                        }
+                        Ok(r) => {
+                            let slot = match held {
+                                Some(i) => i,
+                                None => {
+                                    staged.push((tx.repo.clone(), r, Vec::new()));
+                                    staged.len() - 1
+                                }
+                            };
+                            staged[slot].2.push(answers.len());
+                            TxOutcome::Refs(
+                                self.apply_ref_updates(&tx.repo, updates, *atomic, pack.as_ref())
+                                    .await,
+                            )
+                        }
+                    }
+                }
                 Op::CreateRepo => TxOutcome::Refs(vec![self.apply_create(&tx.repo)]),
                 _ => TxOutcome::Access(self.apply_access(&tx)),
             };
-            if tx.shard != self.id {
+            answers.push((tx.id, tx.shard == self.id, outcome));
+        }
+        for (key, repo, indexes) in staged {
+            let committed = {
+                let mut repo = repo.borrow_mut();
+                let committed = repo.refs.commit(batch.replayed.then_some(height));
+                repo.invalidate();
+                committed
+            };
+            if let Err(e) = committed {
+                tracing::error!(repo = %key, height, error = %e, "ref updates not written; closing the repository so it is recovered on next use");
+                let why = UpdateRejection::from(e);
+                for i in indexes {
+                    if let TxOutcome::Refs(outcomes) = &mut answers[i].2 {
+                        for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                            *o = Err(why.clone());
+                        }
+                    }
+                }
+                // Whether the record reached the disk is unknown: the next
+                // use replays the log and settles it.
+                self.repos.borrow_mut().remove(&key);
+            }
+        }
+        for (id, mine, outcome) in answers {
+            if !mine {
                 continue;
             }
-            if let Some(waiter) = self.pending.borrow_mut().remove(&tx.id) {
+            if let Some(waiter) = self.pending.borrow_mut().remove(&id) {
                 let _ = waiter.send(outcome);
             }
         }
@@ -681,18 +746,6 @@ impl Shard {
             .await;
         if !had_branches {
             self.adopt_default_branch(repo, updates, &outcomes);
-        }
-        // A ref store that failed a write refuses further writes until it is
-        // reopened (whether the record reached the disk is unknown); close it
-        // so the next use replays its log and settles the question.
-        let failed_io = self
-            .repos
-            .borrow()
-            .get(repo)
-            .is_some_and(|(r, _)| r.try_borrow().is_ok_and(|r| r.refs.is_poisoned()));
-        if failed_io {
-            tracing::error!(repo = %repo, "ref store write failed; closing the repository so it is recovered on next use");
-            self.repos.borrow_mut().remove(repo);
         }
         outcomes
     }
@@ -745,7 +798,7 @@ impl Shard {
             .or_else(|| created.first().copied());
         if let Some(target) = pick {
             let target = target.to_string();
-            match repo.refs.set_head(&target) {
+            match repo.refs.stage_head(&target) {
                 Ok(()) => {
                     tracing::info!(repo = %key, head = %target, "HEAD now points at the first pushed branch");
                     repo.invalidate();
@@ -804,7 +857,7 @@ impl Shard {
         if atomic {
             let mut repo = repo.borrow_mut();
             repo.invalidate();
-            return match repo.refs.apply(updates) {
+            return match repo.refs.stage(updates) {
                 Ok(()) => vec![Ok(()); updates.len()],
                 Err(e) => {
                     let failing = failing_ref(&e);
@@ -822,10 +875,10 @@ impl Shard {
                 }
             };
         }
-        // Non-atomic: each update stands alone. They are checked and written
-        // a slice at a time (one log record per slice), yielding between
-        // slices, so that a push of many refs does not hold the executor:
-        // git's own receive-pack also updates refs one after another.
+        // Non-atomic: each update stands alone. They are checked and staged
+        // a slice at a time, yielding between slices, so that a push of
+        // many refs does not hold the executor (git's own receive-pack also
+        // updates refs one after another); the block's commit writes them.
         let mut outcomes: Vec<UpdateOutcome> = Vec::with_capacity(updates.len());
         for (i, slice) in updates.chunks(APPLY_SLICE_UPDATES).enumerate() {
             if i > 0 {
@@ -847,14 +900,14 @@ impl Shard {
             if valid.is_empty() {
                 continue;
             }
-            if let Err(joint) = repo.refs.apply(&valid) {
+            if let Err(joint) = repo.refs.stage(&valid) {
                 // Updates valid alone may conflict together (D/F): apply one by one.
                 tracing::debug!(repo = %key, error = %joint, "joint apply failed, applying singly");
                 for (k, u) in slice.iter().enumerate() {
                     if outcomes[base + k].is_err() {
                         continue;
                     }
-                    if let Err(e) = repo.refs.apply(std::slice::from_ref(u)) {
+                    if let Err(e) = repo.refs.stage(std::slice::from_ref(u)) {
                         outcomes[base + k] = Err(e.into());
                     }
                 }

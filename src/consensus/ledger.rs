@@ -542,6 +542,7 @@ impl Ledger {
                     transactions,
                     rejections,
                     done: Some(done),
+                    replayed: true,
                 };
                 if sender.try_send(batch).is_err() {
                     // Full or gone: a shard that stopped makes the node exit.
