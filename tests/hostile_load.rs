@@ -23,8 +23,11 @@ use std::time::{Duration, Instant};
 
 /// Where attacks come from (the victim and the probes use 127.0.0.1).
 const ATTACKER: [u8; 4] = [127, 0, 0, 2];
-/// `/health/live` must answer within this, every time, under attack.
-const HEALTH_BOUND: Duration = Duration::from_millis(500);
+/// `/health/live` must answer within this, every time, under attack. A
+/// node an attack freezes stays silent for the attack's seconds; the bound
+/// leaves room for a busy 2-core machine scheduling the probe late (the
+/// slowest answer is printed, and is usually a few milliseconds).
+const HEALTH_BOUND: Duration = Duration::from_millis(2_000);
 /// Pause between health probes.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// Longest any single exchange in these tests may take.
