@@ -34,9 +34,74 @@ pub struct PackRef {
     pub checksum: [u8; 20],
     /// Size of the `.pack` file in bytes.
     pub size: u64,
+    /// [`chunks_root`] of the pack's [`PACK_CHUNK_BYTES`] chunks: a node
+    /// fetching the pack from peers checks each chunk as it arrives.
+    pub chunks: [u8; 32],
+}
+
+/// Size of the chunks a pack travels between nodes in (the last one may
+/// be shorter).
+pub const PACK_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The digest of one chunk of a pack: its SHA-256.
+pub fn chunk_digest(chunk: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(chunk).into()
+}
+
+/// The [`chunk_digest`] of each [`PACK_CHUNK_BYTES`] chunk of `bytes`.
+pub fn chunk_digests_of(bytes: &[u8]) -> Vec<[u8; 32]> {
+    bytes.chunks(PACK_CHUNK_BYTES).map(chunk_digest).collect()
+}
+
+/// The SHA-256 of each [`PACK_CHUNK_BYTES`] chunk of the file at `path`.
+pub fn chunk_digests(path: &std::path::Path) -> std::io::Result<Vec<[u8; 32]>> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; PACK_CHUNK_BYTES];
+    let mut digests = Vec::new();
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read(&mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            return Ok(digests);
+        }
+        digests.extend(chunk_digests_of(&buf[..filled]));
+        if filled < buf.len() {
+            return Ok(digests);
+        }
+    }
+}
+
+/// What a transaction commits to for a pack's chunks: the SHA-256 of their
+/// digests in order.
+pub fn chunks_root(digests: &[[u8; 32]]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for d in digests {
+        h.update(d);
+    }
+    h.finalize().into()
 }
 
 impl PackRef {
+    /// The reference to a pack whose whole file is `bytes`.
+    pub fn of_bytes(bytes: &[u8]) -> PackRef {
+        let mut checksum = [0u8; 20];
+        let tail = bytes.len().saturating_sub(20);
+        checksum[..bytes.len() - tail].copy_from_slice(&bytes[tail..]);
+        PackRef {
+            checksum,
+            size: bytes.len() as u64,
+            chunks: chunks_root(&chunk_digests_of(bytes)),
+        }
+    }
+
     /// `pack-<hex>` (the file stem in `objects/pack`).
     pub fn file_stem(&self) -> String {
         let mut s = String::with_capacity(45);

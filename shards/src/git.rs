@@ -1827,6 +1827,9 @@ pub enum PackStoreError {
     /// Opening the pack just committed.
     #[error(transparent)]
     Open(#[from] guts_io::store::StoreError),
+    /// Reading the committed pack back for its chunk digests.
+    #[error("reading the stored pack: {0}")]
+    Chunks(std::io::Error),
     /// The blocking pool's work failed (a bug).
     #[error(transparent)]
     Work(#[from] WorkError),
@@ -1854,16 +1857,24 @@ pub(crate) async fn apply_push(
         let committed = glommio::executor()
             .spawn_blocking(move || {
                 contained(move || match pack.commit()? {
-                    Some((pack_path, idx_path)) => Ok(Some(Pack::open(&pack_path, &idx_path)?)),
+                    Some((pack_path, idx_path)) => {
+                        let opened = Pack::open(&pack_path, &idx_path)?;
+                        // What peers check the pack's chunks against when
+                        // they fetch it (read back while the file is cached).
+                        let digests = crate::consensus::chunk_digests(&pack_path)
+                            .map_err(PackStoreError::Chunks)?;
+                        Ok(Some((opened, crate::consensus::chunks_root(&digests))))
+                    }
                     None => Ok::<_, PackStoreError>(None),
                 })
             })
             .await;
         match committed {
-            Ok(Some(opened)) => {
+            Ok(Some((opened, chunks))) => {
                 pack_ref = Some(crate::consensus::PackRef {
                     checksum,
                     size: opened.len(),
+                    chunks,
                 });
                 let mut r = repo.borrow_mut();
                 r.store.add_opened_pack(opened);

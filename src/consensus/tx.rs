@@ -8,7 +8,7 @@
 //! op      = 0 (create repository)
 //!         | 1 | atomic bool | updates (count varint ≤ TX_UPDATES_MAX, update*) | pack?
 //! update  = name (len varint ≤ REF_NAME_MAX_BYTES) | old [20] | new [20]
-//! pack?   = 0 | 1 | checksum [20] | size u64
+//! pack?   = 0 | 1 | checksum [20] | size u64 | chunks [32] (SHA-256 of the 1 MiB chunks' SHA-256s)
 //! ```
 
 use bytes::{Buf, BufMut, Bytes};
@@ -119,6 +119,7 @@ impl Write for Tx {
                         1u8.write(buf);
                         p.checksum.write(buf);
                         p.size.write(buf);
+                        p.chunks.write(buf);
                     }
                 }
             }
@@ -160,8 +161,11 @@ impl Write for Tx {
 /// origin, nonce, repository, op tag, atomic flag, update count (a varint
 /// of at most 5 bytes) and the pack.
 fn update_tx_overhead(repo: &str) -> usize {
-    4 + 8 + str_size(repo) + 1 + 1 + 5 + 1 + 28
+    4 + 8 + str_size(repo) + 1 + 1 + 5 + 1 + PACK_REF_BYTES
 }
+
+/// Encoded size of a pack reference: checksum, size, chunks root.
+const PACK_REF_BYTES: usize = 20 + 8 + 32;
 
 /// Lengths of consecutive parts of `updates` (one push to `repo`) such
 /// that each part, as one transaction, holds at most `updates_max` updates
@@ -205,7 +209,7 @@ impl EncodeSize for Tx {
                         .map(|u| str_size(&u.name) + 40)
                         .sum::<usize>()
                     + 1
-                    + if pack.is_some() { 28 } else { 0 }
+                    + if pack.is_some() { PACK_REF_BYTES } else { 0 }
             }
             _ => unreachable!("handled above"),
         }
@@ -240,6 +244,7 @@ impl Read for Tx {
                     1 => Some(PackRef {
                         checksum: <[u8; 20]>::read_cfg(buf, &())?,
                         size: u64::read_cfg(buf, &())?,
+                        chunks: <[u8; 32]>::read_cfg(buf, &())?,
                     }),
                     t => return Err(CodecError::InvalidEnum(t)),
                 };
@@ -312,6 +317,7 @@ mod tests {
                 pack: Some(PackRef {
                     checksum: [9; 20],
                     size: 1234,
+                    chunks: [5; 32],
                 }),
             },
         }
@@ -410,6 +416,7 @@ mod tests {
                         pack: Some(PackRef {
                             checksum: [7; 20],
                             size: u64::MAX,
+                            chunks: [0xff; 32],
                         }),
                     },
                 };

@@ -126,10 +126,7 @@ impl Fixture {
 
 /// The name a pack's bytes give it.
 pub(crate) fn pack_ref(bytes: &[u8]) -> PackRef {
-    PackRef {
-        checksum: bytes[bytes.len() - 20..].try_into().unwrap(),
-        size: bytes.len() as u64,
-    }
+    PackRef::of_bytes(bytes)
 }
 
 /// A data directory holding `alice/hello` with the base history ingested (checked as a push).
@@ -456,6 +453,7 @@ fn real_verify_refuses_a_byzantine_proposers_transactions() {
                 Some(PackRef {
                     checksum: [7; 20],
                     size: 3,
+                    chunks: [0; 32],
                 }),
             )
             .to_bytes()],
@@ -481,6 +479,7 @@ fn real_verify_refuses_a_byzantine_proposers_transactions() {
         Some(PackRef {
             checksum: [0xab; 20],
             size: 4096,
+            chunks: [0; 32],
         }),
     )
     .to_bytes();
@@ -491,7 +490,8 @@ fn real_verify_refuses_a_byzantine_proposers_transactions() {
         REPO,
         &PackRef {
             checksum: [0xab; 20],
-            size: 4096
+            size: 4096,
+            chunks: [0; 32],
         }
     ));
     for bytes in [&packs.corrupt_pack, &garbage_pack] {

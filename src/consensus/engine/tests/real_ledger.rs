@@ -102,6 +102,7 @@ fn byzantine_proposer_never_gets_invalid_transactions_finalized() {
                 Some(PackRef {
                     checksum: [0xab; 20],
                     size: 4096,
+                    chunks: [0; 32],
                 }),
             )
             .to_bytes(),
