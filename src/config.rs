@@ -55,6 +55,18 @@ guts_shards::declare_settings! {
         /// push still being checked depends on what is dropped. 0: never
         /// prune.
         prune_unreachable_after_ms: u64 = guts_shards::maintenance::PRUNE_UNREACHABLE_AFTER_MS,
+        /// Bundle URIs (git's `transfer.bundleURI`): the node keeps a git
+        /// bundle of each repository that is cloned often, written in idle
+        /// time, and offers it to cloning clients with protocol v2's
+        /// `bundle-uri` command; such a clone downloads the bundle as a
+        /// static file and then fetches only what is newer.
+        bundle_uri_enabled: bool = false,
+        /// A repository's bundle is (re)written once this many clones have
+        /// been served since its last bundle and its refs have changed.
+        bundle_uri_clones: u64 = guts_shards::bundle::BUNDLE_CLONES,
+        /// Repositories whose packs hold fewer bytes than this get no
+        /// bundle (a clone of them is cheap anyway).
+        bundle_uri_min_bytes: u64 = guts_shards::bundle::BUNDLE_MIN_BYTES,
         /// PEM certificate chain (leaf first) for TLS (rustls) on the API
         /// address; needs `tls_key`. Reloaded on SIGHUP.
         #[default_doc = "none (plain HTTP)"]
@@ -284,6 +296,8 @@ pub struct NodeConfig {
     pub repack_quiet_ms: u64,
     /// Age of a pack before its unreachable objects are dropped (0: never).
     pub prune_unreachable_after_ms: u64,
+    /// Bundle URIs: on, and when a repository gets a bundle.
+    pub bundles: guts_shards::bundle::BundleSettings,
 }
 
 /// Where a node's private key comes from.
@@ -360,6 +374,11 @@ impl NodeConfig {
             finalize_wait_ms: n.finalize_wait_ms,
             repack_quiet_ms: n.repack_quiet_ms,
             prune_unreachable_after_ms: n.prune_unreachable_after_ms,
+            bundles: guts_shards::bundle::BundleSettings {
+                enabled: n.bundle_uri_enabled,
+                clones: n.bundle_uri_clones.max(1),
+                min_bytes: n.bundle_uri_min_bytes,
+            },
         })
     }
 }

@@ -326,6 +326,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             cfg.repack_quiet_ms
         },
         prune_unreachable_after_ms: cfg.prune_unreachable_after_ms,
+        bundles: cfg.bundles,
         admin_token_sha256,
         tls: match &cfg.tls {
             Some(paths) => Some(

@@ -105,6 +105,18 @@ fn request_in_flight(node: &Node) -> TcpStream {
 /// Metrics covered by another test, and which.
 const COVERED_ELSEWHERE: &[(&str, &str)] = &[
     (
+        "guts_git_bundles_written_total",
+        "tests/bundle_uri.rs (a busy repository gets a bundle)",
+    ),
+    (
+        "guts_git_bundle_bytes_total",
+        "tests/bundle_uri.rs (a bundle written and downloaded)",
+    ),
+    (
+        "guts_git_bundles_served_total",
+        "tests/bundle_uri.rs (a clone downloads the bundle)",
+    ),
+    (
         "guts_memory_reserved_bytes",
         "tests/hostile_load.rs (budget spent)",
     ),

@@ -291,6 +291,9 @@ pub struct V2Capabilities {
     pub server_option: bool,
     /// `object-info` (the server must then implement the command).
     pub object_info: bool,
+    /// `bundle-uri`: the `bundle-uri` command is offered (the repository
+    /// has a bundle to point clients at).
+    pub bundle_uri: bool,
 }
 
 impl Default for V2Capabilities {
@@ -303,6 +306,7 @@ impl Default for V2Capabilities {
             fetch_filter: true,
             server_option: true,
             object_info: false,
+            bundle_uri: false,
         }
     }
 }
@@ -339,6 +343,9 @@ pub fn write_v2_capabilities(out: &mut Vec<u8>, caps: &V2Capabilities) {
     pktline::write_line(out, &[b"object-format=sha1\n"]);
     if caps.object_info {
         pktline::write_line(out, &[b"object-info\n"]);
+    }
+    if caps.bundle_uri {
+        pktline::write_line(out, &[b"bundle-uri\n"]);
     }
     pktline::write_flush(out);
 }
@@ -419,6 +426,75 @@ pub fn write_ls_refs_entry(
             b"\n",
         ],
     )
+}
+
+/// One bundle of a `bundle-uri` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BundleListEntry<'a> {
+    /// The bundle's id: the `<id>` of `bundle.<id>.uri` (letters, digits
+    /// and `-`, as a config subsection git reads back).
+    pub id: &'a str,
+    /// Where to get it: an absolute URL, or one relative to the remote's
+    /// URL (git resolves it with `relative_url` against the URL it cloned).
+    pub uri: &'a str,
+}
+
+/// Why a bundle list could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleListError {
+    /// An entry too long for one pkt.
+    #[error(transparent)]
+    Pkt(#[from] PktError),
+    /// An id or URI git would not read back as written.
+    #[error("bundle id {id:?} or URI {uri:?} cannot be written in a bundle list")]
+    Invalid {
+        /// The id.
+        id: String,
+        /// The URI.
+        uri: String,
+    },
+}
+
+/// Append a `bundle-uri` answer (gitprotocol-v2 "bundle-uri", the bundle
+/// list format of gitformat-bundle): `key=value` lines — `bundle.version=1`,
+/// `bundle.mode=all`, then `bundle.<id>.uri=<uri>` per bundle — and a
+/// flush. No bundles: only the flush (git then fetches as usual).
+///
+/// Fails if an entry is too long for one pkt, or if an id or a URI holds
+/// a byte git would read differently (a line break, a space, `=` in an id).
+pub fn write_bundle_list(
+    out: &mut Vec<u8>,
+    bundles: &[BundleListEntry<'_>],
+) -> Result<(), BundleListError> {
+    if !bundles.is_empty() {
+        let mut body = Vec::new();
+        pktline::write_data_parts(&mut body, &[b"bundle.version=1\n"])?;
+        pktline::write_data_parts(&mut body, &[b"bundle.mode=all\n"])?;
+        for b in bundles {
+            let id_ok =
+                !b.id.is_empty() && b.id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+            let uri_ok = !b.uri.is_empty() && b.uri.bytes().all(|c| c.is_ascii_graphic());
+            if !id_ok || !uri_ok {
+                return Err(BundleListError::Invalid {
+                    id: b.id.to_owned(),
+                    uri: b.uri.to_owned(),
+                });
+            }
+            pktline::write_data_parts(
+                &mut body,
+                &[
+                    b"bundle.",
+                    b.id.as_bytes(),
+                    b".uri=",
+                    b.uri.as_bytes(),
+                    b"\n",
+                ],
+            )?;
+        }
+        out.extend_from_slice(&body);
+    }
+    pktline::write_flush(out);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -552,12 +628,53 @@ mod tests {
             fetch_filter: false,
             server_option: false,
             object_info: true,
+            bundle_uri: true,
         };
         let mut out = Vec::new();
         write_v2_capabilities(&mut out, &caps);
         assert_eq!(
             out,
-            b"000eversion 2\n0011agent=guts/9\n000cls-refs\n000afetch\n0017object-format=sha1\n0010object-info\n0000"
+            b"000eversion 2\n0011agent=guts/9\n000cls-refs\n000afetch\n0017object-format=sha1\n0010object-info\n000fbundle-uri\n0000"
         );
+    }
+    #[test]
+    fn bundle_list() {
+        let mut out = Vec::new();
+        write_bundle_list(&mut out, &[]).unwrap();
+        assert_eq!(out, b"0000");
+        out.clear();
+        let entry = BundleListEntry {
+            id: "b7-abc",
+            uri: "bundles/7-abc.bundle",
+        };
+        write_bundle_list(&mut out, &[entry]).unwrap();
+        assert_eq!(
+            out,
+            b"0015bundle.version=1\n0014bundle.mode=all\n002bbundle.b7-abc.uri=bundles/7-abc.bundle\n0000"
+        );
+        for bad in [
+            BundleListEntry {
+                id: "a.b",
+                uri: "x",
+            },
+            BundleListEntry {
+                id: "a=b",
+                uri: "x",
+            },
+            BundleListEntry { id: "", uri: "x" },
+            BundleListEntry {
+                id: "a",
+                uri: "x y",
+            },
+            BundleListEntry {
+                id: "a",
+                uri: "x\ny",
+            },
+            BundleListEntry { id: "a", uri: "" },
+        ] {
+            let mut out = Vec::new();
+            assert!(write_bundle_list(&mut out, &[bad]).is_err(), "{bad:?}");
+            assert!(out.is_empty(), "{bad:?} wrote {out:?}");
+        }
     }
 }

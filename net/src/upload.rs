@@ -203,7 +203,7 @@ pub enum UploadError {
     /// An argument the command does not take.
     #[error("unknown argument for {command}: {argument:?}")]
     UnknownArgument {
-        /// `ls-refs` or `fetch`.
+        /// `ls-refs`, `fetch` or `bundle-uri`.
         command: &'static str,
         /// The line received.
         argument: String,
@@ -802,6 +802,14 @@ pub struct FetchRequest {
     pub wait_for_done: bool,
 }
 
+/// A v2 `bundle-uri` request (gitprotocol-v2 "bundle-uri"): capability
+/// lines only; the command takes no arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BundleUriRequest {
+    /// Capability lines.
+    pub common: V2Common,
+}
+
 /// A parsed protocol v2 request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum V2Request {
@@ -809,6 +817,8 @@ pub enum V2Request {
     LsRefs(LsRefsRequest),
     /// `command=fetch`.
     Fetch(FetchRequest),
+    /// `command=bundle-uri`.
+    BundleUri(BundleUriRequest),
 }
 
 impl V2Request {
@@ -830,6 +840,7 @@ impl V2Request {
 enum V2Command {
     LsRefs,
     Fetch,
+    BundleUri,
 }
 
 impl V2Command {
@@ -837,6 +848,7 @@ impl V2Command {
         match self {
             V2Command::LsRefs => "ls-refs arguments",
             V2Command::Fetch => "fetch arguments",
+            V2Command::BundleUri => "bundle-uri arguments",
         }
     }
 }
@@ -941,6 +953,9 @@ impl V2RequestParser {
                 request.depth = std::mem::take(&mut self.deepen).finish()?;
                 V2Request::Fetch(request)
             }
+            V2Command::BundleUri => V2Request::BundleUri(BundleUriRequest {
+                common: std::mem::take(&mut self.common),
+            }),
         })
     }
 
@@ -953,6 +968,11 @@ impl V2RequestParser {
                     match command {
                         V2Command::LsRefs => self.ls_refs_arg(arg),
                         V2Command::Fetch => self.fetch_arg(arg),
+                        // git's own server dies on any argument here.
+                        V2Command::BundleUri => Err(UploadError::UnknownArgument {
+                            command: "bundle-uri",
+                            argument: show(arg),
+                        }),
                     }
                 }
                 Pkt::Flush => {
@@ -982,6 +1002,7 @@ impl V2RequestParser {
                 {
                     b"ls-refs" => V2Command::LsRefs,
                     b"fetch" => V2Command::Fetch,
+                    b"bundle-uri" => V2Command::BundleUri,
                     other => {
                         return Err(UploadError::UnknownCommand {
                             command: show(other),
@@ -1628,6 +1649,45 @@ mod tests {
                 what: "want-ref",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn v2_bundle_uri() {
+        // What git sends: capabilities, a delim, no arguments, a flush.
+        let req = V2Request::parse(&body(&[
+            "command=bundle-uri",
+            "agent=git/2.47.3",
+            "object-format=sha1",
+            "|",
+            "",
+        ]))
+        .unwrap();
+        let V2Request::BundleUri(req) = req else {
+            panic!("not bundle-uri: {req:?}")
+        };
+        assert_eq!(req.common.agent.as_deref(), Some("git/2.47.3"));
+        // No delim at all is the same request.
+        assert!(matches!(
+            V2Request::parse(&body(&["command=bundle-uri", ""])),
+            Ok(V2Request::BundleUri(_))
+        ));
+        assert!(matches!(
+            V2Request::parse(&body(&["command=bundle-uri", "|", "want-all", ""])),
+            Err(UploadError::UnknownArgument {
+                command: "bundle-uri",
+                argument,
+            }) if argument == "want-all"
+        ));
+        assert!(matches!(
+            V2Request::parse(&body(&["command=bundle-uri", "|"])),
+            Err(UploadError::MissingFlush {
+                section: "bundle-uri arguments"
+            })
+        ));
+        assert!(matches!(
+            V2Request::parse(&body(&["command=bundle-uri", "|", "", "0000"])),
+            Err(UploadError::TrailingData { .. })
         ));
     }
 

@@ -117,6 +117,8 @@ pub struct ShardConfig {
     /// Objects no ref reaches are dropped by background repacking from
     /// packs older than this (0: never; only while repacking is on).
     pub prune_unreachable_after_ms: u64,
+    /// Bundle URIs: whether repositories get bundles, and which.
+    pub bundles: crate::bundle::BundleSettings,
     /// SHA-256 of the node's admin token (`DATA/admin.token`).
     pub admin_token_sha256: [u8; 32],
     /// TLS on the API listener, if configured (`--tls-cert`, `--tls-key`).

@@ -93,6 +93,12 @@ pub async fn route(
                 .in_bulk(async move { receive_pack(&s, &st, req, &owner, &name).await })
                 .await
         }
+        (Method::GET | Method::HEAD, tail) if tail.starts_with("bundles/") => {
+            let file = tail["bundles/".len()..].to_string();
+            shard
+                .in_bulk(async move { bundle_file(&s, req, &owner, &name, &file).await })
+                .await
+        }
         (_, "info/refs" | "git-upload-pack" | "git-receive-pack") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -308,6 +314,9 @@ async fn info_refs(
     if version == ProtocolVersion::V2 {
         let caps = V2Capabilities {
             agent: agent.clone(),
+            bundle_uri: service == Service::UploadPack
+                && shard.config.bundles.enabled
+                && snap.bundle.is_some(),
             ..V2Capabilities::default()
         };
         advertise::write_v2_capabilities(&mut out, &caps);
@@ -488,8 +497,17 @@ async fn upload_pack(
         return match read_request(shard, &mut body, parser, "protocol v2 request").await {
             Ok((V2Request::LsRefs(ls), _memory)) => ls_refs(shard, snap, ls).await,
             Ok((V2Request::Fetch(fetch), memory)) => {
+                if is_clone(
+                    &fetch.haves,
+                    &fetch.shallows,
+                    fetch.depth.is_some(),
+                    &fetch.filter,
+                ) {
+                    crate::bundle::record_clone(&snap.key);
+                }
                 run_fetch(shard, snap, FetchKind::V2(fetch), memory).await
             }
+            Ok((V2Request::BundleUri(_), _memory)) => bundle_uri(shard, snap),
             Err(r) => r,
         };
     }
@@ -502,10 +520,79 @@ async fn upload_pack(
                 // so the response is a well-formed, non-empty pkt stream.
                 return git_result(service, ResponseBody::full(&pktline::FLUSH_PKT[..]));
             }
+            if is_clone(
+                &request.haves,
+                &request.shallows,
+                request.depth.is_some(),
+                &request.filter,
+            ) {
+                crate::bundle::record_clone(&snap.key);
+            }
             run_fetch(shard, snap, FetchKind::V0(request), memory).await
         }
         Err(r) => r,
     }
+}
+
+/// A fetch of everything, as a full clone asks: no haves, not shallow,
+/// not filtered (the clones counted towards a bundle).
+fn is_clone(
+    haves: &[ObjectId],
+    shallows: &[ObjectId],
+    deepen: bool,
+    filter: &Option<FilterSpec>,
+) -> bool {
+    haves.is_empty() && shallows.is_empty() && !deepen && filter.is_none()
+}
+
+/// The v2 `bundle-uri` answer: the repository's bundle, if it has one
+/// (with bundles off the command is not offered, and refused as any
+/// command not served is). A client asking is cloning, and
+/// counts towards the next bundle.
+fn bundle_uri(shard: &Rc<Shard>, snap: RefSnapshot) -> Response<ResponseBody> {
+    let service = Service::UploadPack;
+    if !shard.config.bundles.enabled {
+        let e = UploadError::UnknownCommand {
+            command: "bundle-uri".to_owned(),
+        };
+        return bad_request(format!("protocol v2 request: {e}"));
+    }
+    crate::bundle::record_clone(&snap.key);
+    let mut out = Vec::new();
+    let uri;
+    let entries: Vec<advertise::BundleListEntry<'_>> = match snap.bundle.as_deref() {
+        Some(name) => {
+            uri = crate::bundle::uri(name);
+            vec![advertise::BundleListEntry {
+                id: crate::bundle::list_id(name),
+                uri: &uri,
+            }]
+        }
+        None => Vec::new(),
+    };
+    if let Err(e) = advertise::write_bundle_list(&mut out, &entries) {
+        return git_error(service, &format!("bundle-uri: {e}"));
+    }
+    git_result(service, ResponseBody::full(out))
+}
+
+/// `GET /git/OWNER/NAME.git/bundles/<file>` (read permission checked by
+/// the router): the bundle file, if the repository exists and has it.
+async fn bundle_file(
+    shard: &Rc<Shard>,
+    req: Request<Incoming>,
+    owner: &str,
+    name: &str,
+    file: &str,
+) -> Response<ResponseBody> {
+    if !shard.config.bundles.enabled {
+        return text(StatusCode::NOT_FOUND, "bundle URIs are off on this node");
+    }
+    if let Err(r) = snapshot_or_404(shard, owner, name).await {
+        return r;
+    }
+    let dir = crate::repo::repo_dir(&shard.config.data_dir, owner, name);
+    crate::bundle::serve(&req, dir, file).await
 }
 
 /// `ref-prefix` lines arranged on the executor; more go to the blocking pool.
@@ -1240,7 +1327,7 @@ async fn stream_verbatim_dma(
     Ok(())
 }
 
-async fn send(tx: &mut mpsc::Sender<Bytes>, data: Bytes) -> Result<(), ()> {
+pub(crate) async fn send(tx: &mut mpsc::Sender<Bytes>, data: Bytes) -> Result<(), ()> {
     futures_lite::future::poll_fn(|cx| tx.poll_ready(cx))
         .await
         .map_err(|_| ())?;

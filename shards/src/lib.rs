@@ -11,6 +11,7 @@ pub mod access_api;
 pub mod auth;
 pub mod blocks;
 pub mod body;
+pub mod bundle;
 pub mod config;
 pub mod conn;
 pub mod consensus;

@@ -110,9 +110,14 @@ struct PruneSeen {
 /// Run the shard's maintenance until the node stops.
 pub async fn run(shard: Rc<Shard>) {
     let quiet_ms = shard.config.repack_quiet_ms;
-    if quiet_ms == 0 {
+    let bundles = shard.config.bundles;
+    if quiet_ms == 0 && !bundles.enabled {
         return;
     }
+    let repacking = quiet_ms > 0;
+    // Bundles wait for the same quiet (the default one where repacking
+    // is off, as on a node of a network).
+    let quiet_ms = if repacking { quiet_ms } else { REPACK_QUIET_MS };
     let quiet = Duration::from_millis(quiet_ms);
     let pause = Duration::from_millis(quiet_ms.clamp(10, REPACK_CHECK_MAX_MS));
     let prune_ms = shard.config.prune_unreachable_after_ms;
@@ -137,14 +142,15 @@ pub async fn run(shard: Rc<Shard>) {
             if shard.stopping.get() {
                 return;
             }
-            let (due, prune_due) = {
+            let (due, prune_due, bundle_due) = {
                 let Ok(r) = repo.try_borrow() else { continue };
                 let packs = r.store.packs().len();
                 let quiet_now = r.quiet_for() >= quiet;
                 // Walk a quiet repository once after it changed (at most
                 // every `recheck`), and again a prune age after the last
                 // walk, when what was recent then has aged.
-                let prune_due = prune_ms > 0
+                let prune_due = repacking
+                    && prune_ms > 0
                     && quiet_now
                     && match walked.get(&key) {
                         None => true,
@@ -155,8 +161,9 @@ pub async fn run(shard: Rc<Shard>) {
                         }
                     };
                 (
-                    packs >= 2 && (quiet_now || packs >= REPACK_BUSY_PACKS),
+                    repacking && packs >= 2 && (quiet_now || packs >= REPACK_BUSY_PACKS),
                     prune_due,
+                    quiet_now && crate::bundle::due(&bundles, &key, &r),
                 )
             };
             if due {
@@ -171,7 +178,7 @@ pub async fn run(shard: Rc<Shard>) {
                 };
                 match prune(&shard, &key, &repo, prune_ms).await {
                     Ok(true) => {
-                        walked.insert(key, seen);
+                        walked.insert(key.clone(), seen);
                     }
                     // Not this time (a push in flight, a change): soon again.
                     Ok(false) => {
@@ -179,8 +186,15 @@ pub async fn run(shard: Rc<Shard>) {
                     }
                     Err(e) => {
                         tracing::warn!(repo = %key, error = %e, "prune failed; the repository is unchanged and is tried again later");
-                        walked.insert(key, seen);
+                        walked.insert(key.clone(), seen);
                     }
+                }
+            }
+            // After a repack, so that a bundle's pack is one stored pack
+            // copied as it is.
+            if bundle_due && !shard.stopping.get() {
+                if let Err(e) = crate::bundle::write(&shard, &key, &repo).await {
+                    tracing::warn!(repo = %key, error = %e, "bundle not written; tried again after more clones");
                 }
             }
         }

@@ -76,6 +76,9 @@ struct Metrics {
     ref_updates: IntCounterVec,
     pack_bytes: IntCounterVec,
     pack_sent_objects: IntCounter,
+    bundles_written: IntCounter,
+    bundle_bytes: IntCounterVec,
+    bundles_served: IntCounter,
     pack_cache_requests: IntCounterVec,
     pack_cache_bytes: IntGauge,
     pack_cache_entries: IntGauge,
@@ -185,6 +188,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ref_updates: counter_vec(&r, "guts_git_ref_updates_total", "Ref updates from pushes by outcome.", &["result"]),
         pack_bytes: counter_vec(&r, "guts_git_pack_bytes_total", "Pack bytes received from pushes and sent to clients.", &["direction"]),
         pack_sent_objects: counter(&r, "guts_git_pack_sent_objects_total", "Objects sent to clients."),
+        bundles_written: counter(&r, "guts_git_bundles_written_total", "Bundles of busy repositories written for bundle URIs."),
+        bundle_bytes: counter_vec(&r, "guts_git_bundle_bytes_total", "Bytes of bundle files written and sent to clients.", &["direction"]),
+        bundles_served: counter(&r, "guts_git_bundles_served_total", "Bundle file downloads begun (GET of a bundle URI)."),
         pack_cache_requests: counter_vec(&r, "guts_git_pack_cache_total", "Shared pack responses by event: `miss` (a clone computes its response for others to join), `join` (a clone joined one being computed), `hit` (a clone was answered from a complete one), `bypass` (not shared: table full of unfinished responses), `overflow` (a response outgrew its bound and stopped being shared), `fallback` (a reader computed the rest of a stopped response itself), `evicted` (a complete response dropped for room).", &["event"]),
         pack_cache_bytes: gauge(&r, "guts_git_pack_cache_bytes", "Bytes of pack responses held by the shared response table."),
         pack_cache_entries: gauge(&r, "guts_git_pack_cache_entries", "Pack responses in the shared response table (being computed or complete)."),
@@ -222,6 +228,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for direction in ["received", "sent"] {
         m.pack_bytes.with_label_values(&[direction]);
+    }
+    for direction in ["written", "sent"] {
+        m.bundle_bytes.with_label_values(&[direction]);
     }
     for event in PACK_CACHE_EVENTS {
         m.pack_cache_requests.with_label_values(&[event]);
@@ -401,6 +410,28 @@ pub fn record_pack_sent(bytes: u64, objects: u64) {
             .inc_by(bytes);
     }
     METRICS.pack_sent_objects.inc_by(objects);
+}
+
+/// Count a bundle written, of `bytes` bytes.
+pub fn record_bundle_written(bytes: u64) {
+    METRICS.bundles_written.inc();
+    METRICS
+        .bundle_bytes
+        .with_label_values(&["written"])
+        .inc_by(bytes);
+}
+
+/// Count a bundle download begun.
+pub fn record_bundle_served() {
+    METRICS.bundles_served.inc();
+}
+
+/// Count bytes of a bundle file sent.
+pub fn record_bundle_sent_bytes(bytes: u64) {
+    METRICS
+        .bundle_bytes
+        .with_label_values(&["sent"])
+        .inc_by(bytes);
 }
 
 /// Count a failed authentication attempt (bad, wrong or revoked credentials).

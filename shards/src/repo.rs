@@ -117,6 +117,9 @@ pub struct RefSnapshot {
     pub store: ObjectStore,
     /// Ref-store sequence this snapshot reflects.
     pub sequence: u64,
+    /// File name of the repository's newest bundle, if it has one
+    /// (see [`crate::bundle`]).
+    pub bundle: Option<Arc<str>>,
 }
 
 impl RefSnapshot {
@@ -141,6 +144,8 @@ pub struct Repo {
     /// When the refs or packs last changed (background repacking waits
     /// for a quiet repository).
     changed_at: std::time::Instant,
+    /// File name of the newest bundle (see [`crate::bundle`]).
+    bundle: Option<Arc<str>>,
 }
 
 impl Repo {
@@ -157,8 +162,10 @@ impl Repo {
             },
             e => RepoError::Refs(e),
         })?;
+        let bundle = crate::bundle::current(&dir);
         Ok(Repo {
             key,
+            bundle,
             dir,
             store,
             refs,
@@ -254,6 +261,7 @@ impl Repo {
             refs: Arc::new(refs),
             store: self.store.clone(),
             sequence: self.refs.sequence(),
+            bundle: self.bundle.clone(),
         };
         self.snapshot = Some(snap.clone());
         snap
@@ -269,6 +277,19 @@ impl Repo {
     /// repack: the same objects, so not a change the quiet time counts).
     pub fn packs_rearranged(&mut self) {
         self.snapshot = None;
+    }
+
+    /// Offer bundle `name` from now on (not a change of the repository).
+    pub fn set_bundle(&mut self, name: Arc<str>) {
+        self.bundle = Some(name);
+        self.snapshot = None;
+    }
+
+    /// The ref-store sequence the newest bundle was written at.
+    pub fn bundle_sequence(&self) -> Option<u64> {
+        self.bundle
+            .as_deref()
+            .and_then(crate::bundle::parse_file_name)
     }
 
     /// When the refs or packs last changed.
