@@ -1,5 +1,6 @@
-//! Background maintenance of a shard's repositories: geometric repacking
-//! and pruning of unreachable objects.
+//! Background maintenance of a shard's repositories: geometric repacking,
+//! pruning of unreachable objects, and the bundles of busy repositories
+//! ([`crate::bundle`], after a repack; on whether repacking is or not).
 //!
 //! Every push adds a pack. Each shard looks over its open repositories now
 //! and then, in a task queue of its own with few shares (requests always
