@@ -140,7 +140,8 @@ fn make_busy(node: &Node, dir: &Path, url: &str, owner: &str, name: &str) -> Pat
     }
     // Offered once the file is in place.
     assert!(
-        wait_until(WAIT, || v2_capabilities(node, owner, name).contains("bundle-uri")),
+        wait_until(WAIT, || v2_capabilities(node, owner, name)
+            .contains("bundle-uri")),
         "no bundle written for {owner}/{name}; log:\n{}",
         node.log_text()
     );

@@ -327,10 +327,7 @@ async fn write_counted(
             return Err(e);
         }
     };
-    let checksum: [u8; 20] = match job.tail.as_slice().try_into() {
-        Ok(c) => c,
-        Err(_) => [0; 20],
-    };
+    let checksum: [u8; 20] = job.tail.as_slice().try_into().unwrap_or_default();
     let name = file_name(sequence, &checksum);
     let (bytes, objects) = (job.bytes, job.objects);
     let (tmp_c, dir_c, name_c) = (tmp.clone(), dir.clone(), name.clone());
