@@ -291,13 +291,13 @@ fn upload_request_benches(cr: &mut Criterion, c: &Corpus) {
     g.bench_function(BenchmarkId::new("parse", &label), |b| {
         b.iter(|| match V2Request::parse(&body).expect("parse") {
             V2Request::Fetch(f) => f.haves.len(),
-            V2Request::LsRefs(_) => unreachable!(),
+            _ => unreachable!("not a fetch request"),
         })
     });
     g.bench_function(BenchmarkId::new("streaming_64k", &label), |b| {
         b.iter(|| match stream_v2(&body) {
             V2Request::Fetch(f) => f.haves.len(),
-            V2Request::LsRefs(_) => unreachable!(),
+            _ => unreachable!("not a fetch request"),
         })
     });
     g.finish();
@@ -326,7 +326,7 @@ fn ls_refs_benches(cr: &mut Criterion, c: &Corpus) {
         g.bench_function(BenchmarkId::new("parse", id), |b| {
             b.iter(|| match V2Request::parse(&body).expect("parse") {
                 V2Request::LsRefs(r) => r.ref_prefixes.len(),
-                V2Request::Fetch(_) => unreachable!(),
+                _ => unreachable!("not an ls-refs request"),
             })
         });
     }
