@@ -63,7 +63,7 @@
 //!
 //! One process at a time: `open` takes an exclusive `flock` on the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::Bound;
@@ -281,6 +281,15 @@ pub struct RefStore {
     poisoned: bool,
     /// Reused record buffer.
     record_buf: Vec<u8>,
+    /// Refs changed since the last export was taken
+    /// ([`take_git_export`](Self::take_git_export)), to be written as
+    /// loose ref files.
+    unexported: BTreeSet<String>,
+    /// The next export must be whole: a deletion, a `HEAD` change, too
+    /// many loose files, or a failed export happened since the last one.
+    unexported_whole: bool,
+    /// Loose ref files written since the last whole export.
+    loose_exported: usize,
 }
 
 impl RefStore {
@@ -369,15 +378,32 @@ impl RefStore {
             records_since_snapshot: replay.applied,
             poisoned: false,
             record_buf: Vec::new(),
+            unexported: BTreeSet::new(),
+            unexported_whole: false,
+            loose_exported: 0,
         };
         // The export may be missing (a new store) or behind the log (the
         // node stopped between applying a batch and exporting it): bring
         // it up to date. It is compared, never read back into the state.
-        let export = store.git_export();
-        if !export.is_current()? {
-            export.write()?;
+        // Loose ref files that agree with the state are current too: a
+        // start opening every store rewrites nothing after ordinary pushes.
+        if !store.export_is_current()? {
+            store.git_export().write()?;
         }
         Ok(store)
+    }
+
+    /// Whether what C git reads in the directory (`HEAD`, and
+    /// `packed-refs` with the loose ref files over it) is this state.
+    fn export_is_current(&self) -> io::Result<bool> {
+        let head = match fs::read(self.dir.join("HEAD")) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(head == format!("ref: {}\n", self.head).as_bytes()
+            && self.dir.join("refs").is_dir()
+            && exported_refs(&self.dir)?.as_ref() == Some(&self.refs))
     }
 
     /// The value of a ref, if it exists.
@@ -505,9 +531,20 @@ impl RefStore {
                 .or_insert(update.old);
             if update.new.is_null() {
                 self.refs.remove(&update.name);
+                // A deleted ref must leave packed-refs too.
+                self.unexported_whole = true;
             } else {
                 self.refs.insert(update.name.clone(), update.new);
+                if !self.unexported_whole {
+                    self.unexported.insert(update.name.clone());
+                }
             }
+        }
+        if self.unexported.len() > LOOSE_EXPORT_BATCH_MAX {
+            self.unexported_whole = true;
+        }
+        if self.unexported_whole {
+            self.unexported.clear();
         }
         Ok(())
     }
@@ -561,6 +598,8 @@ impl RefStore {
             if let Some(before) = staged.head_before {
                 self.head = before;
             }
+            // An export taken meanwhile may hold the undone values.
+            self.export_failed();
             return Err(e);
         }
         if let Some(h) = height {
@@ -591,6 +630,8 @@ impl RefStore {
             staged.head_before = Some(self.head.clone());
         }
         self.head = target.to_owned();
+        self.unexported_whole = true;
+        self.unexported.clear();
         Ok(())
     }
 
@@ -618,7 +659,11 @@ impl RefStore {
         self.log_len = 0;
         self.records_since_snapshot = 0;
         self.log.sync_all()?;
-        self.export_git_files()
+        self.export_git_files()?;
+        self.unexported.clear();
+        self.unexported_whole = false;
+        self.loose_exported = 0;
+        Ok(())
     }
 
     /// Write `HEAD` (`ref: <target>`) and `packed-refs` (sorted, unpeeled)
@@ -639,8 +684,45 @@ impl RefStore {
             dir: self.dir.clone(),
             seq: self.seq,
             head: format!("ref: {}\n", self.head),
-            packed_refs: packed_refs_text(&self.refs),
+            content: ExportContent::Whole(packed_refs_text(&self.refs)),
         }
+    }
+
+    /// What changed since the last export taken here, to be written later,
+    /// elsewhere ([`GitExport::write`]): the refs created or moved, as
+    /// loose ref files beside an unchanged `packed-refs` (what C git itself
+    /// writes for a push), so that a push moving one ref of 100,000 writes
+    /// one small file, not all of them. Whole (`packed-refs` rewritten,
+    /// loose files removed) after a deletion or a `HEAD` change, when the
+    /// batch changed more than [`LOOSE_EXPORT_BATCH_MAX`] refs, once
+    /// [`LOOSE_EXPORT_TOTAL_MAX`] loose files were written since the last
+    /// whole one, and after [`export_failed`](Self::export_failed).
+    /// Compaction writes a whole one itself.
+    pub fn take_git_export(&mut self) -> GitExport {
+        let names = std::mem::take(&mut self.unexported);
+        if self.unexported_whole || self.loose_exported + names.len() > LOOSE_EXPORT_TOTAL_MAX {
+            self.unexported_whole = false;
+            self.loose_exported = 0;
+            return self.git_export();
+        }
+        self.loose_exported += names.len();
+        let loose = names
+            .into_iter()
+            .filter_map(|name| self.refs.get(&name).map(|oid| (name, *oid)))
+            .collect();
+        GitExport {
+            dir: self.dir.clone(),
+            seq: self.seq,
+            head: format!("ref: {}\n", self.head),
+            content: ExportContent::Loose(loose),
+        }
+    }
+
+    /// An export taken with [`take_git_export`](Self::take_git_export) was
+    /// not written: the next one is whole, so nothing it held is lost.
+    pub fn export_failed(&mut self) {
+        self.unexported_whole = true;
+        self.unexported.clear();
     }
 
     /// True after a failed write: the store refuses writes until reopened.
@@ -695,7 +777,14 @@ impl RefStore {
     }
 }
 
-/// `HEAD` and `packed-refs` of one ref store at one sequence number, in C
+/// Most refs one batch may change and still be exported as loose ref
+/// files; a larger one rewrites `packed-refs`.
+pub const LOOSE_EXPORT_BATCH_MAX: usize = 64;
+/// Most loose ref files written between two whole exports (compaction
+/// writes a whole one every [`COMPACT_EVERY_RECORDS`] records anyway).
+pub const LOOSE_EXPORT_TOTAL_MAX: usize = 4096;
+
+/// `HEAD` and the refs of one ref store at one sequence number, in C
 /// git's formats: what C git reads of a copy of the repository. `Send`, so
 /// the files can be written off the thread that owns the store.
 #[derive(Debug, Clone)]
@@ -703,7 +792,16 @@ pub struct GitExport {
     dir: PathBuf,
     seq: u64,
     head: String,
-    packed_refs: String,
+    content: ExportContent,
+}
+
+#[derive(Debug, Clone)]
+enum ExportContent {
+    /// The whole state as `packed-refs`; no loose ref files.
+    Whole(String),
+    /// Refs created or moved since the last export, as loose ref files
+    /// (`refs/...`, which C git reads before `packed-refs`).
+    Loose(Vec<(String, ObjectId)>),
 }
 
 impl GitExport {
@@ -712,40 +810,184 @@ impl GitExport {
         self.seq
     }
 
-    /// The contents of `packed-refs`.
-    pub fn packed_refs(&self) -> &str {
-        &self.packed_refs
+    /// The contents of `packed-refs`, for a whole export.
+    pub fn packed_refs(&self) -> Option<&str> {
+        match &self.content {
+            ExportContent::Whole(text) => Some(text),
+            ExportContent::Loose(_) => None,
+        }
     }
 
-    /// Whether the files on disk already hold this export.
+    /// The loose ref files this export writes (none for a whole one).
+    pub fn loose_refs(&self) -> &[(String, ObjectId)] {
+        match &self.content {
+            ExportContent::Whole(_) => &[],
+            ExportContent::Loose(refs) => refs,
+        }
+    }
+
+    /// Whether the files on disk already hold this (whole) export: `HEAD`,
+    /// `packed-refs`, and no loose ref file that would hide it.
     pub fn is_current(&self) -> io::Result<bool> {
         let read = |name: &str| match fs::read(self.dir.join(name)) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         };
+        let ExportContent::Whole(packed_refs) = &self.content else {
+            return Ok(false);
+        };
         Ok(read("HEAD")?.as_deref() == Some(self.head.as_bytes())
-            && read("packed-refs")?.as_deref() == Some(self.packed_refs.as_bytes())
-            && self.dir.join("refs").is_dir())
+            && read("packed-refs")?.as_deref() == Some(packed_refs.as_bytes())
+            && self.dir.join("refs").is_dir()
+            && !has_loose_refs(&self.dir.join("refs"))?)
     }
 
-    /// Write `packed-refs` and `HEAD` atomically (temporary file, `fsync`,
-    /// `rename`, directory `fsync`). Exports of one directory are written
-    /// one at a time and never go backwards: an export older than one
-    /// already written is skipped (returns `false`).
+    /// Write the export: a whole one writes `packed-refs` and `HEAD`
+    /// atomically (temporary file, `fsync`, `rename`, directory `fsync`)
+    /// and then removes the loose ref files; a loose one writes each ref
+    /// file the same way (as `NAME.lock`, which C git never reads as a
+    /// ref). Exports of one directory are written one at a time and never
+    /// go backwards: an export older than one already written is skipped
+    /// (returns `false`).
     pub fn write(&self) -> io::Result<bool> {
         let guard = export_guard(&self.dir);
         let mut last = guard.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|last| self.seq < last) {
             return Ok(false);
         }
-        write_file_atomically(&self.dir, "packed-refs", self.packed_refs.as_bytes())?;
-        write_file_atomically(&self.dir, "HEAD", self.head.as_bytes())?;
-        fs::create_dir_all(self.dir.join("refs"))?;
-        sync_dir(&self.dir)?;
+        match &self.content {
+            ExportContent::Whole(packed_refs) => {
+                write_file_atomically(&self.dir, "packed-refs", packed_refs.as_bytes())?;
+                write_file_atomically(&self.dir, "HEAD", self.head.as_bytes())?;
+                let refs = self.dir.join("refs");
+                fs::create_dir_all(&refs)?;
+                remove_loose_refs(&refs, true)?;
+                sync_dir(&self.dir)?;
+            }
+            ExportContent::Loose(refs) => {
+                let mut dirs = BTreeSet::new();
+                for (name, oid) in refs {
+                    let path = self.dir.join(name);
+                    let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+                    fs::create_dir_all(&parent)?;
+                    let lock = path.with_file_name(format!(
+                        "{}.lock",
+                        path.file_name().unwrap_or_default().to_string_lossy()
+                    ));
+                    {
+                        let mut f = File::create(&lock)?;
+                        f.write_all(format!("{oid}\n").as_bytes())?;
+                        f.sync_all()?;
+                    }
+                    fs::rename(&lock, &path)?;
+                    dirs.insert(parent);
+                }
+                for d in dirs {
+                    sync_dir(&d)?;
+                }
+            }
+        }
         *last = Some(self.seq);
         Ok(true)
     }
+}
+
+/// Whether any file (a loose ref) is under `dir`.
+fn has_loose_refs(dir: &Path) -> io::Result<bool> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            if has_loose_refs(&e.path())? {
+                return Ok(true);
+            }
+        } else {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Remove every file under `dir` and the directories left empty, but for
+/// `refs/heads` and `refs/tags` (`top`: `dir` is `refs/`), which a bare
+/// repository has.
+fn remove_loose_refs(dir: &Path, top: bool) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            remove_loose_refs(&path, false)?;
+            let keep = top && (e.file_name() == "heads" || e.file_name() == "tags");
+            if !keep {
+                match fs::remove_dir(&path) {
+                    Ok(()) => {}
+                    // Not empty (another writer) or gone: harmless.
+                    Err(_) if path.exists() => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The refs C git sees in repository directory `dir`: `packed-refs`, with
+/// the loose ref files under `refs/` read over it (`None` if
+/// `packed-refs` is missing or a file does not read as a ref).
+pub fn exported_refs(dir: &Path) -> io::Result<Option<BTreeMap<String, ObjectId>>> {
+    let packed = match fs::read_to_string(dir.join("packed-refs")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut refs = BTreeMap::new();
+    for line in packed.lines() {
+        if line.starts_with('#') || line.starts_with('^') {
+            continue;
+        }
+        let Some((hex, name)) = line.split_once(' ') else {
+            return Ok(None);
+        };
+        let Ok(oid) = ObjectId::from_hex(hex.as_bytes()) else {
+            return Ok(None);
+        };
+        refs.insert(name.to_owned(), oid);
+    }
+    fn walk(dir: &Path, name: &str, refs: &mut BTreeMap<String, ObjectId>) -> io::Result<bool> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let child = format!("{name}/{}", e.file_name().to_string_lossy());
+            if e.file_type()?.is_dir() {
+                if !walk(&e.path(), &child, refs)? {
+                    return Ok(false);
+                }
+            } else if !child.ends_with(".lock") {
+                let text = fs::read_to_string(e.path())?;
+                let Ok(oid) = ObjectId::from_hex(text.trim_end().as_bytes()) else {
+                    return Ok(false);
+                };
+                refs.insert(child, oid);
+            }
+        }
+        Ok(true)
+    }
+    if !walk(&dir.join("refs"), "refs", &mut refs)? {
+        return Ok(None);
+    }
+    Ok(Some(refs))
 }
 
 /// A snapshot file ([`SNAPSHOT_FILE_NAME`]) holding `state`: with an empty
@@ -2095,6 +2337,141 @@ mod tests {
             "refs/heads/main\n"
         );
         assert_eq!(git(dir, &["rev-parse", "HEAD"], None), format!("{blob}\n"));
+    }
+
+    /// A batch moving one ref of many is exported as one loose ref file
+    /// beside an unchanged packed-refs; a deletion rewrites packed-refs
+    /// and removes the loose files; C git sees the state throughout.
+    #[test]
+    fn a_one_ref_update_is_exported_as_one_loose_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = RefStore::open(dir).unwrap();
+        fs::create_dir(dir.join("objects")).unwrap();
+        let blob = |text: &str| {
+            let hex = git(
+                dir,
+                &["hash-object", "-w", "--stdin"],
+                Some(text.as_bytes()),
+            );
+            ObjectId::from_hex(hex.trim().as_bytes()).unwrap()
+        };
+        let (a, b) = (blob("a\n"), blob("b\n"));
+        let many: Vec<RefUpdate> = (0..500)
+            .map(|i| create(&format!("refs/heads/b/{i:04}"), a))
+            .chain([create("refs/heads/main", a), create("refs/tags/v1", a)])
+            .collect();
+        store.apply(&many).unwrap();
+        // 502 changed refs: more than a loose export takes.
+        let whole = store.take_git_export();
+        assert!(whole.packed_refs().is_some());
+        assert!(whole.write().unwrap());
+        let packed = fs::read(dir.join("packed-refs")).unwrap();
+
+        store
+            .apply(&[
+                update("refs/heads/main", a, b),
+                create("refs/heads/feature/x", b),
+            ])
+            .unwrap();
+        let loose = store.take_git_export();
+        assert!(loose.packed_refs().is_none());
+        assert_eq!(loose.loose_refs().len(), 2);
+        assert!(loose.write().unwrap());
+        assert_eq!(
+            fs::read(dir.join("packed-refs")).unwrap(),
+            packed,
+            "packed-refs rewritten"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("refs/heads/main")).unwrap(),
+            format!("{b}\n")
+        );
+        assert_eq!(exported_refs(dir).unwrap().as_ref(), Some(store.refs()));
+        let listed = git(
+            dir,
+            &[
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+                "refs/heads/main",
+                "refs/heads/feature/",
+            ],
+            None,
+        );
+        assert_eq!(
+            listed,
+            format!("{b} refs/heads/feature/x\n{b} refs/heads/main\n")
+        );
+        assert_eq!(git(dir, &["rev-parse", "HEAD"], None), format!("{b}\n"));
+        // Nothing changed since: an export of nothing.
+        assert!(store.take_git_export().loose_refs().is_empty());
+
+        // A deletion: packed-refs again, and no loose file hides it.
+        store
+            .apply(&[RefUpdate {
+                name: "refs/heads/feature/x".into(),
+                old: b,
+                new: ObjectId::NULL_SHA1,
+            }])
+            .unwrap();
+        let whole = store.take_git_export();
+        assert!(whole.packed_refs().is_some());
+        assert!(whole.write().unwrap());
+        assert!(!has_loose_refs(&dir.join("refs")).unwrap());
+        assert!(dir.join("refs/heads").is_dir(), "refs/heads is kept");
+        assert!(!dir.join("refs/heads/feature").exists());
+        assert!(whole.is_current().unwrap());
+        assert_eq!(exported_refs(dir).unwrap().as_ref(), Some(store.refs()));
+        assert_eq!(
+            git(
+                dir,
+                &["for-each-ref", "--format=%(refname)", "refs/heads/feature/"],
+                None
+            ),
+            ""
+        );
+    }
+
+    /// Loose ref files left by exports are folded into packed-refs when
+    /// the store is next opened; a failed export makes the next one whole.
+    #[test]
+    fn open_folds_loose_exports_and_a_failed_export_is_redone_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = RefStore::open(dir).unwrap();
+        store.apply(&[create("refs/heads/main", oid(1))]).unwrap();
+        store.take_git_export().write().unwrap();
+        store
+            .apply(&[update("refs/heads/main", oid(1), oid(2))])
+            .unwrap();
+        let loose = store.take_git_export();
+        assert_eq!(
+            loose.loose_refs(),
+            &[("refs/heads/main".to_string(), oid(2))]
+        );
+        store
+            .apply(&[update("refs/heads/main", oid(2), oid(3))])
+            .unwrap();
+        store.export_failed();
+        assert!(store.take_git_export().packed_refs().is_some());
+        loose.write().unwrap();
+        drop(store);
+        // The loose file is behind the log: open rewrites the export whole.
+        let mut store = RefStore::open(dir).unwrap();
+        assert!(!has_loose_refs(&dir.join("refs")).unwrap());
+        assert!(store.git_export().is_current().unwrap());
+        assert_eq!(exported_refs(dir).unwrap().as_ref(), Some(store.refs()));
+        // A loose file that agrees with the log is current: left as it is.
+        store
+            .apply(&[update("refs/heads/main", oid(3), oid(4))])
+            .unwrap();
+        store.take_git_export().write().unwrap();
+        let packed = fs::read(dir.join("packed-refs")).unwrap();
+        drop(store);
+        let store = RefStore::open(dir).unwrap();
+        assert_eq!(fs::read(dir.join("packed-refs")).unwrap(), packed);
+        assert!(dir.join("refs/heads/main").is_file());
+        assert_eq!(exported_refs(dir).unwrap().as_ref(), Some(store.refs()));
     }
 
     #[test]

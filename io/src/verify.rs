@@ -152,8 +152,10 @@ fn check_ref_store(dir: &Path, report: &mut RepoReport) -> Option<RefState> {
                     ),
                 );
             }
-            let exported = std::fs::read(dir.join("packed-refs")).unwrap_or_default();
-            if exported != crate::refs::packed_refs_text(&state.refs).as_bytes() {
+            // packed-refs with the loose ref files read over it, as C git
+            // reads them.
+            let exported = crate::refs::exported_refs(dir).ok().flatten();
+            if exported.as_ref() != Some(&state.refs) {
                 report.notes.push(Problem {
                     subject: dir.join("packed-refs").display().to_string(),
                     what: "behind the ref log: C git reading this directory sees older refs until the node exports them again (after its next batch, or when it opens the repository)".into(),

@@ -755,6 +755,26 @@ impl RefPrefixes {
         RefPrefixes { sorted }
     }
 
+    /// The positions in `names` (sorted bytewise, as a ref store keeps
+    /// them) of the names that match, as ranges in ascending order: one
+    /// binary search per prefix, so a prefix that matches a few refs of
+    /// 100,000 costs those few, not a pass over all of them. Ranges are
+    /// disjoint because the prefixes are prefix-free.
+    pub fn ranges<T>(&self, names: &[T], name: impl Fn(&T) -> &str) -> Vec<std::ops::Range<usize>> {
+        if self.sorted.is_empty() {
+            return vec![0..names.len()];
+        }
+        let mut out = Vec::new();
+        for p in &self.sorted {
+            let start = names.partition_point(|n| name(n) < p.as_str());
+            let len = names[start..].partition_point(|n| name(n).starts_with(p.as_str()));
+            if len > 0 {
+                out.push(start..start + len);
+            }
+        }
+        out
+    }
+
     /// Whether `name` starts with one of the prefixes (or there are none).
     pub fn matches(&self, name: &str) -> bool {
         if self.sorted.is_empty() {
@@ -1433,6 +1453,16 @@ mod tests {
             for name in names {
                 assert_eq!(fast.matches(name), req.matches(name), "{set:?} {name:?}");
             }
+            // The ranges over the sorted names pick exactly what a scan does.
+            let mut sorted = names.to_vec();
+            sorted.sort_unstable();
+            let picked: Vec<&str> = fast
+                .ranges(&sorted, |n| n)
+                .into_iter()
+                .flat_map(|r| sorted[r].iter().copied())
+                .collect();
+            let scanned: Vec<&str> = sorted.iter().copied().filter(|n| req.matches(n)).collect();
+            assert_eq!(picked, scanned, "{set:?}");
         }
     }
 

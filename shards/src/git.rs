@@ -248,7 +248,12 @@ const ADVERTISE_CHUNK_BYTES: usize = 64 * 1024;
 /// does not read stalls this producer, not the node's memory (the
 /// response channel is bounded). `head` goes first; `write` is called
 /// with each ref in order, then once with `None` to end the answer.
-fn stream_refs<W>(snap: RefSnapshot, head: Vec<u8>, mut write: W) -> ResponseBody
+fn stream_refs<W>(
+    snap: RefSnapshot,
+    head: Vec<u8>,
+    ranges: Vec<std::ops::Range<usize>>,
+    mut write: W,
+) -> ResponseBody
 where
     W: FnMut(&mut Vec<u8>, Option<&AdvertisedRef>) -> Result<(), pktline::PktError> + 'static,
 {
@@ -256,7 +261,11 @@ where
     glommio::spawn_local(async move {
         let mut tx = tx;
         let mut out = head;
-        let refs = snap.refs.iter().map(Some).chain(std::iter::once(None));
+        let refs = ranges
+            .into_iter()
+            .flat_map(|r| snap.refs[r].iter())
+            .map(Some)
+            .chain(std::iter::once(None));
         for (i, r) in refs.enumerate() {
             if i % 256 == 255 {
                 glommio::yield_if_needed().await;
@@ -348,7 +357,8 @@ async fn info_refs(
         }
     }
     let mut writer = Some(writer);
-    let body = stream_refs(snap, out, move |out, r| match (r, writer.as_mut()) {
+    let all = vec![0..snap.refs.len()];
+    let body = stream_refs(snap, out, all, move |out, r| match (r, writer.as_mut()) {
         (Some(r), Some(w)) => w.write_ref(
             out,
             &WireRef {
@@ -598,19 +608,24 @@ async fn bundle_file(
 /// `ref-prefix` lines arranged on the executor; more go to the blocking pool.
 const LS_REFS_PREFIXES_INLINE_MAX: usize = 256;
 
-/// The v2 `ls-refs` answer, streamed; prefixes are matched by binary
-/// search, so a request with 65,536 of them costs what a short one does.
+/// The v2 `ls-refs` answer, streamed. The refs are sorted, so each prefix
+/// is one range of them, found by binary search: a prefix naming a few of
+/// 100,000 refs costs those few, and a request with 65,536 prefixes costs
+/// what a short one does.
 async fn ls_refs(
     shard: &Rc<Shard>,
     snap: RefSnapshot,
     req: LsRefsRequest,
 ) -> Response<ResponseBody> {
     // Sorting tens of thousands of prefixes is work for the blocking pool.
-    let prefixes = if req.ref_prefixes.len() > LS_REFS_PREFIXES_INLINE_MAX {
+    let (prefixes, ranges) = if req.ref_prefixes.len() > LS_REFS_PREFIXES_INLINE_MAX {
         let list = req.ref_prefixes.clone();
+        let refs = snap.refs.clone();
         let budget = Budget::new(shard.config.limits.request_work_max_ms);
         match work::blocking(&budget, move |_| {
-            Ok::<_, WorkError>(RefPrefixes::new(&list))
+            let prefixes = RefPrefixes::new(&list);
+            let ranges = prefixes.ranges(&refs, |r| r.name.as_str());
+            Ok::<_, WorkError>((prefixes, ranges))
         })
         .await
         {
@@ -618,7 +633,9 @@ async fn ls_refs(
             Err(e) => return git_error(Service::UploadPack, &e.to_string()),
         }
     } else {
-        req.prefixes()
+        let prefixes = req.prefixes();
+        let ranges = prefixes.ranges(&snap.refs, |r| r.name.as_str());
+        (prefixes, ranges)
     };
     let mut head = Vec::new();
     let head_entry = LsRefsEntry {
@@ -632,14 +649,11 @@ async fn ls_refs(
             return text(StatusCode::INTERNAL_SERVER_ERROR, format!("ls-refs: {e}"));
         }
     }
-    let body = stream_refs(snap, head, move |out, r| {
+    let body = stream_refs(snap, head, ranges, move |out, r| {
         let Some(r) = r else {
             pktline::write_flush(out);
             return Ok(());
         };
-        if !prefixes.matches(&r.name) {
-            return Ok(());
-        }
         advertise::write_ls_refs_entry(
             out,
             &req,

@@ -191,21 +191,15 @@ impl Repo {
             .unwrap_or_else(|| data_dir.to_path_buf());
         std::fs::create_dir_all(&owner_dir).map_err(io_err(&owner_dir))?;
         // Build in a temporary directory and rename, so a crash never leaves
-        // a half-made repository under its real name.
-        // Leftovers of a creation cut short by a crash (any process) go first.
-        if let Ok(entries) = std::fs::read_dir(&owner_dir) {
-            let prefix = format!(".tmp-{name}-");
-            for e in entries.flatten() {
-                let file = e.file_name().to_string_lossy().into_owned();
-                let stale = file
-                    .strip_prefix(&prefix)
-                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-                if stale {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
+        // a half-made repository under its real name. Leftovers of other
+        // processes' creations cut short by a crash are removed at start
+        // ([`remove_stale_temp_packs`]), not looked for here: that would be
+        // a scan of every repository of the owner per creation.
         let tmp = owner_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        if tmp.exists() {
+            // An earlier process with this id left it.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
         for sub in ["objects/pack", "objects/info", "refs/heads", "refs/tags"] {
             let p = tmp.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
@@ -340,35 +334,49 @@ pub fn sync_dir(path: &Path) -> Result<(), RepoError> {
         .map_err(io_err(path))
 }
 
+/// The repositories of each data directory this process created or found,
+/// by lower-case `owner/name`: one scan of the directory on first use, then
+/// kept up to date by [`note_created`], so that checking a new name costs
+/// a lookup, not a scan of every repository of its owner. Repositories
+/// appear in a data directory only through [`Repo::create`] while a node
+/// runs on it (a restore runs on a stopped node).
+type CaseIndex = std::sync::Mutex<HashMap<PathBuf, HashMap<String, String>>>;
+
+fn case_index() -> &'static CaseIndex {
+    static INDEX: std::sync::OnceLock<CaseIndex> = std::sync::OnceLock::new();
+    INDEX.get_or_init(Default::default)
+}
+
 /// An existing repository whose `OWNER/NAME` equals `owner/name` but for
 /// letter case, as `OWNER/NAME`: hosts treat such names as one, and so
 /// must a node (a clone URL typed in another case must not reach a
-/// different repository). Reads the data directory: call it off the
-/// executor or where a directory scan is acceptable (repository creation).
+/// different repository). The first call for a data directory scans it:
+/// call it off the executor.
 pub fn find_case_variant(data_dir: &Path, owner: &str, name: &str) -> Option<String> {
-    let owners = std::fs::read_dir(data_dir.join("repos")).ok()?;
-    for o in owners.flatten() {
-        let o_name = o.file_name().to_string_lossy().into_owned();
-        if !o_name.eq_ignore_ascii_case(owner) {
-            continue;
-        }
-        let Ok(repos) = std::fs::read_dir(o.path()) else {
-            continue;
-        };
-        for r in repos.flatten() {
-            let file = r.file_name().to_string_lossy().into_owned();
-            if let Some(n) = file.strip_suffix(".git") {
-                if n.eq_ignore_ascii_case(name) {
-                    return Some(format!("{o_name}/{n}"));
-                }
-            }
-        }
+    let mut index = case_index().lock().unwrap_or_else(|e| e.into_inner());
+    let known = index.entry(data_dir.to_path_buf()).or_insert_with(|| {
+        list_repos(data_dir)
+            .into_iter()
+            .map(|(o, n)| (format!("{o}/{n}").to_ascii_lowercase(), format!("{o}/{n}")))
+            .collect()
+    });
+    known
+        .get(&format!("{owner}/{name}").to_ascii_lowercase())
+        .cloned()
+}
+
+/// Record a repository [`Repo::create`] made, for [`find_case_variant`].
+pub fn note_created(data_dir: &Path, owner: &str, name: &str) {
+    let mut index = case_index().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = index.get_mut(data_dir) {
+        let key = format!("{owner}/{name}");
+        known.insert(key.to_ascii_lowercase(), key);
     }
-    None
 }
 
 /// Remove the temporary files of pushes cut short before `before` (the
-/// node's start) from every repository's pack directory — a push that
+/// node's start) from every repository's pack directory, and the
+/// temporary directories of repository creations cut short — a push that
 /// died with the process leaves them, and a repository nobody opens again
 /// would keep them forever. Files newer than `before` belong to pushes in
 /// progress and are left alone. Returns how many files were removed.
@@ -382,6 +390,21 @@ pub fn remove_stale_temp_packs(data_dir: &Path, before: std::time::SystemTime) -
             continue;
         };
         for repo in repos.flatten() {
+            // A repository creation cut short (`.tmp-NAME-PID`).
+            let file = repo.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = file.strip_prefix(".tmp-") {
+                let is_creation = rest.rsplit_once('-').is_some_and(|(_, pid)| {
+                    !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+                });
+                let stale = repo
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < before);
+                if is_creation && stale && std::fs::remove_dir_all(repo.path()).is_ok() {
+                    removed += 1;
+                }
+                continue;
+            }
             let Ok(files) = std::fs::read_dir(repo.path().join("objects").join("pack")) else {
                 continue;
             };

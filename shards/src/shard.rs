@@ -127,6 +127,9 @@ pub struct Shard {
     pub auth_failures: RefCell<FailureLimiter>,
     /// Repositories being created right now (owner shard only).
     pub creating: RefCell<std::collections::HashSet<String>>,
+    /// Repositories whose creation is being applied (on the blocking
+    /// pool) on this shard: not opened by requests until it is done.
+    being_created: RefCell<std::collections::HashSet<String>>,
     /// Set when the node stops: no new connections, connections close
     /// once their request in flight is answered.
     pub stopping: Cell<bool>,
@@ -192,6 +195,7 @@ impl Shard {
             access: RefCell::new(access),
             auth_failures: RefCell::new(auth_failures),
             creating: RefCell::new(Default::default()),
+            being_created: RefCell::new(Default::default()),
             stopping: Cell::new(false),
             stop: glommio::sync::Semaphore::new(0),
             halted: Cell::new(false),
@@ -294,6 +298,9 @@ impl Shard {
             *used = now;
             return Ok(r.clone());
         }
+        if self.being_created.borrow().contains(&key) {
+            return Err(RepoError::NotFound(key));
+        }
         let dir = repo_dir(&self.config.data_dir, owner, name);
         let repo = Rc::new(RefCell::new(Repo::open(dir, key.clone())?));
         self.insert_repo(key, repo.clone());
@@ -334,12 +341,35 @@ impl Shard {
     /// case (hosts treat such names as one). Different spellings live on
     /// different shards, so the check and the creation hold a node-wide
     /// claim on the lower-case name.
-    pub fn create_repo(&self, owner: &str, name: &str) -> Result<(), RepoError> {
-        let _claim = CaseClaim::take(owner, name)?;
-        if let Some(existing) = find_case_variant(&self.config.data_dir, owner, name) {
-            return Err(RepoError::Exists(existing));
+    ///
+    /// The directory scans and the dozen fsyncs of a creation run on the
+    /// blocking pool, not the executor: a burst of creations would
+    /// otherwise stall every request on the shard for their whole length.
+    /// Until the creation is done, the repository is not opened by
+    /// requests ([`Shard::repo`] answers `NotFound`), so it is never open
+    /// twice.
+    pub async fn create_repo(&self, owner: &str, name: &str) -> Result<(), RepoError> {
+        check_name("owner", owner)?;
+        check_name("repository name", name)?;
+        let key = format!("{owner}/{name}");
+        if !self.being_created.borrow_mut().insert(key.clone()) {
+            return Err(RepoError::Exists(key));
         }
-        let repo = Repo::create(&self.config.data_dir, owner, name)?;
+        let data_dir = self.config.data_dir.clone();
+        let (o, n) = (owner.to_string(), name.to_string());
+        let created = glommio::executor()
+            .spawn_blocking(move || {
+                let _claim = CaseClaim::take(&o, &n)?;
+                if let Some(existing) = find_case_variant(&data_dir, &o, &n) {
+                    return Err(RepoError::Exists(existing));
+                }
+                let repo = Repo::create(&data_dir, &o, &n)?;
+                crate::repo::note_created(&data_dir, &o, &n);
+                Ok(repo)
+            })
+            .await;
+        self.being_created.borrow_mut().remove(&key);
+        let repo = created?;
         self.insert_repo(repo.key.clone(), Rc::new(RefCell::new(repo)));
         Ok(())
     }
@@ -584,8 +614,12 @@ impl Shard {
                 let repo = key
                     .split_once('/')
                     .and_then(|(owner, name)| shard.repo(owner, name).ok());
+                // What changed since the last export: usually a few loose
+                // ref files, not the whole packed-refs.
                 let export = match &repo {
-                    Some(r) => r.try_borrow().map(|r| Some(r.refs.git_export())),
+                    Some(r) => r
+                        .try_borrow_mut()
+                        .map(|mut r| Some(r.refs.take_git_export())),
                     None => Ok(None),
                 };
                 drop(repo);
@@ -600,6 +634,20 @@ impl Shard {
                         .await;
                     if let Err(e) = written {
                         tracing::warn!(repo = %key, error = %e, "packed-refs/HEAD export not written; C git reading the data directory sees older refs until the next one");
+                        // The next export is whole, so that what this one
+                        // held is not lost.
+                        let repo = key
+                            .split_once('/')
+                            .and_then(|(owner, name)| shard.repo(owner, name).ok());
+                        if let Some(repo) = repo {
+                            loop {
+                                if let Ok(mut r) = repo.try_borrow_mut() {
+                                    r.refs.export_failed();
+                                    break;
+                                }
+                                futures_lite::future::yield_now().await;
+                            }
+                        }
                     }
                 }
                 let mut exports = shard.exports.borrow_mut();
@@ -664,7 +712,7 @@ impl Shard {
                         }
                     }
                 }
-                Op::CreateRepo => TxOutcome::Refs(vec![self.apply_create(&tx.repo)]),
+                Op::CreateRepo => TxOutcome::Refs(vec![self.apply_create(&tx.repo).await]),
                 _ => TxOutcome::Access(self.apply_access(&tx)),
             };
             answers.push((tx.id, tx.shard == self.id, outcome));
@@ -709,11 +757,11 @@ impl Shard {
         }
     }
 
-    fn apply_create(&self, repo: &str) -> UpdateOutcome {
+    async fn apply_create(&self, repo: &str) -> UpdateOutcome {
         let Some((owner, name)) = repo.split_once('/') else {
             return Err(UpdateRejection::BadRepoKey);
         };
-        self.create_repo(owner, name)?;
+        self.create_repo(owner, name).await?;
         tracing::info!(repo = %repo, "repository created");
         Ok(())
     }
