@@ -761,10 +761,11 @@ impl RefPrefixes {
     /// 100,000 costs those few, not a pass over all of them. Ranges are
     /// disjoint because the prefixes are prefix-free.
     pub fn ranges<T>(&self, names: &[T], name: impl Fn(&T) -> &str) -> Vec<std::ops::Range<usize>> {
-        if self.sorted.is_empty() {
-            return vec![0..names.len()];
-        }
         let mut out = Vec::new();
+        if self.sorted.is_empty() {
+            out.push(0..names.len());
+            return out;
+        }
         for p in &self.sorted {
             let start = names.partition_point(|n| name(n) < p.as_str());
             let len = names[start..].partition_point(|n| name(n).starts_with(p.as_str()));

@@ -357,7 +357,7 @@ async fn info_refs(
         }
     }
     let mut writer = Some(writer);
-    let all = vec![0..snap.refs.len()];
+    let all = std::iter::once(0..snap.refs.len()).collect();
     let body = stream_refs(snap, out, all, move |out, r| match (r, writer.as_mut()) {
         (Some(r), Some(w)) => w.write_ref(
             out,
