@@ -257,15 +257,41 @@ fn tree(root: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
+/// Wait until what C git reads in `repo_dir` names `oid` for ref `name`:
+/// after a push, the export for C git (a loose ref file, or `packed-refs`)
+/// is written off the push's path, just after it is acknowledged.
+fn wait_for_export(repo_dir: &Path, name: &str, oid: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let loose = std::fs::read_to_string(repo_dir.join(name)).ok();
+        let packed = std::fs::read_to_string(repo_dir.join("packed-refs")).unwrap_or_default();
+        let exported = match loose {
+            Some(text) => text.trim() == oid,
+            None => packed.lines().any(|l| l == format!("{oid} {name}")),
+        };
+        if exported {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} at {oid} not exported in {}",
+            repo_dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// [`tree`] once the node's background writes have settled: after a push,
-/// the `packed-refs`/`HEAD` export for C git is written (to a `.tmp` file,
-/// then renamed) off the push's path, so a snapshot taken at once may
-/// catch the temporary file.
+/// the export for C git is written (to a `.tmp` or `.lock` file, then
+/// renamed) off the push's path, so a snapshot taken at once may catch the
+/// temporary file.
 fn settled_tree(root: &Path) -> BTreeSet<PathBuf> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let t = tree(root);
-        let transient = t.iter().any(|p| p.extension().is_some_and(|e| e == "tmp"));
+        let transient = t
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "tmp" || e == "lock"));
         if !transient || std::time::Instant::now() > deadline {
             return t;
         }
@@ -1044,9 +1070,14 @@ fn corrupt_pack_push_is_refused_and_changes_nothing() {
 fn path_traversal_never_leaves_the_repository_store() {
     let mut node = Node::start();
     let tmp = tempfile::tempdir().unwrap();
-    let (_wt, _head) = seeded_repo(&node, tmp.path(), "alice", "real");
+    let (_wt, head) = seeded_repo(&node, tmp.path(), "alice", "real");
     let a = node.api;
     let root = node.data_dir.parent().unwrap().to_path_buf();
+    wait_for_export(
+        &node.data_dir.join("repos/alice/real.git"),
+        "refs/heads/main",
+        &head,
+    );
     // A file right next to the data directory that traversal would reach.
     std::fs::write(root.join("secret"), "secret\n").unwrap();
     let before = settled_tree(&root);
