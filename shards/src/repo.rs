@@ -479,3 +479,61 @@ pub fn check_ref_stores(data_dir: &Path) -> Vec<DamagedRepo> {
     }
     damaged
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A name differing only in letter case is found without a scan per
+    /// creation: from the first scan, then from the creations noted.
+    #[test]
+    fn case_variants_are_found_from_the_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path();
+        Repo::create(data, "Org", "Before").unwrap();
+        assert_eq!(
+            find_case_variant(data, "org", "BEFORE").as_deref(),
+            Some("Org/Before")
+        );
+        assert_eq!(find_case_variant(data, "org", "after"), None);
+        Repo::create(data, "org", "After").unwrap();
+        note_created(data, "org", "After");
+        assert_eq!(
+            find_case_variant(data, "ORG", "after").as_deref(),
+            Some("org/After")
+        );
+        assert_eq!(find_case_variant(data, "org", "other"), None);
+    }
+
+    /// Temporary directories of creations cut short before the start are
+    /// removed by the start's sweep; newer ones, other dot-names and
+    /// repositories are left alone.
+    #[test]
+    fn the_start_sweep_removes_interrupted_creations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path();
+        Repo::create(data, "o", "real").unwrap();
+        let owner = data.join("repos").join("o");
+        for d in [".tmp-gone-12345", ".tmp-other"] {
+            std::fs::create_dir_all(owner.join(d).join("objects")).unwrap();
+        }
+        let earlier = SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(remove_stale_temp_packs(data, earlier), 0);
+        assert!(
+            owner.join(".tmp-gone-12345").exists(),
+            "a creation in progress"
+        );
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(remove_stale_temp_packs(data, later), 1);
+        assert!(!owner.join(".tmp-gone-12345").exists());
+        assert!(owner.join(".tmp-other").exists());
+        assert!(owner.join("real.git").join("objects").is_dir());
+        // A leftover under this process's own id is replaced at creation.
+        let mine = owner.join(format!(".tmp-again-{}", std::process::id()));
+        std::fs::create_dir_all(mine.join("junk")).unwrap();
+        Repo::create(data, "o", "again").unwrap();
+        assert!(!mine.exists());
+        assert!(!owner.join("again.git").join("junk").exists());
+    }
+}
