@@ -463,21 +463,6 @@ fn a_full_node_follows_serves_clones_and_refuses_pushes() {
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
 }
 
-/// Copy directory `from` to `to` (which must not exist), keeping modes.
-fn copy_dir(from: &Path, to: &Path) {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The ref log sequence and applied height of `owner/name` on node `i`.
 fn ref_log_position(net: &Net, i: usize, owner: &str, name: &str) -> (u64, u64) {
     let dir = guts_shards::repo::repo_dir(&net.nodes[i].data_dir, owner, name);

@@ -47,16 +47,6 @@ fn git_dir_refs(scratch: &Path, git_dir: &Path) -> Vec<(String, String)> {
     v
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .output()
-        .expect("cp");
-    assert!(out.status.success(), "cp -a: {}", text(&out));
-}
-
 /// A node with `o/r` holding `main`, `feature` and tag `v1`; returns the
 /// work tree.
 fn seeded(node: &Node, scratch: &Path) -> PathBuf {

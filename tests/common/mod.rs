@@ -124,6 +124,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Copy directory `from` to `to` (which must not exist), keeping modes.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("cp");
+    assert!(
+        out.status.success(),
+        "cp -a: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running node.
 pub struct Node {
     pub child: Option<Child>,
